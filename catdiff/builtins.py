@@ -1,0 +1,9 @@
+"""Components that ship with catdiff, registered through the same hooks as any plugin."""
+from .hooks import hookimpl
+
+
+@hookimpl
+def catdiff_backbones():
+    from .backbones import build_encoder
+
+    return {"encoder": build_encoder}

@@ -1,0 +1,123 @@
+"""Run configuration: one flat dataclass, resolved as defaults < task defaults < file < overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass
+class Config:
+    task: str = "digits"
+    seed: int = 0
+
+    # backbone
+    backbone: str = "encoder"
+    layers: int = 4
+    heads: int = 4
+    width: int = 128
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    embed_dim: int = 256           # D, the codebook / diffusion space dimension
+    embed_init_std: float = -1.0   # < 0: D ** -0.5 (our reading of the paper's N(0, D^-1/2))
+
+    # method (paper 003 sec. 2, 4, 5); ablation switches, one value each
+    objective: str = "catdm"       # catdm | csdm | csdm_l2 | ce
+    beta_dm: float = 0.005
+    beta_cm: float = 1.0           # 0 gives "CATDM w/o CM"
+    l2_weight: float = 1e-3        # csdm_l2 only
+    fixed_codebook: bool = False
+    shift: float = -2.0            # s of the shifted cosine schedule; 0 = plain cosine ("w/o NS")
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+    drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
+    drop_ratio: float = 0.2
+    ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
+    ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
+    cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
+
+    # optimisation
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float = 1.0
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    precision: str = "auto"        # auto (bf16 on CUDA) | fp32 | bf16
+    compile: bool = False
+    threads: int = 0               # torch threads on CPU; 0 = torch default
+
+    # bookkeeping
+    log_every: int = 50
+    ckpt_every: int = 500
+    resume: bool = True
+
+    # sampling and evaluation
+    sampler: str = "ancestral"     # ancestral | ddim
+    sample_steps: int = 100
+    final: str = "argmax"          # argmax | sample: how x is read from P(x | z_0; 0)
+    guidance: float = 0.0
+    n_samples: int = 500
+    eval_batches: int = 8          # test batches for the likelihood bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, str):
+        return kind(value) if kind is not bool else bool(value)
+    if kind is bool:
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config {name}: expected true/false, got {value!r}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"config {name}: expected {kind.__name__}, got {value!r}") from None
+
+
+_TYPES = {f.name: type(f.default) for f in fields(Config)}
+
+
+def resolve(*layers: Mapping[str, Any]) -> Config:
+    """Merge override mappings (later wins) onto the defaults, checking names and types."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in _TYPES:
+                raise ValueError(f"unknown config key {key!r}. Known keys: {', '.join(sorted(_TYPES))}")
+            values[key] = _coerce(key, value, _TYPES[key])
+    return Config(**values)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``["lr=1e-3", "drop=none"]`` -> dict; values are coerced later by :func:`resolve`."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    return json.loads(text)

@@ -1,0 +1,318 @@
+"""Engine: build a CATDM model for a task, train it, sample from it, evaluate it.
+
+    from catdiff import Engine
+    eng = Engine(task="digits", out="runs/digits", steps=2000)
+    eng.fit()
+    tokens = eng.sample(16, steps=50)
+    print(eng.evaluate())
+
+Training draws each step's batch and noise from seeds derived from (seed, step, rank),
+so a resumed run repeats an uninterrupted one exactly (same device and thread count).
+Under ``torchrun`` the model is wrapped in DistributedDataParallel; each rank takes its
+share of the global batch; rank 0 writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint, config as config_mod
+from .config import Config
+from .diagnostics import collapse_report
+from .hooks import registry
+from .model import Codebook, Denoiser, ema_copy, ema_update
+from .objective import CATDMObjective, likelihood_bound
+from .sampler import sample as run_sampler
+from .schedule import from_config as schedule_from_config
+from .task import Task, TokenData
+from .trainlog import TrainLog
+
+CKPT_NAME = "last.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def check_tokens(data: TokenData, task: Task, split: str) -> None:
+    tokens = data.tokens
+    if tokens.shape[1] != task.seq_len:
+        raise ValueError(f"task {task.name!r} split {split!r}: sequences have length {tokens.shape[1]}, "
+                         f"the task declares seq_len={task.seq_len}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= task.vocab_size:
+        raise ValueError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
+                         f"vocab_size={task.vocab_size} (ids must be in [0, {task.vocab_size - 1}])")
+    if task.num_classes and data.labels is None:
+        raise ValueError(f"task {task.name!r} is class-conditional but split {split!r} has no labels")
+
+
+class Engine:
+    def __init__(self, task: str | Task = "digits", out: str | Path | None = None,
+                 config_file: str | Path | None = None, **overrides: Any):
+        reg = registry()
+        if isinstance(task, Task):
+            self.task = task
+        else:
+            self.task = reg.get("tasks", task).factory()
+        file_values = config_mod.load_file(config_file) if config_file else {}
+        self.cfg: Config = config_mod.resolve(self.task.defaults, file_values, overrides, {"task": self.task.name})
+        self.out = Path(out) if out is not None else None
+        self._setup_distributed()
+        cfg = self.cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.schedule = schedule_from_config(cfg)
+        self.objective = CATDMObjective(cfg, self.schedule)
+        backbone = reg.get("backbones", cfg.backbone).factory(
+            cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes)
+        codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
+        self.model = Denoiser(codebook, backbone).to(self.device)
+        self.ema_cm = ema_copy(self.model)     # CM target theta_bar, phi_bar (rate ema_cm)
+        self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.step = 0
+        self._train: TokenData | None = None
+        if self.out is not None and cfg.resume and (self.out / CKPT_NAME).exists():
+            self.load_state(checkpoint.load(self.out / CKPT_NAME))
+
+    # ----------------------------------------------------------------- setup
+    def _setup_distributed(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.device = pick_device(self.cfg.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        if self.cfg.batch_size % self.world:
+            raise ValueError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+
+    @property
+    def autocast(self):
+        prec = self.cfg.precision
+        if prec not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {prec!r}")
+        bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def data(self, split: str) -> TokenData:
+        if split == "train" and self._train is not None:
+            return self._train
+        data = self.task.load(split)
+        check_tokens(data, self.task, split)
+        data = TokenData(data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
+        if split == "train":
+            self._train = data
+        return data
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to 10% of ``lr`` at ``steps``."""
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def _batch(self, data: TokenData, step: int):
+        """The global batch of ``step`` (i.i.d. indices from a (seed, step) generator); this rank's share."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world].to(self.device)
+        x = data.tokens[idx]
+        cond = None
+        if self.task.num_classes:
+            cond = data.labels[idx]
+            drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
+            cond = torch.where(drop, self.task.num_classes, cond)  # learnable null condition
+        return x, cond
+
+    # ----------------------------------------------------------------- training
+    def fit(self, until: int | None = None) -> "Engine":
+        """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``."""
+        cfg = self.cfg
+        data = self.data("train")
+        stop = min(cfg.steps, until) if until is not None else cfg.steps
+        model = self.model
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        if cfg.compile:
+            model = torch.compile(model)
+        log = TrainLog(self.out if self.rank == 0 else None, total=stop, start=self.step, quiet=self.rank != 0)
+        model.train()
+        while self.step < stop:
+            step = self.step
+            torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
+            x, cond = self._batch(data, step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(step)
+            with self.autocast:
+                loss, logs = self.objective(model, self.ema_cm, x, cond)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            ema_update(self.ema_cm, self.model, cfg.ema_cm)
+            ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
+            self.step += 1
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")
+            log.update(self.step, logs, lr=self.lr_at(step), grad_norm=grad_norm, batch=cfg.batch_size)
+            if self.out is not None and self.rank == 0 and self.step % cfg.ckpt_every == 0:
+                self.save()
+        if self.out is not None and self.rank == 0:
+            self.save()
+        log.close()
+        return self
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "task": {"name": self.task.name, "vocab_size": self.task.vocab_size,
+                     "seq_len": self.task.seq_len, "num_classes": self.task.num_classes},
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema_cm": self.ema_cm.state_dict(),
+            "ema_eval": self.ema_eval.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": checkpoint.rng_state(),
+        }
+
+    def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
+        meta = payload["task"]
+        for key in ("vocab_size", "seq_len", "num_classes"):
+            mine = getattr(self.task, key)
+            if meta[key] != mine:
+                raise checkpoint.CheckpointError(
+                    f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
+                    f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.ema_cm.load_state_dict(payload["ema_cm"])
+            self.ema_eval.load_state_dict(payload["ema_eval"])
+        except RuntimeError as e:
+            raise checkpoint.CheckpointError(
+                f"{path} does not match the configured model ({e}); resume with the checkpoint's own "
+                f"config (catdiff sample/eval read it) or start a new --out directory") from None
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = payload["step"]
+        checkpoint.set_rng_state(payload["rng"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        if path is None:
+            if self.out is None:
+                raise ValueError("Engine has no `out` directory; pass a path to save()")
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.out / "config.json")
+            path = self.out / CKPT_NAME
+        return checkpoint.save(self.state(), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, out: str | Path | None = None, **overrides: Any) -> "Engine":
+        """Rebuild an Engine from a checkpoint (its own config; ``overrides`` only for sampling/eval keys)."""
+        payload = checkpoint.load(path)
+        saved = dict(payload["config"])
+        saved.update(overrides)
+        saved["resume"] = False
+        task = saved.pop("task")
+        eng = cls(task=task, out=out, **saved)
+        eng.load_state(payload, path)
+        return eng
+
+    # ----------------------------------------------------------------- sampling and evaluation
+    def default_labels(self, n: int) -> torch.Tensor | None:
+        return torch.arange(n) % self.task.num_classes if self.task.num_classes else None
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, guidance: float | None = None, labels=None,
+               sampler: str | None = None, final: str | None = None, known=None, known_mask=None,
+               seed: int | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Generate ``n`` token sequences with the slow EMA model; infill when ``known``/``known_mask`` given."""
+        cfg = self.cfg
+        if labels is None:
+            labels = self.default_labels(n)
+        elif not self.task.num_classes:
+            raise ValueError(f"task {self.task.name!r} is unconditional; labels are not accepted")
+        gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
+        out = []
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            with self.autocast:
+                out.append(run_sampler(
+                    self.ema_eval, self.schedule, hi - lo, self.task.seq_len,
+                    steps=steps or cfg.sample_steps, method=sampler or cfg.sampler, final=final or cfg.final,
+                    cond=None if labels is None else labels[lo:hi].to(self.device),
+                    guidance=cfg.guidance if guidance is None else guidance,
+                    null_id=self.task.num_classes if self.task.num_classes else None,
+                    known=None if known is None else known[lo:hi], known_mask=None if known_mask is None else known_mask[lo:hi],
+                    generator=gen, device=self.device))
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def likelihood(self, split: str = "test", batches: int | None = None, batch_size: int = 128) -> dict[str, float]:
+        """Mean of the eq. 3 bound per token (nats and bits) on ``split``, with its standard error."""
+        data = self.data(split)
+        gen = torch.Generator().manual_seed(self.cfg.seed + 99)
+        n = min(len(data), (batches or self.cfg.eval_batches) * batch_size)
+        totals, parts = [], {"prior": 0.0, "l0": 0.0, "l_inf": 0.0}
+        torch.manual_seed(self.cfg.seed + 98)
+        for lo in range(0, n, batch_size):
+            x = data.tokens[lo : min(n, lo + batch_size)]
+            cond = None if not self.task.num_classes else data.labels[lo : lo + len(x)]
+            # stratified times: one per row, spread over [0, 1)
+            t = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
+            with self.autocast:
+                b = likelihood_bound(self.ema_eval, x, self.schedule, cond, t.to(self.device))
+            totals.append(b["total"].double().cpu())
+            for k in parts:
+                parts[k] += b[k].double().sum().item()
+        tot = torch.cat(totals) / self.task.seq_len
+        nats = tot.mean().item()
+        se = (tot.std() / math.sqrt(len(tot))).item() if len(tot) > 1 else float("nan")
+        res = {"nll_bound_nats_per_token": nats, "nll_bound_nats_per_token_se": se,
+               "nll_bound_bits_per_token": nats / math.log(2), "nll_bound_bits_per_token_se": se / math.log(2)}
+        res.update({f"nll_bound_{k}_per_token": v / (len(tot) * self.task.seq_len) for k, v in parts.items()})
+        return res
+
+    @torch.no_grad()
+    def evaluate(self, n_samples: int | None = None, out: str | Path | None = None) -> dict[str, float]:
+        """Likelihood bound, collapse diagnostics and the task's sample metrics (EMA model).
+
+        With an output directory (``out`` or the engine's), also writes metrics.json, the
+        task's sample rendering and its diagnostics plot."""
+        out = Path(out) if out is not None else self.out
+        n = n_samples or self.cfg.n_samples
+        metrics: dict[str, float] = {"step": float(self.step)}
+        metrics.update(self.likelihood())
+        test = self.data("test")
+        k = min(len(test), 1024)
+        report = collapse_report(self.ema_eval, self.schedule, test.tokens[:k],
+                                 None if not self.task.num_classes else test.labels[:k])
+        metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
+        t0 = time.perf_counter()
+        labels = self.default_labels(n)
+        tokens = self.sample(n, labels=labels)
+        metrics["sample_seconds"] = time.perf_counter() - t0
+        metrics.update(self.task.evaluate(tokens, labels, out))
+        if out is not None and self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            self.task.save_samples(tokens, labels, out)
+            self.task.diagnostics(report, out)
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics

@@ -1,0 +1,70 @@
+"""The denoiser: a learnable codebook (phi) and a backbone network (theta)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class Codebook(nn.Module):
+    """Rows 0..K-1 embed data tokens; row K is the learned [mask] (random dropping), row
+    K+1 the [null] token (padding of variable-length sequences).
+
+    Initialisation: the paper writes N(0, D^{-1/2}). We read the second argument as the
+    *standard deviation* (``std = D ** -0.5``, so E||e_k||^2 = 1), the usual
+    ``nn.init.normal_(w, std=D ** -0.5)``; ``embed_init_std`` overrides it.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, init_std: float = -1.0, fixed: bool = False):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+        self.null_id = vocab_size + 1
+        std = dim**-0.5 if init_std < 0 else init_std
+        self.weight = nn.Parameter(torch.randn(vocab_size + 2, dim) * std, requires_grad=not fixed)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """[K, D]: the rows that posteriors average over (paper eq. 2)."""
+        return self.weight[: self.vocab_size]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(tokens, self.weight)
+
+
+class Denoiser(nn.Module):
+    """f_theta(z_t; t[, y]) -> logits, plus the codebook phi that defines z_t.
+
+    ``forward`` does everything that needs gradients in one call (embedding lookup, noising,
+    network), so DistributedDataParallel sees every parameter use inside its forward.
+    """
+
+    def __init__(self, codebook: Codebook, net: nn.Module):
+        super().__init__()
+        self.codebook = codebook
+        self.net = net
+
+    def forward(self, tokens_in, alpha, sigma, noise, t, cond=None, targets=None):
+        """z = alpha * EMB(tokens_in) + sigma * noise; returns (logits, z, EMB(targets), E_data)."""
+        z = alpha[:, None, None] * self.codebook(tokens_in) + sigma[:, None, None] * noise
+        logits = self.net(z, t, cond)
+        emb_targets = self.codebook(targets) if targets is not None else None
+        return logits, z, emb_targets, self.codebook.data
+
+    def logits(self, z, t, cond=None):
+        return self.net(z, t, cond)
+
+
+def ema_copy(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
+    """theta_bar <- rate * theta_bar + (1 - rate) * theta (stop-gradient), for every parameter."""
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - rate)

@@ -1,0 +1,171 @@
+"""The CATDM training objective and the continuous-time likelihood bound.
+
+Paper 003 (CATDM): eq. 2 (posterior-weighted embedding), eq. 3 (VLB), eq. 4 (L_CM),
+sec. 5.1 (L_DM), sec. 5.3 (random dropping), appendix F.4 (L_CE); paper 000 Algorithm 1.
+
+Every term is a per-sequence sum over tokens (and embedding dims), averaged over the batch.
+
+Choices where the paper is ambiguous (documented, measured in benchmarks/):
+- Random dropping replaces tokens of the network *input* by the learned [mask] row, for
+  both student inputs (z_0 for L0 and z_t); targets stay the clean tokens.
+  ``rand``: each token dropped with prob ``drop_ratio``; ``linear``: with prob
+  ``drop_ratio * t`` (0 at t=0); ``rand_ratio``: a per-sequence ratio ~ U(0, drop_ratio).
+- z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
+  x, and z_t is the student's (dropped) noisy input.
+- The teacher (EMA network) runs without dropout and without gradient.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .schedule import ShiftedCosineSchedule
+
+OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")
+DROPS = ("rand", "linear", "rand_ratio", "none")
+
+
+def kl_categorical(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) over the last axis from log-probabilities; >= 0, 0 iff P = Q."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def predicted_embedding(logits: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 2: EMB_hat_i = sum_k P(x_i = k | z_t; t) e_k."""
+    return torch.softmax(logits, -1) @ codebook
+
+
+def prior_kl(emb: torch.Tensor, alpha1: torch.Tensor, sigma1: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_1|x) || N(0, I)) per sequence, for emb [B, M, D] and scalars alpha_1, sigma_1."""
+    var = sigma1**2
+    per_elem = 0.5 * (var + alpha1**2 * emb**2 - 1.0 - torch.log(var))
+    return per_elem.flatten(1).sum(-1)
+
+
+def drop_mask(x: torch.Tensor, t: torch.Tensor, strategy: str, ratio: float) -> torch.Tensor:
+    """Boolean [B, M]: positions whose input embedding becomes [mask] (paper sec. 5.3, Table 7)."""
+    if strategy == "none" or ratio <= 0:
+        return torch.zeros_like(x, dtype=torch.bool)
+    if strategy == "rand":
+        p = torch.full_like(t, ratio)
+    elif strategy == "linear":
+        p = ratio * t
+    elif strategy == "rand_ratio":
+        p = ratio * torch.rand_like(t)
+    else:
+        raise ValueError(f"unknown drop strategy {strategy!r}; choose one of {DROPS}")
+    return torch.rand(x.shape, device=x.device) < p[:, None]
+
+
+class CATDMObjective:
+    """L = L0 + beta_DM L_DM + beta_CM L_CM (paper 003 sec. 5.1) and its ablations.
+
+    ``objective``: ``catdm`` (as above), ``ce`` (L_CE in place of L_CM, appendix F.4),
+    ``csdm`` (the plain VLB, eq. 3: prior KL + L0 + L_inf), ``csdm_l2`` (VLB plus
+    ``l2_weight`` * sum of squared input embeddings).
+    """
+
+    def __init__(self, cfg, schedule: ShiftedCosineSchedule):
+        if cfg.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {cfg.objective!r}; choose one of {OBJECTIVES}")
+        if cfg.drop not in DROPS:
+            raise ValueError(f"unknown drop strategy {cfg.drop!r}; choose one of {DROPS}")
+        self.cfg = cfg
+        self.schedule = schedule
+
+    def __call__(self, model, teacher, x: torch.Tensor, cond: torch.Tensor | None = None):
+        """Returns (loss, logs). ``model`` may be DDP-wrapped; ``teacher`` is the EMA Denoiser."""
+        cfg, sch = self.cfg, self.schedule
+        B = x.shape[0]
+        codebook = teacher.codebook  # same shapes and ids as the student's (it is its EMA copy)
+        t = torch.rand(B, device=x.device)
+        # one student pass over [z_0 ; z_t] (L0 needs z_0 at t = 0, the rest z_t)
+        t2 = torch.cat([torch.zeros_like(t), t])
+        x2 = torch.cat([x, x])
+        cond2 = None if cond is None else torch.cat([cond, cond])
+        dropped = drop_mask(x2, t2, cfg.drop, cfg.drop_ratio)
+        x_in = torch.where(dropped, codebook.mask_id, x2)
+        alpha2, sigma2 = sch.alpha_sigma(t2)
+        noise = torch.randn(2 * B, x.shape[1], codebook.weight.shape[1], device=x.device)
+        logits2, z2, emb2, e_data = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2)
+        logits0, logits_t = logits2.float().chunk(2)
+        z_t, emb = z2[B:], emb2[:B]  # emb = EMB_phi(x), the clean target
+
+        # L0 = E[-log P(x | z_0; 0)]  (sec. 4.2)
+        l0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none").sum(-1)
+        # ||EMB(x) - EMB_hat(z_t; t)||^2  (eq. 2, 3)
+        sq_err = (emb - predicted_embedding(logits_t, e_data)).pow(2).flatten(1).sum(-1)
+        logs = {"l0": l0.mean()}
+
+        if cfg.objective in ("csdm", "csdm_l2"):
+            # eq. 3: prior KL + L0 + L_inf, L_inf = -1/2 SNR'(t) ||EMB - EMB_hat||^2
+            one = torch.ones(1, device=x.device)
+            a1, s1 = sch.alpha_sigma(one)
+            prior = prior_kl(emb, a1, s1)
+            l_inf = -0.5 * sch.dsnr_dt(t) * sq_err
+            loss = prior + l0 + l_inf
+            logs.update(prior=prior.mean(), l_inf=l_inf.mean())
+            if cfg.objective == "csdm_l2":
+                l2 = emb.pow(2).flatten(1).sum(-1)
+                loss = loss + cfg.l2_weight * l2
+                logs["l2"] = l2.mean()
+            loss = loss.mean()
+        else:
+            l_dm = sq_err  # sec. 5.1: unweighted
+            logs["l_dm"] = l_dm.mean()
+            logp_t = F.log_softmax(logits_t, -1)
+            if cfg.objective == "ce":
+                reg = -logp_t.gather(-1, x[..., None]).squeeze(-1).sum(-1)  # L_CE (app. F.4)
+                logs["l_ce"] = reg.mean()
+            elif cfg.beta_cm > 0:
+                reg = self.consistency(teacher, x, t, z_t.detach(), logp_t, cond)
+                logs["l_cm"] = reg.mean()
+            else:
+                reg = torch.zeros_like(l0)
+            loss = (l0 + cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
+        logs["loss"] = loss
+        return loss, {k: v.detach() for k, v in logs.items()}
+
+    def consistency(self, teacher, x, t, z_t, logp_t, cond):
+        """L_CM (eq. 4): KL(P_theta_bar(x~ | z_bar_s; s) || P_theta(x~ | z_t; t)), s ~ U(0, t),
+        z_bar_s one DDIM step from z_t using the EMA codebook (Algorithm 1 line 5)."""
+        s = t * torch.rand_like(t)
+        with torch.no_grad():
+            a_t, s_t = self.schedule.alpha_sigma(t)
+            a_s, s_s = self.schedule.alpha_sigma(s)
+            emb_bar = teacher.codebook(x)
+            z_s = ddim_point(z_t, emb_bar, a_t, s_t, a_s, s_s)
+            logp_s = F.log_softmax(teacher.logits(z_s, s, cond).float(), -1)
+        return kl_categorical(logp_s, logp_t).sum(-1)
+
+
+def ddim_point(z_t, x0, a_t, s_t, a_s, s_s):
+    """z_s = alpha_s x0 + (sigma_s / sigma_t)(z_t - alpha_t x0)  (DDIM, variance preserving)."""
+    a_t, s_t, a_s, s_s = (v.view(-1, 1, 1) for v in (a_t, s_t, a_s, s_s))
+    return a_s * x0 + (s_s / s_t) * (z_t - a_t * x0)
+
+
+@torch.no_grad()
+def likelihood_bound(model, x, schedule: ShiftedCosineSchedule, cond=None, t=None) -> dict[str, torch.Tensor]:
+    """Continuous-time bound of eq. 3, per sequence, in nats:
+    -log P(x) <= KL(q(z_1|x) || N(0,I)) + L0 + L_inf, one Monte-Carlo draw of (t, eps) per row.
+
+    ``t`` [B] may be given (e.g. stratified); defaults to U(0, 1). No random dropping.
+    Returns ``{"prior", "l0", "l_inf", "total"}`` tensors of shape [B].
+    """
+    B = x.shape[0]
+    dev = x.device
+    if t is None:
+        t = torch.rand(B, device=dev)
+    emb = model.codebook(x)
+    a1, s1 = schedule.alpha_sigma(torch.ones(1, device=dev))
+    prior = prior_kl(emb, a1, s1)
+    t2 = torch.cat([torch.zeros_like(t), t])
+    a2, s2 = schedule.alpha_sigma(t2)
+    z2 = a2[:, None, None] * torch.cat([emb, emb]) + s2[:, None, None] * torch.randn(2 * B, *emb.shape[1:], device=dev)
+    cond2 = None if cond is None else torch.cat([cond, cond])
+    logits0, logits_t = model.logits(z2, t2, cond2).float().chunk(2)
+    l0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none").sum(-1)
+    sq = (emb - predicted_embedding(logits_t, model.codebook.data)).pow(2).flatten(1).sum(-1)
+    l_inf = -0.5 * schedule.dsnr_dt(t) * sq
+    return {"prior": prior, "l0": l0, "l_inf": l_inf, "total": prior + l0 + l_inf}

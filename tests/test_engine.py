@@ -1,0 +1,118 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from catdiff import checkpoint
+from catdiff.engine import Engine
+from toytask import ToyTask
+
+
+def same_weights(a: Engine, b: Engine) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa) and all(
+        torch.equal(x, y) for x, y in zip(a.ema_eval.state_dict().values(), b.ema_eval.state_dict().values()))
+
+
+def test_checkpoint_round_trip(tmp_path, toy):
+    eng = Engine(toy, out=tmp_path, steps=5)
+    eng.fit()
+    back = Engine.from_checkpoint(tmp_path / "last.pt")
+    assert back.step == 5 and back.cfg == eng.cfg
+    assert same_weights(eng, back)
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 5
+    assert torch.equal(eng.sample(4, steps=3, seed=0), back.sample(4, steps=3, seed=0))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, toy, monkeypatch):
+    full = Engine(toy, steps=20).fit()
+    cut = Engine(toy, out=tmp_path, steps=20, ckpt_every=7)
+    real = cut.objective
+
+    def crash_at_10(*args):
+        if cut.step == 10:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args)
+
+    monkeypatch.setattr(cut, "objective", crash_at_10)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = Engine(toy, out=tmp_path, steps=20)
+    assert resumed.step == 7  # the last checkpoint before the crash
+    resumed.fit()
+    assert same_weights(full, resumed)
+
+
+def test_likelihood_bound_decreases_during_training(toy):
+    eng = Engine(toy, steps=120, seed=3)
+    before = eng.likelihood(batches=1)["nll_bound_nats_per_token"]
+    eng.fit()
+    after = eng.likelihood(batches=1)["nll_bound_nats_per_token"]
+    assert torch.isfinite(torch.tensor([before, after])).all()
+    assert after < before - 0.1, (before, after)
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(KeyError, match="unknown task 'nope'.*Known tasks"):
+        Engine("nope")
+
+
+def test_unknown_config_key():
+    with pytest.raises(ValueError, match="unknown config key 'lrr'"):
+        Engine(ToyTask(), lrr=1)
+
+
+def test_corrupt_checkpoint_is_reported_and_left_untouched(tmp_path, toy):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt.*left untouched"):
+        Engine(toy, out=tmp_path)
+    assert bad.read_bytes() == b"not a checkpoint at all"
+    with pytest.raises(FileNotFoundError, match="catdiff run"):
+        Engine.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_wrong_vocabulary_size(tmp_path, toy):
+    Engine(toy, out=tmp_path, steps=2).fit()
+
+    class Bigger(ToyTask):
+        vocab_size = 9
+
+    with pytest.raises(checkpoint.CheckpointError, match="vocab_size=7.*vocab_size=9"):
+        Engine(Bigger(), out=tmp_path)
+
+    class Liar(ToyTask):
+        vocab_size = 5  # data has ids up to 6
+
+    with pytest.raises(ValueError, match=r"token ids span \[0, 6\].*vocab_size=5"):
+        Engine(Liar(), steps=1).fit()
+
+
+def test_conditional_task_trains_and_samples_with_guidance(toy_cond):
+    eng = Engine(toy_cond, steps=3).fit()
+    out = eng.sample(6, steps=2, guidance=1.5)
+    assert out.shape == (6, 12)
+    with pytest.raises(ValueError, match="unconditional"):
+        Engine(ToyTask(), steps=1).sample(2, labels=torch.zeros(2, dtype=torch.long))
+
+
+def test_evaluate_writes_flat_metrics(tmp_path, toy):
+    eng = Engine(toy, out=tmp_path, steps=3).fit()
+    m = eng.evaluate()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved.keys() == m.keys() and all(isinstance(v, float) for v in saved.values())
+    for key in ("nll_bound_bits_per_token", "embedding_participation_ratio", "progression_frac"):
+        assert key in saved
+
+
+def test_core_imports_no_modality_library():
+    code = ("import sys, catdiff, catdiff.engine, catdiff.cli, catdiff.hooks;"
+            "catdiff.hooks.build_registry(entry_points=[]);"
+            "bad = [m for m in ('torchvision', 'sentencepiece', 'sklearn', 'torch_fidelity', 'sacrebleu', 'PIL')"
+            " if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from catdiff.config import Config
+from catdiff.model import Codebook, Denoiser, ema_copy
+from catdiff.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
+from catdiff.schedule import ShiftedCosineSchedule
+from catdiff.backbones import build_encoder
+
+
+def tiny(vocab=7, seq=12, num_classes=0, **kw):
+    cfg = Config(layers=1, heads=2, width=32, embed_dim=16, **kw)
+    net = build_encoder(cfg, vocab_size=vocab, seq_len=seq, num_classes=num_classes)
+    return cfg, Denoiser(Codebook(vocab, cfg.embed_dim), net)
+
+
+def test_kl_nonnegative_and_zero_for_equal():
+    logp = torch.log_softmax(torch.randn(50, 9), -1)
+    logq = torch.log_softmax(torch.randn(50, 9), -1)
+    assert (kl_categorical(logp, logq) >= -1e-6).all()
+    assert kl_categorical(logp, logp).abs().max() < 1e-6
+
+
+def test_ddim_point_equals_forward_sample_when_prediction_exact():
+    sch = ShiftedCosineSchedule(-2.0)
+    x0 = torch.randn(4, 5, 3)
+    eps = torch.randn_like(x0)
+    t = torch.tensor([0.9, 0.5, 0.3, 0.99])
+    s = t * torch.tensor([0.1, 0.5, 0.9, 0.0])
+    a_t, s_t = sch.alpha_sigma(t)
+    a_s, s_s = sch.alpha_sigma(s)
+    z_t = a_t[:, None, None] * x0 + s_t[:, None, None] * eps
+    z_s = ddim_point(z_t, x0, a_t, s_t, a_s, s_s)
+    torch.testing.assert_close(z_s, a_s[:, None, None] * x0 + s_s[:, None, None] * eps)
+
+
+def test_no_gradient_reaches_the_ema_model():
+    cfg, model = tiny()
+    teacher = ema_copy(model)
+    teacher.requires_grad_(True)  # even if someone forgets to freeze it, L_CM must not touch it
+    obj = CATDMObjective(cfg, ShiftedCosineSchedule(cfg.shift))
+    x = torch.randint(0, 7, (8, 12))
+    loss, logs = obj(model, teacher, x)
+    assert "l_cm" in logs and logs["l_cm"] > 0
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert model.codebook.weight.grad is not None and model.codebook.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("objective", ["catdm", "csdm", "csdm_l2", "ce"])
+def test_every_objective_is_finite_and_differentiable(objective):
+    cfg, model = tiny(objective=objective)
+    obj = CATDMObjective(cfg, ShiftedCosineSchedule(cfg.shift))
+    loss, logs = obj(model, ema_copy(model), torch.randint(0, 7, (8, 12)))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(model.codebook.weight.grad).all()
+
+
+def test_fixed_codebook_gets_no_gradient():
+    cfg, _ = tiny()
+    model = Denoiser(Codebook(7, 16, fixed=True), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=0))
+    loss, _ = CATDMObjective(cfg, ShiftedCosineSchedule(0.0))(model, ema_copy(model), torch.randint(0, 7, (4, 12)))
+    loss.backward()
+    assert model.codebook.weight.grad is None
+
+
+def test_drop_mask_strategies():
+    x = torch.zeros(4000, 50, dtype=torch.long)
+    t = torch.rand(4000)
+    assert abs(drop_mask(x, t, "rand", 0.2).float().mean().item() - 0.2) < 0.01
+    assert not drop_mask(x, t, "none", 0.2).any()
+    lin = drop_mask(x, t, "linear", 0.5).float().mean(1)
+    assert lin[t < 0.1].mean() < 0.06 and lin[t > 0.9].mean() > 0.44
+    assert abs(drop_mask(x, t, "rand_ratio", 0.4).float().mean().item() - 0.2) < 0.02
+    with pytest.raises(ValueError, match="unknown drop strategy"):
+        drop_mask(x, t, "sometimes", 0.2)
+
+
+def test_unknown_objective_is_rejected():
+    with pytest.raises(ValueError, match="unknown objective"):
+        CATDMObjective(Config(objective="vlb2"), ShiftedCosineSchedule())
+
+
+def test_likelihood_bound_terms_are_finite_and_nonnegative():
+    cfg, model = tiny()
+    b = likelihood_bound(model, torch.randint(0, 7, (16, 12)), ShiftedCosineSchedule(cfg.shift))
+    for v in b.values():
+        assert v.shape == (16,) and torch.isfinite(v).all()
+    assert (b["prior"] >= 0).all() and (b["l0"] >= 0).all() and (b["l_inf"] >= 0).all()

@@ -1,0 +1,88 @@
+"""Third-party plugins through real importlib.metadata entry points (a dist-info on sys.path)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from catdiff.hooks import build_registry
+
+PLUGIN = textwrap.dedent('''
+    import torch
+    from catdiff.hooks import hookimpl
+    from catdiff.task import Task, TokenData
+
+    class Stripes(Task):
+        name = "stripes"
+        vocab_size = 4
+        seq_len = 8
+        description = "alternating stripes (third-party test plugin)"
+        defaults = dict(layers=1, heads=2, width=32, embed_dim=8, batch_size=8, warmup=2,
+                        sample_steps=4, n_samples=8, eval_batches=1, log_every=1)
+
+        def load(self, split):
+            a = torch.arange(32) % 4
+            return TokenData(torch.stack([(a[i : i + 8] % 2) * (i % 4) for i in range(16)]))
+
+        def evaluate(self, tokens, labels, out_dir):
+            return {"stripes_unique": float(len(set(map(tuple, tokens.tolist()))))}
+
+    @hookimpl
+    def catdiff_tasks():
+        return {"stripes": Stripes}
+
+    @hookimpl
+    def catdiff_metrics():
+        return {"stripes-unique": Stripes.evaluate}
+''')
+
+
+def make_dist(site: Path, dist: str, module: str, source: str) -> None:
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[catdiff]\n{dist} = {module}\n")
+
+
+def run_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "catdiff", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_third_party_plugin_is_listed_and_runs(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-stripes", "catdiff_stripes", PLUGIN)
+    make_dist(site, "catdiff-broken", "catdiff_broken", "raise ImportError('needs libfoo >= 2')\n")
+
+    listing = run_cli(site, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "stripes" in listing.stdout and "from catdiff-stripes 0.1" in listing.stdout
+    assert "encoder" in listing.stdout and "from catdiff" in listing.stdout
+    assert "catdiff-broken" in listing.stdout and "needs libfoo >= 2" in listing.stdout
+
+    out = tmp_path / "run"
+    run = run_cli(site, "run", "stripes", "--out", str(out), "--steps", "3")
+    assert run.returncode == 0, run.stderr
+    assert (out / "metrics.json").exists() and (out / "last.pt").exists()
+    assert "stripes_unique" in (out / "metrics.json").read_text()
+
+
+def test_unknown_task_from_cli_lists_known_ones(tmp_path):
+    res = run_cli(tmp_path, "run", "no-such-task", "--out", str(tmp_path / "x"))
+    assert res.returncode == 2
+    assert "unknown task 'no-such-task'" in res.stderr and "Known tasks:" in res.stderr
+
+
+def test_registry_records_failures_without_raising(tmp_path, monkeypatch):
+    import importlib.metadata as md
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-broken", "catdiff_broken", "raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(site))
+    eps = [md.EntryPoint(name="catdiff-broken", value="catdiff_broken", group="catdiff")]
+    reg = build_registry(entry_points=eps)
+    assert "boom" in reg.failed["catdiff-broken"]
+    assert "encoder" in reg.names("backbones")
