@@ -1,0 +1,74 @@
+"""The ``digits`` task: sklearn's 8x8 handwritten digits as 64 grey-level tokens (17 levels).
+
+``digits`` is unconditional; ``digits-cond`` is the same data conditioned on the class
+label (0..9). Both keep the labels in their TokenData. See :mod:`catdiff_vision.data` for
+the split, :mod:`catdiff_vision.fidelity` for the FID reference set and its floor.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from catdiff.task import Task, TokenData
+
+from . import data
+from .grey_levels import GreyLevelTokenizer
+
+
+class DigitsTask(Task):
+    name = "digits"
+    vocab_size = data.LEVELS
+    seq_len = data.SIDE * data.SIDE
+    num_classes = 0
+    defaults: Mapping[str, Any] = {}
+    description = "8x8 handwritten digits (sklearn), 64 tokens of 17 grey levels; 1497 train / 300 test"
+
+    def __init__(self):
+        self.tokenizer = GreyLevelTokenizer(levels=data.LEVELS, height=data.SIDE, width=data.SIDE)
+
+    def load(self, split: str) -> TokenData:
+        tokens, labels = data.load_split(split)
+        return TokenData(tokens=tokens, labels=labels)
+
+    def evaluate(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path | None) -> dict[str, float]:
+        """Metrics of generated digits (``out_dir`` is not used; images come from save_samples):
+
+        - ``fid_digits_classifier``: FID vs the 1497 real train digits in the digits
+          classifier's 64-d penultimate feature space (NOT an Inception FID).
+        - ``fid_digits_classifier_real_test``: the same for the 300 real test digits, the floor
+          a perfect model would reach with 300 samples.
+        - ``fid_num_samples``: how many samples the FID used (the floor assumes ~300).
+        - ``class_frac_0..9``, ``class_entropy`` (nats, ln 10 = 2.303 when balanced),
+          ``classifier_confidence`` (mean top-1 probability), and with labels
+          ``label_accuracy`` (fraction of samples classified as their conditioning label).
+        """
+        from . import classifier, fidelity
+
+        tokens = self.tokenizer.check_tokens(torch.as_tensor(tokens).cpu())
+        if labels is not None:
+            labels = torch.as_tensor(labels).cpu()
+        out = fidelity.digits_fid(tokens)
+        out["fid_digits_classifier_real_test"] = fidelity.real_test_floor()
+        out["fid_num_samples"] = float(len(tokens))
+        out.update(classifier.class_statistics(tokens, labels if self.num_classes else None))
+        return out
+
+    def save_samples(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path) -> list[Path]:
+        """``samples.png``: the first 100 samples in a 10x10 grid, upscaled 4x (nearest)."""
+        from .render import save_sample_grid
+
+        return [save_sample_grid(tokens, Path(out_dir) / "samples.png", tokenizer=self.tokenizer)]
+
+    def diagnostics(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        """``collapse.png``: sorted embedding variances (log y) and cross-entropy vs t."""
+        from .render import save_collapse_plot
+
+        return [save_collapse_plot(report, Path(out_dir) / "collapse.png")]
+
+
+class ConditionalDigitsTask(DigitsTask):
+    name = "digits-cond"
+    num_classes = 10
+    description = "8x8 digits conditioned on the class label 0..9; 1497 train / 300 test"
