@@ -224,14 +224,16 @@ class Engine:
         return checkpoint.save(self.state(), path)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, out: str | Path | None = None, **overrides: Any) -> "Engine":
-        """Rebuild an Engine from a checkpoint (its own config; ``overrides`` only for sampling/eval keys)."""
+    def from_checkpoint(cls, path: str | Path, out: str | Path | None = None, task: Task | None = None,
+                        **overrides: Any) -> "Engine":
+        """Rebuild an Engine from a checkpoint: its own config (``overrides`` for sampling/eval keys),
+        its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
         saved = dict(payload["config"])
         saved.update(overrides)
         saved["resume"] = False
-        task = saved.pop("task")
-        eng = cls(task=task, out=out, **saved)
+        name = saved.pop("task")
+        eng = cls(task=task or name, out=out, **saved)
         eng.load_state(payload, path)
         return eng
 

@@ -1,0 +1,240 @@
+"""Backbone training-throughput benchmark: ours vs stock ``nn.TransformerEncoder``.
+
+    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N]
+
+Everything is reported as ratios measured within this one run (absolute times on shared
+machines are noisy): measurements of the two models are interleaved in rounds and each
+reported figure is a median over rounds.
+
+Sections
+  1. matmul peak: FLOP/s of a large fp32 ``torch.mm`` and of bf16 matmuls.
+  2. backbone training step (forward + backward + AdamW) for the default digits backbone
+     (``catdiff.config.Config()``) and the paper-sized image backbone (15 layers, 8 heads,
+     512 wide, 256 tokens, K=1024, D=256); ours vs stock, fp32 and bf16 autocast.
+  3. objective cost (full CATDM step vs plain CSDM step): see ``objective_cost``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catdiff.backbones import EncoderTransformer  # noqa: E402
+from catdiff.config import Config  # noqa: E402
+
+FLOP_FORMULA = (
+    "FLOPs per training step = 6 * P_tok * B * M + 12 * L * M^2 * W * B   "
+    "(P_tok = matmul weights applied per token: D*W + L*(4*W^2 + 2*W*F) + W*K; "
+    "the second term is attention scores + mixing, fwd+bwd)"
+)
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(fn, warmup: int, iters: int, device: torch.device | str = "cpu") -> float:
+    """Run ``fn`` ``warmup`` times, then ``iters`` timed times; median seconds per call."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) if times else float("nan")
+
+
+def interleaved(fns: dict[str, callable], rounds: int, iters: int, warmup: int, device) -> dict[str, list[float]]:
+    """Warm every fn up, then ``rounds`` rounds timing each fn in turn (``iters`` calls each)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out[name].append(time_step(fn, 0, iters, device))
+    return out
+
+
+# ----------------------------------------------------------------------------- matmul peak
+def matmul_flops(device, n: int, dtype: torch.dtype, layout: str, rounds: int) -> float:
+    """FLOP/s of an n x n x n matmul; ``layout`` "mm" is A @ B, "linear" is F.linear(A, B) = A @ B^T."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    fn = (lambda: torch.mm(a, b)) if layout == "mm" else (lambda: F.linear(a, b))
+    sec = time_step(fn, 1, rounds, device)
+    return 2 * n**3 / sec
+
+
+# ----------------------------------------------------------------------------- models
+class StockBackbone(nn.Module):
+    """Stock ``nn.TransformerEncoder`` with the same input projection, positions and head."""
+
+    def __init__(self, cfg: Config, vocab_size: int, seq_len: int):
+        super().__init__()
+        hidden = int(round(cfg.width * cfg.mlp_ratio))
+        self.in_proj = nn.Linear(cfg.embed_dim, cfg.width)
+        self.register_buffer("pos", torch.randn(seq_len, cfg.width) * 0.02, persistent=False)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width, cfg.heads, hidden, dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, vocab_size)
+
+    def forward(self, z, t, cond=None):
+        h = self.in_proj(z) + self.pos[: z.shape[1]]
+        return self.head(self.norm(self.encoder(h))).float()
+
+
+def step_flops(cfg: Config, vocab_size: int, seq_len: int, batch: int) -> float:
+    W, L, D, K, M = cfg.width, cfg.layers, cfg.embed_dim, vocab_size, seq_len
+    F_ = int(round(W * cfg.mlp_ratio))
+    p_tok = D * W + L * (4 * W * W + 2 * W * F_) + W * K
+    return 6 * p_tok * batch * M + 12 * L * M * M * W * batch
+
+
+def make_step(model: nn.Module, cfg: Config, vocab_size: int, seq_len: int, batch: int, device, bf16: bool):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(batch, seq_len, cfg.embed_dim, generator=gen).to(device)
+    t = torch.rand(batch, generator=gen).to(device)
+    x = torch.randint(0, vocab_size, (batch, seq_len), generator=gen).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(z, t)
+        loss = F.cross_entropy(logits.flatten(0, 1), x.flatten())
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def backbone_section(name, cfg, vocab_size, seq_len, batch, device, precisions, rounds, iters, peak):
+    flops = step_flops(cfg, vocab_size, seq_len, batch)
+    print(
+        f"\n[{name}] layers={cfg.layers} heads={cfg.heads} width={cfg.width} mlp={cfg.mlp_ratio} "
+        f"M={seq_len} D={cfg.embed_dim} K={vocab_size} batch={batch}: {flops / 1e9:.2f} GFLOP/step"
+    )
+    print(f"  {'precision':<10}{'ours/peak32':>12}{'stock/peak32':>14}{'ours/stock':>12}{'ours ms':>10}{'stock ms':>10}")
+    rows = {}
+    for prec in precisions:
+        torch.manual_seed(0)
+        ours = EncoderTransformer(cfg, vocab_size, seq_len).to(device)
+        stock = StockBackbone(cfg, vocab_size, seq_len).to(device)
+        bf16 = prec == "bf16"
+        fns = {
+            "ours": make_step(ours, cfg, vocab_size, seq_len, batch, device, bf16),
+            "stock": make_step(stock, cfg, vocab_size, seq_len, batch, device, bf16),
+        }
+        res = interleaved(fns, rounds, iters, warmup=2, device=device)
+        t_ours, t_stock = statistics.median(res["ours"]), statistics.median(res["stock"])
+        speedup = statistics.median(s / o for o, s in zip(res["ours"], res["stock"]))  # paired per round
+        rows[prec] = (flops / t_ours / peak, flops / t_stock / peak, speedup)
+        print(
+            f"  {prec:<10}{rows[prec][0]:>12.3f}{rows[prec][1]:>14.3f}{speedup:>12.3f}"
+            f"{t_ours * 1e3:>10.1f}{t_stock * 1e3:>10.1f}",
+            flush=True,
+        )
+        del ours, stock, fns
+    return rows
+
+
+# ----------------------------------------------------------------------------- objective
+def objective_cost(args, device, peak) -> None:
+    """LEAD: full CATDM training step vs a plain CSDM step (same backbone) goes here.
+
+    Called from ``main`` only when ``catdiff.objective`` imports. Suggested shape: build a
+    Denoiser + objective for cfg.objective in ("catdm", "csdm"), time both steps with
+    ``interleaved`` and print the CATDM/CSDM time ratio.
+    """
+    print("\n[objective] objective not available yet")
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller batches")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    quick = args.quick
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
+          + (f", cpu capability {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else ""))
+    print(FLOP_FORMULA)
+
+    # 1. matmul peak (medians; re-measured at the end and the two medians averaged)
+    n32 = 1024 if quick else 2048
+    peak_runs = [matmul_flops(device, n32, torch.float32, "mm", 5 if quick else 9)]
+    nbf = 512 if device.type == "cpu" else n32
+    bf_mm = matmul_flops(device, nbf, torch.bfloat16, "mm", 3)
+    bf_lin = matmul_flops(device, nbf, torch.bfloat16, "linear", 3)
+    peak = peak_runs[0]
+    print("\n[matmul peak]")
+    print(f"  fp32 torch.mm n={n32}: {peak / 1e9:.1f} GFLOP/s (= 1.0, the reference below)")
+    print(f"  bf16 torch.mm n={nbf} (A @ B): {bf_mm / 1e9:.2f} GFLOP/s = {bf_mm / peak:.3f} x fp32")
+    print(f"  bf16 F.linear n={nbf} (A @ B^T): {bf_lin / 1e9:.2f} GFLOP/s = {bf_lin / peak:.3f} x fp32")
+
+    # 2. backbones
+    precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
+    base = Config()
+    digits = replace(base)
+    paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
+    cpu = device.type == "cpu"
+    sizes = [
+        ("default digits backbone", digits, 17, 64, (32 if quick else 64) if cpu else 256),
+        ("paper image backbone", paper, 1024, 256, (1 if quick else 2) if cpu else 32),
+    ]
+    results = {}
+    for name, cfg, K, M, B in sizes:
+        for prec in precisions:
+            # bf16 on CPUs without native bf16 matmul is very slow: fewer rounds there.
+            slow = prec == "bf16" and cpu and bf_lin < 0.5 * peak
+            rounds = (3 if quick else 5) if not slow else (2 if quick else 3)
+            iters = (2 if quick else 3) if not slow else 1
+            results[(name, prec)] = backbone_section(name, cfg, K, M, B, device, [prec], rounds, iters, peak)[prec]
+
+    peak_runs.append(matmul_flops(device, n32, torch.float32, "mm", 5 if quick else 9))
+    drift = peak_runs[1] / peak_runs[0]
+
+    print("\n[summary] achieved FLOP/s / fp32 matmul FLOP/s, and ours/stock speed (>1: ours faster)")
+    print(f"  {'backbone':<26}{'prec':<6}{'ours':>8}{'stock':>8}{'ours/stock':>12}")
+    for (name, prec), (o, s, r) in results.items():
+        print(f"  {name:<26}{prec:<6}{o:>8.3f}{s:>8.3f}{r:>12.3f}")
+    print(f"  (fp32 matmul peak re-measured at the end: {drift:.2f} x the start value; "
+          "ratios above use the start value)")
+
+    # 3. objective
+    try:
+        import catdiff.objective  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - the section is optional until the objective lands
+        print(f"\n[objective] skipped: catdiff.objective does not import ({type(e).__name__}: {e})")
+    else:
+        objective_cost(args, device, peak)
+
+
+if __name__ == "__main__":
+    main()

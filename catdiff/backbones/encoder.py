@@ -1,0 +1,192 @@
+"""Bidirectional transformer denoiser f_theta(z_t; t[, y]) -> logits (CATDM, paper 003).
+
+The paper's backbones are plain (non-causal) transformer encoders: 15 layers / 8 heads /
+512 wide for images, 12 / 12 / 768 for text. Time (and class) conditioning enters every
+block through AdaLN (paper 003, appendix B.1):
+
+    AdaLN(h, c) = (1 + a(c)) * LayerNorm(h) + b(c),   LayerNorm without affine parameters,
+
+with ``a`` and ``b`` a per-block linear map of SiLU(c), initialised to zero so each block
+starts as a plain pre-norm transformer block.
+
+Design choices (documented because the paper does not pin them down):
+
+- No DiT-style residual gates. The paper's AdaLN has only scale and shift; with gates
+  initialised to zero, every attention / MLP weight receives zero gradient on the first
+  step and the network starts as the identity on the input projection. Without gates the
+  network is a standard pre-norm transformer at init (trainable from step one) and each
+  residual update is one fewer elementwise pass.
+- ``cfg.dropout`` is applied to the attention probabilities only (inside
+  ``scaled_dot_product_attention``), and only in training mode.
+- Time features: sinusoidal features of ``1000 * t`` (``width`` of them), then
+  Linear -> SiLU -> Linear. Class conditioning adds ``nn.Embedding(num_classes + 1, width)``
+  to the time vector; index ``num_classes`` is the learned null condition (used when
+  ``cond`` is None and by classifier-free guidance).
+- Position embeddings are fixed sinusoids (a non-persistent buffer, so checkpoints do not
+  depend on ``seq_len``); shorter inputs use the first M positions.
+- Mixed precision: the residual stream stays in the dtype the input projection promotes to
+  (float32 under autocast, because the fixed position buffer is float32); matmuls and
+  attention follow autocast. Logits are returned as float32.
+- Speed: qkv is one fused Linear; q, k, v are strided views of its output passed directly to
+  ``scaled_dot_product_attention`` (no ``.contiguous()`` copies), and AdaLN's scale-and-shift
+  is a single ``addcmul``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def sinusoidal(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[N] float -> [N, dim] features ``[cos(p * f_i), sin(p * f_i)]``, f_i geometric in [1/max_period, 1]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    args = positions.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class AdaLN(nn.Module):
+    """``(1 + a(c)) * LayerNorm(h) + b(c)``; ``a, b`` from a zero-initialised Linear on SiLU(c).
+
+    ``forward`` takes the already-activated ``silu(c)`` (computed once per network call).
+    """
+
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.width = width
+        self.eps = eps
+        self.mod = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def modulation(self, c_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """silu(c) [B, W] -> (1 + a, b), each [B, 1, W], ready to broadcast over tokens."""
+        scale, shift = self.mod(c_act)[:, None, :].chunk(2, dim=-1)
+        return scale + 1.0, shift
+
+    def forward(self, h: torch.Tensor, c_act: torch.Tensor) -> torch.Tensor:
+        scale1, shift = self.modulation(c_act)
+        normed = F.layer_norm(h, (self.width,), eps=self.eps)
+        return torch.addcmul(shift, normed, scale1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: h += Attn(AdaLN(h, c)); h += MLP(AdaLN(h, c))."""
+
+    def __init__(self, width: int, heads: int, hidden: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = AdaLN(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = AdaLN(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, h: torch.Tensor, c_act: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(h, c_act)
+        # [B, M, 3W] -> three strided [B, H, M, d] views; no copies before attention.
+        q, k, v = rearrange(self.qkv(x), "b m (three h d) -> three b h m d", three=3, h=self.heads)
+        p = self.dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        h = h + self.proj(rearrange(o, "b h m d -> b m (h d)"))
+        x = self.norm2(h, c_act)
+        return h + self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderTransformer(nn.Module):
+    """``forward(z [B, M, D], t [B], cond [B] | None) -> logits [B, M, vocab_size]`` (float32).
+
+    Built from ``cfg.layers, cfg.heads, cfg.width, cfg.mlp_ratio, cfg.dropout, cfg.embed_dim``.
+    ``num_classes > 0`` makes it class-conditional: ``cond`` holds labels in
+    ``[0, num_classes]`` where ``num_classes`` means "no condition" (the learned null
+    embedding, also used when ``cond`` is None).
+    """
+
+    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0):
+        super().__init__()
+        width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
+        if width <= 0 or heads <= 0 or layers <= 0:
+            raise ValueError(f"width, heads and layers must be positive, got {width}, {heads}, {layers}")
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        if vocab_size <= 0 or seq_len <= 0 or num_classes < 0:
+            raise ValueError(
+                f"need vocab_size > 0, seq_len > 0, num_classes >= 0; got {vocab_size}, {seq_len}, {num_classes}"
+            )
+        hidden = int(round(width * cfg.mlp_ratio))
+        self.embed_dim = int(cfg.embed_dim)
+        self.width = width
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len
+        self.num_classes = num_classes
+
+        self.in_proj = nn.Linear(self.embed_dim, width)
+        self.register_buffer("pos", sinusoidal(torch.arange(seq_len), width), persistent=False)
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
+        self.norm_out = AdaLN(width)
+        self.head = nn.Linear(width, vocab_size)
+
+    @property
+    def null_class(self) -> int:
+        """The label meaning "unconditional" (for classifier-free guidance)."""
+        return self.num_classes
+
+    def _check(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if z.dim() != 3 or z.shape[-1] != self.embed_dim:
+            raise ValueError(f"z must be [B, M, D] with D={self.embed_dim}, got {tuple(z.shape)}")
+        B, M, _ = z.shape
+        if M > self.seq_len:
+            raise ValueError(f"sequence length {M} exceeds the model's seq_len={self.seq_len}")
+        if M == 0:
+            raise ValueError("z has an empty sequence axis")
+        if not torch.is_floating_point(z):
+            raise ValueError(f"z must be a float tensor, got {z.dtype}")
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"t must be [B] with B={B} (or a scalar), got {tuple(t.shape)}")
+        if cond is not None:
+            if self.class_emb is None:
+                raise ValueError(
+                    "cond was given but this EncoderTransformer is unconditional (num_classes=0); "
+                    "build it with num_classes > 0 or pass cond=None"
+                )
+            if cond.shape != (B,):
+                raise ValueError(f"cond must be [B] with B={B}, got {tuple(cond.shape)}")
+            if cond.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+                raise ValueError(f"cond must hold integer labels, got {cond.dtype}")
+            if cond.device.type == "cpu" and cond.numel() and (cond.min() < 0 or cond.max() > self.num_classes):
+                raise ValueError(
+                    f"cond labels must lie in [0, {self.num_classes}] ({self.num_classes} = null), "
+                    f"got range [{int(cond.min())}, {int(cond.max())}]"
+                )
+        return t
+
+    def condition(self, t: torch.Tensor, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The conditioning vector c [B, W] from time (and class)."""
+        c = self.time_mlp(sinusoidal(t * 1000.0, self.width))
+        if self.class_emb is not None:
+            if cond is None:
+                cond = torch.full((batch,), self.num_classes, dtype=torch.long, device=t.device)
+            c = c + self.class_emb(cond.long())
+        return c
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        t = self._check(z, t, cond)
+        B, M, _ = z.shape
+        c_act = F.silu(self.condition(t, cond, B))
+        h = self.in_proj(z) + self.pos[:M]
+        for block in self.blocks:
+            h = block(h, c_act)
+        return self.head(self.norm_out(h, c_act)).float()
