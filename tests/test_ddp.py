@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent('''
     dist.all_gather(emas, ema)
     if dist.get_rank() == 0:
         json.dump({{"max_diff": (both[0] - both[1]).abs().max().item(),
-                    "ema_diff": (emas[0] - emas[1]).abs().max().item()}},
+                    "ema_diff": (emas[0] - emas[1]).abs().max().item(),
+                    "moved": (flat - start).abs().max().item()}},
                   open({out!r}, "w"))
     dist.destroy_process_group()
 ''')
