@@ -5,6 +5,7 @@ Paper 000 Table 1 / 003 Figure 1 claim: CSDM (plain VLB) and CATDM without L_CM 
 a mean row per arm, all measured in this run.
 
     python benchmarks/ablation_digits.py [--steps N] [--seeds 0 1] [--samples 500]
+    python benchmarks/ablation_digits.py --shifts 0 -1 -2 -3 -4     # the sweep that chose s
 """
 from __future__ import annotations
 
@@ -30,12 +31,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--shifts", type=float, nargs="*", default=[],
+                   help="instead of the arms: CATDM at each shift s of the noise schedule (the sweep that chose s)")
     args = p.parse_args()
+    arms = {name: ARMS[name] for name in args.arms}
+    if args.shifts:
+        arms = {f"CATDM s={s:g}": {"shift": s} for s in args.shifts}
 
     rows = []
-    for arm in args.arms:
+    for arm, arm_overrides in arms.items():
         for seed in args.seeds:
-            overrides = dict(ARMS[arm], seed=seed)
+            overrides = dict(arm_overrides, seed=seed)
             if args.steps:
                 overrides["steps"] = args.steps
             t0 = time.perf_counter()
@@ -52,7 +58,7 @@ def main() -> None:
     for arm, seed, m in rows:
         print(f"{arm:<14}{seed:>5}" + "".join(f"{m.get(k, float('nan')):>17.4g}" for k, _ in COLUMNS) + f"{m['seconds']:>7.0f}")
     print("-" * len(head))
-    for arm in args.arms:
+    for arm in arms:
         ms = [m for a, _, m in rows if a == arm]
         means = [statistics.fmean(m.get(k, float("nan")) for m in ms) for k, _ in COLUMNS]
         print(f"{arm + ' mean':<19}" + "".join(f"{v:>17.4g}" for v in means))

@@ -128,34 +128,29 @@ def make_step(model: nn.Module, cfg: Config, vocab_size: int, seq_len: int, batc
     return step
 
 
-def backbone_section(name, cfg, vocab_size, seq_len, batch, device, precisions, rounds, iters, peak):
+def backbone_section(name, cfg, vocab_size, seq_len, batch, device, prec, rounds, iters, warmup):
+    """Time ours and stock interleaved; returns (flops, median ours s, median stock s, paired speed ratio)."""
     flops = step_flops(cfg, vocab_size, seq_len, batch)
+    torch.manual_seed(0)
+    ours = EncoderTransformer(cfg, vocab_size, seq_len).to(device)
+    stock = StockBackbone(cfg, vocab_size, seq_len).to(device)
+    n_ours = sum(p.numel() for p in ours.parameters()) / 1e6
+    n_stock = sum(p.numel() for p in stock.parameters()) / 1e6
+    bf16 = prec == "bf16"
+    fns = {
+        "ours": make_step(ours, cfg, vocab_size, seq_len, batch, device, bf16),
+        "stock": make_step(stock, cfg, vocab_size, seq_len, batch, device, bf16),
+    }
+    res = interleaved(fns, rounds, iters, warmup=warmup, device=device)
+    t_ours, t_stock = statistics.median(res["ours"]), statistics.median(res["stock"])
+    speed = statistics.median(s / o for o, s in zip(res["ours"], res["stock"]))  # paired per round
     print(
-        f"\n[{name}] layers={cfg.layers} heads={cfg.heads} width={cfg.width} mlp={cfg.mlp_ratio} "
-        f"M={seq_len} D={cfg.embed_dim} K={vocab_size} batch={batch}: {flops / 1e9:.2f} GFLOP/step"
+        f"  {name:<24}{prec:<6} B={batch:<3} {flops / 1e9:7.2f} GFLOP/step  params ours {n_ours:.2f}M "
+        f"stock {n_stock:.2f}M  ours {t_ours * 1e3:8.1f} ms  stock {t_stock * 1e3:8.1f} ms  "
+        f"ours/stock speed {speed:.3f}  ({rounds} rounds x {iters})",
+        flush=True,
     )
-    print(f"  {'precision':<10}{'ours/peak32':>12}{'stock/peak32':>14}{'ours/stock':>12}{'ours ms':>10}{'stock ms':>10}")
-    rows = {}
-    for prec in precisions:
-        torch.manual_seed(0)
-        ours = EncoderTransformer(cfg, vocab_size, seq_len).to(device)
-        stock = StockBackbone(cfg, vocab_size, seq_len).to(device)
-        bf16 = prec == "bf16"
-        fns = {
-            "ours": make_step(ours, cfg, vocab_size, seq_len, batch, device, bf16),
-            "stock": make_step(stock, cfg, vocab_size, seq_len, batch, device, bf16),
-        }
-        res = interleaved(fns, rounds, iters, warmup=2, device=device)
-        t_ours, t_stock = statistics.median(res["ours"]), statistics.median(res["stock"])
-        speedup = statistics.median(s / o for o, s in zip(res["ours"], res["stock"]))  # paired per round
-        rows[prec] = (flops / t_ours / peak, flops / t_stock / peak, speedup)
-        print(
-            f"  {prec:<10}{rows[prec][0]:>12.3f}{rows[prec][1]:>14.3f}{speedup:>12.3f}"
-            f"{t_ours * 1e3:>10.1f}{t_stock * 1e3:>10.1f}",
-            flush=True,
-        )
-        del ours, stock, fns
-    return rows
+    return flops, t_ours, t_stock, speed
 
 
 # ----------------------------------------------------------------------------- objective
@@ -176,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    ap.add_argument("--slow-bf16", action="store_true",
+                    help="also time the paper-sized backbone in bf16 on CPUs without native bf16 matmul")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,46 +183,58 @@ def main(argv: list[str] | None = None) -> None:
           + (f", cpu capability {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else ""))
     print(FLOP_FORMULA)
 
-    # 1. matmul peak (medians; re-measured at the end and the two medians averaged)
+    # 1. matmul peak: the fp32 reference is re-measured between sections and its median used
     n32 = 1024 if quick else 2048
-    peak_runs = [matmul_flops(device, n32, torch.float32, "mm", 5 if quick else 9)]
+    peak_reps = 5 if quick else 7
+    peaks = [matmul_flops(device, n32, torch.float32, "mm", peak_reps)]
     nbf = 512 if device.type == "cpu" else n32
     bf_mm = matmul_flops(device, nbf, torch.bfloat16, "mm", 3)
     bf_lin = matmul_flops(device, nbf, torch.bfloat16, "linear", 3)
-    peak = peak_runs[0]
-    print("\n[matmul peak]")
-    print(f"  fp32 torch.mm n={n32}: {peak / 1e9:.1f} GFLOP/s (= 1.0, the reference below)")
+    peaks.append(matmul_flops(device, n32, torch.float32, "mm", peak_reps))
+
+    # 2. backbones: (name, cfg, K, M, batch, rounds, iters, warmup) per precision
+    cpu = device.type == "cpu"
+    slow_bf16 = cpu and bf_lin < 0.5 * statistics.median(peaks)  # no native bf16 matmul on this CPU
+    base = Config()
+    paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
+    if cpu:
+        plan = {
+            ("default digits backbone", "fp32"): (base, 17, 64, 32 if quick else 64, 3 if quick else 5, 2 if quick else 3, 2),
+            ("default digits backbone", "bf16"): (base, 17, 64, *((8, 2, 1, 1) if quick else (16, 3, 1, 1))) if slow_bf16
+            else (base, 17, 64, 32 if quick else 64, 3 if quick else 5, 2 if quick else 3, 2),
+            ("paper image backbone", "fp32"): (paper, 1024, 256, 2 if quick else 4, 3 if quick else 5, 1, 1),
+            ("paper image backbone", "bf16"): (paper, 1024, 256, 1, 2, 1, 1) if slow_bf16
+            else (paper, 1024, 256, 2 if quick else 4, 3 if quick else 5, 1, 1),
+        }
+    else:
+        plan = {
+            ("default digits backbone", p): (base, 17, 64, 256, 5, 10, 3) for p in ("fp32", "bf16")
+        } | {("paper image backbone", p): (paper, 1024, 256, 32, 5, 5, 3) for p in ("fp32", "bf16")}
+    print("\n[backbone training step: forward + backward + AdamW; medians over interleaved rounds]")
+    results = {}
+    for (name, prec), (cfg, K, M, B, rounds, iters, warmup) in plan.items():
+        if prec == "bf16" and args.no_bf16:
+            continue
+        if prec == "bf16" and slow_bf16 and name == "paper image backbone" and not args.slow_bf16:
+            print(f"  {name:<24}{prec:<6} skipped: bf16 matmul runs at {bf_lin / statistics.median(peaks):.2f} x fp32 "
+                  "on this CPU (~1 min per step); --slow-bf16 runs it")
+            continue
+        results[(name, prec)] = backbone_section(name, cfg, K, M, B, device, prec, rounds, iters, warmup)
+        peaks.append(matmul_flops(device, n32, torch.float32, "mm", peak_reps))
+
+    peak = statistics.median(peaks)
+    print("\n[matmul FLOP/s]")
+    print(f"  fp32 torch.mm n={n32}: median {peak / 1e9:.1f} GFLOP/s over {len(peaks)} measurements "
+          f"(min {min(peaks) / 1e9:.1f}, max {max(peaks) / 1e9:.1f}) = 1.0, the reference below")
     print(f"  bf16 torch.mm n={nbf} (A @ B): {bf_mm / 1e9:.2f} GFLOP/s = {bf_mm / peak:.3f} x fp32")
     print(f"  bf16 F.linear n={nbf} (A @ B^T): {bf_lin / 1e9:.2f} GFLOP/s = {bf_lin / peak:.3f} x fp32")
+    if slow_bf16:
+        print("  -> this CPU has no native bf16 matmul: bf16 autocast is much slower than fp32 here")
 
-    # 2. backbones
-    precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
-    base = Config()
-    digits = replace(base)
-    paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
-    cpu = device.type == "cpu"
-    sizes = [
-        ("default digits backbone", digits, 17, 64, (32 if quick else 64) if cpu else 256),
-        ("paper image backbone", paper, 1024, 256, (1 if quick else 2) if cpu else 32),
-    ]
-    results = {}
-    for name, cfg, K, M, B in sizes:
-        for prec in precisions:
-            # bf16 on CPUs without native bf16 matmul is very slow: fewer rounds there.
-            slow = prec == "bf16" and cpu and bf_lin < 0.5 * peak
-            rounds = (3 if quick else 5) if not slow else (2 if quick else 3)
-            iters = (2 if quick else 3) if not slow else 1
-            results[(name, prec)] = backbone_section(name, cfg, K, M, B, device, [prec], rounds, iters, peak)[prec]
-
-    peak_runs.append(matmul_flops(device, n32, torch.float32, "mm", 5 if quick else 9))
-    drift = peak_runs[1] / peak_runs[0]
-
-    print("\n[summary] achieved FLOP/s / fp32 matmul FLOP/s, and ours/stock speed (>1: ours faster)")
+    print("\n[summary] achieved FLOP/s / fp32 matmul FLOP/s; ours/stock = stock time / our time (>1: ours faster)")
     print(f"  {'backbone':<26}{'prec':<6}{'ours':>8}{'stock':>8}{'ours/stock':>12}")
-    for (name, prec), (o, s, r) in results.items():
-        print(f"  {name:<26}{prec:<6}{o:>8.3f}{s:>8.3f}{r:>12.3f}")
-    print(f"  (fp32 matmul peak re-measured at the end: {drift:.2f} x the start value; "
-          "ratios above use the start value)")
+    for (name, prec), (flops, t_o, t_s, speed) in results.items():
+        print(f"  {name:<26}{prec:<6}{flops / t_o / peak:>8.3f}{flops / t_s / peak:>8.3f}{speed:>12.3f}")
 
     # 3. objective
     try:

@@ -292,7 +292,6 @@ class Engine:
         res.update({f"nll_bound_{k}_per_token": v / (len(tot) * self.task.seq_len) for k, v in parts.items()})
         return res
 
-    @torch.no_grad()
     def evaluate(self, n_samples: int | None = None, out: str | Path | None = None) -> dict[str, float]:
         """Likelihood bound, collapse diagnostics and the task's sample metrics (EMA model).
 

@@ -121,7 +121,7 @@ class single_thread:
 
 def train(tokens: torch.Tensor, labels: torch.Tensor, hparams: dict | None = None) -> DigitsCNN:
     """Train a fresh classifier, deterministically, on CPU (about 5-10 s)."""
-    with single_thread():
+    with single_thread(), torch.enable_grad():  # callers may be inside torch.no_grad()
         return _train(tokens, labels, dict(HPARAMS if hparams is None else hparams))
 
 
