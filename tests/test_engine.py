@@ -120,3 +120,25 @@ def test_core_imports_no_modality_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_bf16_autocast_training_on_cpu(toy):
+    eng = Engine(toy, steps=3, precision="bf16").fit()
+    assert eng.step == 3
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in eng.model.parameters())
+
+
+def test_cli_sample_and_eval_from_checkpoint(tmp_path, toy, monkeypatch, capsys):
+    from catdiff import cli
+    from catdiff.hooks import Component, registry
+
+    Engine(toy, out=tmp_path / "run", steps=2).fit()
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    ckpt = str(tmp_path / "run" / "last.pt")
+    assert cli.main(["sample", ckpt, "--n", "5", "--steps", "2", "--infill", "0:3,11:6", "--out", str(tmp_path / "s")]) == 0
+    tokens = torch.load(tmp_path / "s" / "samples.pt")
+    assert tokens.shape == (5, 12) and (tokens[:, 0] == 3).all() and (tokens[:, 11] == 6).all()
+    assert cli.main(["eval", ckpt, "--n", "4", "--set", "sample_steps=2"]) == 0
+    assert "progression_frac" in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert cli.main(["sample", ckpt, "--infill", "99:1"]) == 2
+    assert "outside [0, 12)" in capsys.readouterr().err
