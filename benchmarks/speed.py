@@ -16,6 +16,7 @@ Sections
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -182,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
           + (f", cpu capability {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else ""))
     print(FLOP_FORMULA)
+    if hasattr(os, "getloadavg") and device.type == "cpu":
+        load = os.getloadavg()[0]
+        if load > 0.5:
+            print(f"WARNING: 1-min load average is {load:.1f} before starting: other processes compete for the "
+                  f"{os.cpu_count()} cores, so absolute times (and multi-threaded runs) are unreliable; "
+                  "the interleaved ours/stock ratios are the robust figures (try --threads 1)")
 
     # 1. matmul peak: the fp32 reference is re-measured between sections and its median used
     n32 = 1024 if quick else 2048
@@ -197,14 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     slow_bf16 = cpu and bf_lin < 0.5 * statistics.median(peaks)  # no native bf16 matmul on this CPU
     base = Config()
     paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
-    if cpu:
+    if cpu:  # (cfg, K, M, batch, rounds, iters per round, warmup); sized for ~1 min (--quick) / ~2 min
+        digits32 = (base, 17, 64, 32, 6, 1, 2) if quick else (base, 17, 64, 64, 8, 2, 2)
+        paper32 = (paper, 1024, 256, 2, 4, 1, 1) if quick else (paper, 1024, 256, 4, 6, 1, 1)
         plan = {
-            ("default digits backbone", "fp32"): (base, 17, 64, 32 if quick else 64, 3 if quick else 5, 2 if quick else 3, 2),
-            ("default digits backbone", "bf16"): (base, 17, 64, *((8, 2, 1, 1) if quick else (16, 3, 1, 1))) if slow_bf16
-            else (base, 17, 64, 32 if quick else 64, 3 if quick else 5, 2 if quick else 3, 2),
-            ("paper image backbone", "fp32"): (paper, 1024, 256, 2 if quick else 4, 3 if quick else 5, 1, 1),
-            ("paper image backbone", "bf16"): (paper, 1024, 256, 1, 2, 1, 1) if slow_bf16
-            else (paper, 1024, 256, 2 if quick else 4, 3 if quick else 5, 1, 1),
+            ("default digits backbone", "fp32"): digits32,
+            ("default digits backbone", "bf16"): ((base, 17, 64, 8, 3, 1, 1) if quick else (base, 17, 64, 16, 4, 1, 1))
+            if slow_bf16 else digits32,
+            ("paper image backbone", "fp32"): paper32,
+            ("paper image backbone", "bf16"): (paper, 1024, 256, 1, 2, 1, 1) if slow_bf16 else paper32,
         }
     else:
         plan = {

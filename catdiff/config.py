@@ -21,7 +21,7 @@ class Config:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     embed_dim: int = 256           # D, the codebook / diffusion space dimension
-    embed_init_std: float = -1.0   # < 0: D ** -0.5 (our reading of the paper's N(0, D^-1/2))
+    embed_init_std: float = -1.0   # < 0: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
 
     # method (paper 003 sec. 2, 4, 5); ablation switches, one value each
     objective: str = "catdm"       # catdm | csdm | csdm_l2 | ce

@@ -1,0 +1,154 @@
+"""EncoderTransformer: shapes, conditioning, bidirectionality, validation, precision, gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from catdiff.backbones import EncoderTransformer, build_encoder
+from catdiff.backbones.encoder import _Modulate
+from catdiff.config import Config
+
+K, M, NC = 11, 12, 3
+
+
+def small_cfg(**kw) -> Config:
+    return Config(layers=2, heads=2, width=32, embed_dim=16, **kw)
+
+
+def inputs(batch=4, length=M, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, dim, generator=g), torch.rand(batch, generator=g)
+
+
+def perturb_adaln(model: torch.nn.Module, std: float = 0.5) -> None:
+    """AdaLN starts at zero (plain LayerNorm, conditioning has no effect); give it weights."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("mod.weight", "mod.bias")):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_shapes_finite_and_factory():
+    torch.manual_seed(0)
+    model = build_encoder(small_cfg(), K, M, 0)
+    assert isinstance(model, EncoderTransformer)
+    z, t = inputs()
+    out = model(z, t)
+    assert out.shape == (4, M, K) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    # shorter sequences use the first positions; a scalar t is broadcast over the batch
+    short = model(z[:, :5], t)
+    assert short.shape == (4, 5, K)
+    assert model(z, torch.tensor(0.3)).shape == (4, M, K)
+
+
+def test_adaln_is_zero_at_init():
+    model = EncoderTransformer(small_cfg(), K, M, NC)
+    for name, p in model.named_parameters():
+        if name.endswith(("mod.weight", "mod.bias")):
+            assert torch.count_nonzero(p) == 0, name
+
+
+def test_class_conditioning_and_null_index():
+    torch.manual_seed(0)
+    model = EncoderTransformer(small_cfg(), K, M, num_classes=NC).eval()
+    assert model.null_class == NC
+    z, t = inputs()
+    a, b = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 3])
+    # At init every AdaLN modulation is zero, so c (time and class) cannot affect the output.
+    assert torch.allclose(model(z, t, a), model(z, t, b))
+    perturb_adaln(model)
+    null = torch.full((4,), NC)
+    assert torch.equal(model(z, t), model(z, t, null)), "cond=None must mean the null class"
+    assert not torch.allclose(model(z, t, a), model(z, t, b), atol=1e-4)
+    assert not torch.allclose(model(z, t, a), model(z, t, null), atol=1e-4)
+    # time conditioning also matters once AdaLN is non-zero
+    assert not torch.allclose(model(z, t, a), model(z, t.flip(0), a), atol=1e-4)
+
+
+def test_bidirectional():
+    torch.manual_seed(0)
+    model = EncoderTransformer(small_cfg(), K, M).eval()
+    z, t = inputs()
+    z2 = z.clone()
+    z2[:, -1] += 1.0
+    out, out2 = model(z, t), model(z2, t)
+    assert not torch.allclose(out[:, 0], out2[:, 0], atol=1e-5), "first position must see the last token"
+
+
+def test_validation_errors():
+    model = EncoderTransformer(small_cfg(), K, M)
+    z, t = inputs()
+    with pytest.raises(ValueError, match=r"D=16"):
+        model(torch.randn(4, M, 15), t)
+    with pytest.raises(ValueError, match=r"\[B, M, D\]"):
+        model(torch.randn(M, 16), t)
+    with pytest.raises(ValueError, match="seq_len"):
+        model(torch.randn(4, M + 1, 16), t)
+    with pytest.raises(ValueError, match="t must be"):
+        model(z, torch.rand(3))
+    with pytest.raises(ValueError, match="unconditional"):
+        model(z, t, torch.zeros(4, dtype=torch.long))
+    cond_model = EncoderTransformer(small_cfg(), K, M, NC)
+    with pytest.raises(ValueError, match="cond must be"):
+        cond_model(z, t, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        cond_model(z, t, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        cond_model(z, t, torch.tensor([0, 1, 4, 0]))
+    with pytest.raises(ValueError, match="divisible"):
+        EncoderTransformer(Config(layers=1, heads=3, width=32, embed_dim=16), K, M)
+
+
+def test_bf16_autocast_returns_float32():
+    torch.manual_seed(0)
+    model = EncoderTransformer(small_cfg(), K, M, NC)
+    z, t = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(z, t, torch.tensor([0, 1, 2, 3]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    ref = model(z, t, torch.tensor([0, 1, 2, 3]))
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.1
+    out.float().logsumexp(-1).sum().backward()
+
+
+def test_gradients_reach_every_parameter():
+    """With zero-initialised AdaLN, c gets no gradient on step one (the modulation weights
+    multiplying it are zero), so the time MLP and class embedding start moving only from the
+    second step. After one optimizer step every parameter has a non-zero gradient."""
+    torch.manual_seed(0)
+    model = EncoderTransformer(small_cfg(dropout=0.1), K, M, NC).train()
+    z, t = inputs()
+    cond = torch.tensor([0, 1, 2, 3])  # every class row, including the null one
+    x = torch.randint(0, K, (4, M), generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss_step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(z, t, cond).flatten(0, 1), x.flatten())
+        loss.backward()
+
+    loss_step()
+    zero_first = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()}
+    assert zero_first and all(n.startswith(("time_mlp", "class_emb")) for n in zero_first), zero_first
+    opt.step()
+    loss_step()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_modulate_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    n = torch.randn(2, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    s = torch.randn(2, 1, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(2, 1, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_Modulate.apply, (n, s, b))
+
+
+def test_eval_is_deterministic_with_dropout():
+    torch.manual_seed(0)
+    model = EncoderTransformer(small_cfg(dropout=0.5), K, M).eval()
+    z, t = inputs()
+    assert torch.equal(model(z, t), model(z, t))
