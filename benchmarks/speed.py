@@ -1,6 +1,6 @@
 """Backbone training-throughput benchmark: ours vs stock ``nn.TransformerEncoder``.
 
-    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N]
+    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N] [--no-bf16] [--slow-bf16]
 
 Everything is reported as ratios measured within this one run (absolute times on shared
 machines are noisy): measurements of the two models are interleaved in rounds and each

@@ -29,7 +29,7 @@ class Config:
     beta_cm: float = 1.0           # 0 gives "CATDM w/o CM"
     l2_weight: float = 1e-3        # csdm_l2 only
     fixed_codebook: bool = False
-    shift: float = -2.0            # s of the shifted cosine schedule; 0 = plain cosine ("w/o NS")
+    shift: float = -3.0            # s of the shifted cosine schedule (paper gives none; digits sweep); 0 = "w/o NS"
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
     drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")

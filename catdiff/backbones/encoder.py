@@ -32,7 +32,10 @@ Design choices (documented because the paper does not pin them down):
   ``scaled_dot_product_attention`` (no ``.contiguous()`` copies; the attention output is
   already laid out as [B, M, H, d], so merging heads is a view); LayerNorm is called with
   constant ones/zeros (ATen's CPU kernel without weight/bias is ~3x slower); AdaLN's
-  scale-and-shift is one ``addcmul`` forward with a hand-written backward (``_Modulate``).
+  scale-and-shift is one ``addcmul`` forward with a hand-written backward (``_Modulate``);
+  each block computes both of its norms' (a, b) with one Linear W -> 4W (2L + 1 small
+  matmuls become L + 1; stacking all of them into a single Linear was slower on CPU, as
+  its one huge weight falls out of cache in the weight-gradient matmul and in AdamW).
   The remaining cost over a stock encoder is AdaLN's own parameters, 4 * width^2 per block
   (+33% weights for AdamW to update), which only matters at small batch sizes.
 - A CPU-only label-range check on ``cond`` is skipped on CUDA (it would synchronise) and
