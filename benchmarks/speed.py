@@ -29,7 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from catdiff.backbones import EncoderTransformer  # noqa: E402
+from catdiff.backbones import EncoderTransformer, build_encoder  # noqa: E402
 from catdiff.config import Config  # noqa: E402
 
 FLOP_FORMULA = (
@@ -156,13 +156,53 @@ def backbone_section(name, cfg, vocab_size, seq_len, batch, device, prec, rounds
 
 # ----------------------------------------------------------------------------- objective
 def objective_cost(args, device, peak) -> None:
-    """LEAD: full CATDM training step vs a plain CSDM step (same backbone) goes here.
+    """Full CATDM training step (student pass over [z_0; z_t] + no-grad EMA teacher pass for
+    L_CM + backward + AdamW + both EMA updates) over a plain CSDM step (the VLB of eq. 3,
+    same student pass, no teacher), same backbone and batch, paired rounds."""
+    from catdiff.model import Codebook, Denoiser, ema_copy, ema_update
+    from catdiff.objective import CATDMObjective
+    from catdiff.schedule import from_config
 
-    Called from ``main`` only when ``catdiff.objective`` imports. Suggested shape: build a
-    Denoiser + objective for cfg.objective in ("catdm", "csdm"), time both steps with
-    ``interleaved`` and print the CATDM/CSDM time ratio.
-    """
-    print("\n[objective] objective not available yet")
+    cfg = digits_config()
+    K, M, B = 17, 64, cfg.batch_size
+    x = torch.randint(0, K, (B, M), device=device)
+    steps = {}
+    for objective in ("catdm", "csdm"):
+        run = replace(cfg, objective=objective)
+        torch.manual_seed(0)
+        model = Denoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
+        teacher, slow = ema_copy(model), ema_copy(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        loss_fn = CATDMObjective(run, from_config(run))
+
+        def step(model=model, teacher=teacher, slow=slow, opt=opt, loss_fn=loss_fn):
+            loss, _ = loss_fn(model, teacher, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema_update(teacher, model, 0.99)
+            ema_update(slow, model, 0.9999)
+
+        steps[objective] = step
+    rounds = 4 if args.quick else 8
+    times = interleaved(steps, rounds=rounds, iters=2, warmup=2, device=device)
+    ratios = [c / v for c, v in zip(times["catdm"], times["csdm"])]
+    print(f"\n[objective] digits default backbone, batch {B}: CATDM step {statistics.median(times['catdm']) * 1e3:.1f} ms, "
+          f"CSDM step {statistics.median(times['csdm']) * 1e3:.1f} ms")
+    print(f"  CATDM / CSDM step time: median {statistics.median(ratios):.3f} over {rounds} paired rounds "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}); goal <= 1.35")
+
+
+def digits_config() -> Config:
+    """The `digits` task's default model (from the vision plugin when installed), else Config()."""
+    try:
+        from catdiff.hooks import registry
+
+        defaults = dict(registry().get("tasks", "digits").factory().defaults)
+    except Exception:  # noqa: BLE001 - the plugin is optional for this benchmark
+        defaults = {}
+    keys = ("layers", "heads", "width", "embed_dim", "batch_size", "mlp_ratio")
+    return replace(Config(), **{k: v for k, v in defaults.items() if k in keys})
 
 
 # ----------------------------------------------------------------------------- main
@@ -202,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     # 2. backbones: (name, cfg, K, M, batch, rounds, iters, warmup) per precision
     cpu = device.type == "cpu"
     slow_bf16 = cpu and bf_lin < 0.5 * statistics.median(peaks)  # no native bf16 matmul on this CPU
-    base = Config()
+    base = digits_config()
     paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
     if cpu:  # (cfg, K, M, batch, rounds, iters per round, warmup); sized for ~1 min (--quick) / ~2 min
         digits32 = (base, 17, 64, 32, 6, 1, 2) if quick else (base, 17, 64, 64, 8, 2, 2)
