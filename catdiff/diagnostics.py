@@ -14,15 +14,15 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def collapse_report(model, schedule, x: torch.Tensor, cond=None, grid: int = 11) -> dict:
-    emb = model.codebook(x).flatten(1).double()
-    var = emb.var(0).sort(descending=True).values
+    clean = model.codebook(x)  # [N, M, D]
+    var = clean.flatten(1).double().var(0).sort(descending=True).values
     total = var.sum()
     ts = torch.linspace(0.0, 1.0, grid, device=x.device)
     ce = []
     for t_val in ts:
         t = t_val.expand(x.shape[0])
         a, s = schedule.alpha_sigma(t)
-        z = a[:, None, None] * model.codebook(x) + s[:, None, None] * torch.randn(*x.shape, emb.shape[1] // x.shape[1], device=x.device)
+        z = a[:, None, None] * clean + s[:, None, None] * torch.randn_like(clean)
         logits = model.logits(z, t, cond).float()
         ce.append(F.cross_entropy(logits.transpose(1, 2), x).item())
     data_var = model.codebook.data.double().var(0).sum()
