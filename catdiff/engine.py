@@ -88,7 +88,7 @@ class Engine:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         self.step = 0
-        self._train: TokenData | None = None
+        self._splits: dict[str, TokenData] = {}  # loaded, checked and on device, once per split
         if self.out is not None and cfg.resume and (self.out / CKPT_NAME).exists():
             self.load_state(checkpoint.load(self.out / CKPT_NAME))
 
@@ -113,14 +113,12 @@ class Engine:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def data(self, split: str) -> TokenData:
-        if split == "train" and self._train is not None:
-            return self._train
-        data = self.task.load(split)
-        check_tokens(data, self.task, split)
-        data = TokenData(data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
-        if split == "train":
-            self._train = data
-        return data
+        if split not in self._splits:
+            data = self.task.load(split)
+            check_tokens(data, self.task, split)
+            self._splits[split] = TokenData(
+                data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
+        return self._splits[split]
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to 10% of ``lr`` at ``steps``."""

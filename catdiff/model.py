@@ -14,8 +14,8 @@ class Codebook(nn.Module):
     Initialisation: the paper writes N(0, D^{-1/2}). We read the second argument as the
     *variance*, as the notation N(mean, variance) says: ``std = D ** -0.25``, so
     E||e_k||^2 = sqrt(D). The other reading (std = D^-1/2, E||e_k||^2 = 1) starts the
-    embeddings 4x smaller at D = 256; on digits it gave a clearly worse FID at the same
-    budget (224 vs 150, 600-800 steps, see the closing note of the core issue).
+    embeddings 4x smaller at D = 256; on digits it gave a worse FID in one run each
+    (224 after 600 steps vs 150 after 800 steps; see the closing note of the core issue).
     ``embed_init_std`` overrides it.
     """
 
