@@ -7,3 +7,10 @@ def catdiff_backbones():
     from .backbones import build_encoder
 
     return {"encoder": build_encoder}
+
+
+@hookimpl
+def catdiff_methods():
+    from .method import builtin_methods
+
+    return builtin_methods()

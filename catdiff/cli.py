@@ -1,4 +1,4 @@
-"""Command line: ``catdiff run|list|sample|eval``."""
+"""Command line: ``catdiff run|list|prepare|sample|eval``."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,22 @@ def cmd_run(args) -> int:
     for name in ("metrics.json", "samples.png", "collapse.png", "last.pt", "config.json", "train_log.csv"):
         if (out / name).exists():
             print(f"  {name:<14} {(out / name).resolve()}")
+    return 0
+
+
+def cmd_prepare(args, rest: list[str]) -> int:
+    """``catdiff prepare TASK [task flags]``: the task's one-off preparation (its own flags)."""
+    from . import config as config_mod
+    from .hooks import registry
+
+    task = registry().get("tasks", args.task).factory()
+    file_values = config_mod.load_file(args.config) if args.config else {}
+    task.setup(config_mod.resolve(task.defaults, file_values, parse_sets(args.sets), {"task": task.name},
+                                  options=task.options))
+    parser = argparse.ArgumentParser(prog=f"catdiff prepare {task.name}",
+                                     description=f"prepare data for task {task.name!r}")
+    task.prepare_arguments(parser)
+    task.prepare(parser.parse_args(rest))
     return 0
 
 
@@ -122,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(s)
     s.set_defaults(fn=cmd_run)
 
+    s = sub.add_parser("prepare", help="one-off data preparation of a task (tokenizer, token shards); "
+                       "`catdiff prepare TASK --help` lists the task's flags", add_help=False)
+    s.add_argument("task")
+    _engine_args(s)
+    s.set_defaults(fn=cmd_prepare)
+
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt")
     s.add_argument("--n", type=int, default=64)
@@ -144,10 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     try:
+        if args.fn is cmd_prepare:
+            return cmd_prepare(args, rest)
+        if rest:
+            build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
         return args.fn(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"catdiff: error: {msg}", file=sys.stderr)
         return 2

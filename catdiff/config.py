@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +24,7 @@ class Config:
     embed_init_std: float = -1.0   # < 0: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
 
     # method (paper 003 sec. 2, 4, 5); ablation switches, one value each
+    method: str = "catdm"          # a registered method (catdiff list); the keys below are catdm's
     objective: str = "catdm"       # catdm | csdm | csdm_l2 | ce
     beta_dm: float = 0.005
     beta_cm: float = 1.0           # 0 gives "CATDM w/o CM"
@@ -56,12 +57,15 @@ class Config:
     resume: bool = True
 
     # sampling and evaluation
-    sampler: str = "ancestral"     # ancestral | ddim
+    sampler: str = ""              # "" = the method's default (catdm: ancestral | ddim)
     sample_steps: int = 100
     final: str = "argmax"          # argmax | sample: how x is read from P(x | z_0; 0)
     guidance: float = 0.0
     n_samples: int = 500
     eval_batches: int = 8          # test batches for the likelihood bound
+
+    # task-specific keys (a task's ``options``: data paths, tokenizer files, ...), set like any other
+    task_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,18 +90,31 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         raise ValueError(f"config {name}: expected {kind.__name__}, got {value!r}") from None
 
 
-_TYPES = {f.name: type(f.default) for f in fields(Config)}
+_TYPES = {f.name: type(f.default) for f in fields(Config) if f.name != "task_options"}
 
 
-def resolve(*layers: Mapping[str, Any]) -> Config:
-    """Merge override mappings (later wins) onto the defaults, checking names and types."""
+def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Config:
+    """Merge override mappings (later wins) onto the defaults, checking names and types.
+
+    ``options`` are a task's own keys with their defaults (types follow the defaults); their
+    values land in ``Config.task_options``. A layer may also carry ``task_options`` as a
+    mapping (a saved config does)."""
+    options = dict(options or {})
+    types = {k: type(v) for k, v in options.items()}
     values: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key not in _TYPES:
-                raise ValueError(f"unknown config key {key!r}. Known keys: {', '.join(sorted(_TYPES))}")
-            values[key] = _coerce(key, value, _TYPES[key])
-    return Config(**values)
+            if key == "task_options":
+                for k, v in dict(value).items():
+                    options[k] = _coerce(k, v, types[k]) if k in types else v
+            elif key in _TYPES:
+                values[key] = _coerce(key, value, _TYPES[key])
+            elif key in types:
+                options[key] = _coerce(key, value, types[key])
+            else:
+                known = sorted(_TYPES) + sorted(types)
+                raise ValueError(f"unknown config key {key!r}. Known keys: {', '.join(known)}")
+    return Config(**values, task_options=options)
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

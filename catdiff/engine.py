@@ -27,10 +27,8 @@ from . import checkpoint, config as config_mod
 from .config import Config
 from .diagnostics import collapse_report
 from .hooks import registry
+from .method import Method
 from .model import Codebook, Denoiser, ema_copy, ema_update
-from .objective import CATDMObjective, likelihood_bound
-from .sampler import sample as run_sampler
-from .schedule import from_config as schedule_from_config
 from .task import Task, TokenData
 from .trainlog import TrainLog
 
@@ -57,8 +55,8 @@ def check_tokens(data: TokenData, task: Task, split: str) -> None:
     if lo < 0 or hi >= task.vocab_size:
         raise ValueError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
                          f"vocab_size={task.vocab_size} (ids must be in [0, {task.vocab_size - 1}])")
-    if task.num_classes and data.labels is None:
-        raise ValueError(f"task {task.name!r} is class-conditional but split {split!r} has no labels")
+    if (task.num_classes or task.conditional) and data.labels is None:
+        raise ValueError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
 
 
 class Engine:
@@ -70,20 +68,23 @@ class Engine:
         else:
             self.task = reg.get("tasks", task).factory()
         file_values = config_mod.load_file(config_file) if config_file else {}
-        self.cfg: Config = config_mod.resolve(self.task.defaults, file_values, overrides, {"task": self.task.name})
+        self.cfg: Config = config_mod.resolve(self.task.defaults, file_values, overrides, {"task": self.task.name},
+                                              options=self.task.options)
+        self.task.setup(self.cfg)
         self.out = Path(out) if out is not None else None
         self._setup_distributed()
         cfg = self.cfg
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.schedule = schedule_from_config(cfg)
-        self.objective = CATDMObjective(cfg, self.schedule)
+        self.method: Method = reg.get("methods", cfg.method).factory(cfg)
+        if cfg.sampler and cfg.sampler not in self.method.samplers:
+            raise ValueError(f"method {cfg.method!r} has samplers {self.method.samplers}, not {cfg.sampler!r}")
         backbone = reg.get("backbones", cfg.backbone).factory(
             cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes)
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
         self.model = Denoiser(codebook, backbone).to(self.device)
-        self.ema_cm = ema_copy(self.model)     # CM target theta_bar, phi_bar (rate ema_cm)
+        self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -103,6 +104,11 @@ class Engine:
                 torch.cuda.set_device(self.device)
         if self.cfg.batch_size % self.world:
             raise ValueError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network reads a condition (class labels or a task-defined tensor)."""
+        return bool(self.task.num_classes or self.task.conditional)
 
     @property
     def autocast(self):
@@ -133,9 +139,8 @@ class Engine:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world].to(self.device)
         x = data.tokens[idx]
-        cond = None
+        cond = None if data.labels is None or not self.conditional else data.labels[idx]
         if self.task.num_classes:
-            cond = data.labels[idx]
             drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
             cond = torch.where(drop, self.task.num_classes, cond)  # learnable null condition
         return x, cond
@@ -160,12 +165,13 @@ class Engine:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(step)
             with self.autocast:
-                loss, logs = self.objective(model, self.ema_cm, x, cond)
+                loss, logs = self.method.loss(model, self.ema_cm, x, cond)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            ema_update(self.ema_cm, self.model, cfg.ema_cm)
+            if self.method.uses_target_ema:
+                ema_update(self.ema_cm, self.model, cfg.ema_cm)
             ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
             self.step += 1
             if not torch.isfinite(loss):
@@ -247,16 +253,16 @@ class Engine:
         cfg = self.cfg
         if labels is None:
             labels = self.default_labels(n)
-        elif not self.task.num_classes:
+        elif not self.conditional:
             raise ValueError(f"task {self.task.name!r} is unconditional; labels are not accepted")
         gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
         out = []
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             with self.autocast:
-                out.append(run_sampler(
-                    self.ema_eval, self.schedule, hi - lo, self.task.seq_len,
-                    steps=steps or cfg.sample_steps, method=sampler or cfg.sampler, final=final or cfg.final,
+                out.append(self.method.sample(
+                    self.ema_eval, hi - lo, self.task.seq_len, steps=steps or cfg.sample_steps,
+                    sampler=sampler or cfg.sampler or self.method.samplers[0], final=final or cfg.final,
                     cond=None if labels is None else labels[lo:hi].to(self.device),
                     guidance=cfg.guidance if guidance is None else guidance,
                     null_id=self.task.num_classes if self.task.num_classes else None,
@@ -270,18 +276,19 @@ class Engine:
         data = self.data(split)
         gen = torch.Generator().manual_seed(self.cfg.seed + 99)
         n = min(len(data), (batches or self.cfg.eval_batches) * batch_size)
-        totals, parts = [], {"prior": 0.0, "l0": 0.0, "l_inf": 0.0}
+        totals, parts = [], {}
         torch.manual_seed(self.cfg.seed + 98)
         for lo in range(0, n, batch_size):
             x = data.tokens[lo : min(n, lo + batch_size)]
-            cond = None if not self.task.num_classes else data.labels[lo : lo + len(x)]
+            cond = None if not self.conditional else data.labels[lo : lo + len(x)]
             # stratified times: one per row, spread over [0, 1)
             t = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
             with self.autocast:
-                b = likelihood_bound(self.ema_eval, x, self.schedule, cond, t.to(self.device))
+                b = self.method.nll_bound(self.ema_eval, x, cond, t.to(self.device))
             totals.append(b["total"].double().cpu())
-            for k in parts:
-                parts[k] += b[k].double().sum().item()
+            for k, v in b.items():
+                if k != "total":
+                    parts[k] = parts.get(k, 0.0) + v.double().sum().item()
         tot = torch.cat(totals) / self.task.seq_len
         nats = tot.mean().item()
         se = (tot.std() / math.sqrt(len(tot))).item() if len(tot) > 1 else float("nan")
@@ -298,20 +305,25 @@ class Engine:
         out = Path(out) if out is not None else self.out
         n = n_samples or self.cfg.n_samples
         metrics: dict[str, float] = {"step": float(self.step)}
-        metrics.update(self.likelihood())
-        test = self.data("test")
-        k = min(len(test), 1024)
-        report = collapse_report(self.ema_eval, self.schedule, test.tokens[:k],
-                                 None if not self.task.num_classes else test.labels[:k])
-        metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
+        try:
+            metrics.update(self.likelihood())
+        except NotImplementedError:
+            pass
+        report = None
+        if self.method.continuous:
+            test = self.data("test")
+            k = min(len(test), 1024)
+            report = collapse_report(self.ema_eval, self.method.schedule, test.tokens[:k],
+                                     None if not self.conditional else test.labels[:k])
+            metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
         t0 = time.perf_counter()
-        labels = self.default_labels(n)
-        tokens = self.sample(n, labels=labels)
+        tokens, labels = self.task.generate(self, n)
         metrics["sample_seconds"] = time.perf_counter() - t0
         metrics.update(self.task.evaluate(tokens, labels, out))
         if out is not None and self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             self.task.save_samples(tokens, labels, out)
-            self.task.diagnostics(report, out)
+            if report is not None:
+                self.task.diagnostics(report, out)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics

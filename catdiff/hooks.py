@@ -1,7 +1,7 @@
 """Plugin hooks and the registry that collects components from every plugin.
 
-Every component (task, tokenizer, backbone, metric), built-in or third-party, arrives
-through the same four hooks. Third-party packages declare an entry point in the group
+Every component (task, method, tokenizer, backbone, metric), built-in or third-party, arrives
+through the same five hooks. Third-party packages declare an entry point in the group
 ``catdiff``; see ``docs/plugins.md``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pluggy
 
 GROUP = "catdiff"
-KINDS = ("tasks", "tokenizers", "backbones", "metrics")
+KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
 
 hookspec = pluggy.HookspecMarker(GROUP)
 hookimpl = pluggy.HookimplMarker(GROUP)
@@ -24,6 +24,11 @@ class Hookspecs:
     @hookspec
     def catdiff_tasks(self) -> dict[str, Callable[[], Any]]:
         """Return ``{name: factory}``; ``factory()`` builds a :class:`catdiff.task.Task`."""
+
+    @hookspec
+    def catdiff_methods(self) -> dict[str, Callable[..., Any]]:
+        """Return ``{name: factory}``; ``factory(cfg)`` builds a :class:`catdiff.method.Method`
+        (an objective with its sampler and likelihood bound), chosen by config key ``method``."""
 
     @hookspec
     def catdiff_tokenizers(self) -> dict[str, Callable[..., Any]]:

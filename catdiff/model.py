@@ -49,11 +49,23 @@ class Denoiser(nn.Module):
         self.net = net
 
     def forward(self, tokens_in, alpha, sigma, noise, t, cond=None, targets=None):
-        """z = alpha * EMB(tokens_in) + sigma * noise; returns (logits, z, EMB(targets), E_data)."""
-        z = alpha[:, None, None] * self.codebook(tokens_in) + sigma[:, None, None] * noise
+        """z = alpha * EMB(tokens_in) + sigma * noise (z = EMB(tokens_in) when ``alpha`` is None,
+        as discrete-state methods use it); returns (logits, z, EMB(targets), E_data, aux).
+
+        ``aux`` is the backbone's own per-sequence loss [B] (e.g. target-length prediction)
+        when the backbone defines ``aux_loss(cond, targets)`` and ``targets`` are given, else
+        None; every method adds its mean to the training loss.
+        """
+        z = self.codebook(tokens_in)
+        if alpha is not None:
+            z = alpha[:, None, None] * z + sigma[:, None, None] * noise
         logits = self.net(z, t, cond)
-        emb_targets = self.codebook(targets) if targets is not None else None
-        return logits, z, emb_targets, self.codebook.data
+        emb_targets = aux = None
+        if targets is not None:
+            emb_targets = self.codebook(targets)
+            if hasattr(self.net, "aux_loss"):
+                aux = self.net.aux_loss(cond, targets)
+        return logits, z, emb_targets, self.codebook.data, aux
 
     def logits(self, z, t, cond=None):
         return self.net(z, t, cond)

@@ -87,7 +87,7 @@ class CATDMObjective:
         x_in = torch.where(dropped, codebook.mask_id, x2)
         alpha2, sigma2 = sch.alpha_sigma(t2)
         noise = torch.randn(2 * B, x.shape[1], codebook.weight.shape[1], device=x.device)
-        logits2, z2, emb2, e_data = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2)
+        logits2, z2, emb2, e_data, aux = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2)
         logits0, logits_t = logits2.float().chunk(2)
         z_t, emb = z2[B:], emb2[:B]  # emb = EMB_phi(x), the clean target
 
@@ -123,6 +123,9 @@ class CATDMObjective:
             else:
                 reg = torch.zeros_like(l0)
             loss = (l0 + cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
+        if aux is not None:  # the backbone's own loss (e.g. target length), on both halves alike
+            logs["aux"] = aux.mean()
+            loss = loss + aux.mean()
         logs["loss"] = loss
         return loss, {k: v.detach() for k, v in logs.items()}
 

@@ -15,7 +15,11 @@ import torch
 
 @dataclass
 class TokenData:
-    """A split of a task: ``tokens`` LongTensor [N, M] in 0..K-1, ``labels`` LongTensor [N] or None."""
+    """A split of a task: ``tokens`` LongTensor [N, M] in 0..K-1 and the per-example condition.
+
+    ``labels`` is None (unconditional), class ids [N] (``num_classes > 0``), or any tensor
+    [N, ...] the task's backbone reads as its condition (e.g. source-sentence ids [N, S]).
+    """
 
     tokens: torch.Tensor
     labels: torch.Tensor | None = None
@@ -23,9 +27,9 @@ class TokenData:
     def __post_init__(self):
         if self.tokens.dim() != 2:
             raise ValueError(f"TokenData.tokens must be [N, M], got shape {tuple(self.tokens.shape)}")
-        if self.labels is not None and self.labels.shape != self.tokens.shape[:1]:
+        if self.labels is not None and self.labels.shape[:1] != self.tokens.shape[:1]:
             raise ValueError(
-                f"TokenData.labels must be [N] with N={self.tokens.shape[0]}, got {tuple(self.labels.shape)}"
+                f"TokenData.labels must be [N, ...] with N={self.tokens.shape[0]}, got {tuple(self.labels.shape)}"
             )
 
     def __len__(self) -> int:
@@ -39,21 +43,49 @@ class Task:
       name         registry name, e.g. ``"digits"``
       vocab_size   K, the number of data tokens (specials are the engine's business)
       seq_len      M, tokens per sequence
-      num_classes  > 0 for class-conditional tasks (labels in 0..num_classes-1)
+      num_classes  > 0 for class-conditional tasks (labels in 0..num_classes-1; guidance)
+      conditional  True when ``labels`` hold another kind of condition for the backbone
+                   (e.g. source sentences); implied by ``num_classes > 0``
       defaults     config overrides applied before the user's (model size, budget, ...)
+      options      the task's own config keys with defaults (data paths, ...); set them like
+                   any key (``--set data_dir=...``), read them as ``self.option("data_dir")``
       description  one line for ``catdiff list``
+
+    The engine calls ``setup(cfg)`` before anything else, so ``self.cfg`` is the resolved config.
     """
 
     name: str = ""
     vocab_size: int = 0
     seq_len: int = 0
     num_classes: int = 0
+    conditional: bool = False
     defaults: Mapping[str, Any] = {}
+    options: Mapping[str, Any] = {}
     description: str = ""
+    cfg: Any = None
+
+    def setup(self, cfg) -> None:
+        """Receive the resolved :class:`catdiff.config.Config` (override to react to it; call super)."""
+        self.cfg = cfg
+
+    def option(self, name: str) -> Any:
+        """The resolved value of one of this task's ``options``."""
+        if self.cfg is not None and name in self.cfg.task_options:
+            return self.cfg.task_options[name]
+        return self.options[name]
 
     def load(self, split: str) -> TokenData:
         """Return the ``"train"`` or ``"test"`` split. Raise FileNotFoundError naming what to provide."""
         raise NotImplementedError
+
+    def generate(self, engine, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``n`` samples that ``Engine.evaluate`` scores, with their conditions.
+
+        Default: ``engine.sample`` with balanced class labels. Override to condition on test
+        inputs (e.g. translate the test sources), choose lengths, rerank candidates, ...
+        """
+        labels = engine.default_labels(n)
+        return engine.sample(n, labels=labels), labels
 
     def evaluate(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path | None) -> dict[str, float]:
         """Metrics of generated ``tokens`` [N, M] (with the ``labels`` they were conditioned on)."""
@@ -62,6 +94,13 @@ class Task:
     def save_samples(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path) -> list[Path]:
         """Write a human-viewable rendering of samples into ``out_dir``; return the files written."""
         return []
+
+    def prepare_arguments(self, parser) -> None:
+        """Add this task's ``catdiff prepare TASK ...`` flags to an argparse parser."""
+
+    def prepare(self, args) -> None:
+        """One-off preparation (tokenizer training, token extraction) for ``catdiff prepare``."""
+        raise NotImplementedError(f"task {self.name!r} needs no preparation")
 
     def diagnostics(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """Optional: render the engine's collapse diagnostics (see ``catdiff.diagnostics``)."""

@@ -9,6 +9,7 @@ import torch
 
 from catdiff import checkpoint
 from catdiff.engine import Engine
+from catdiff.task import TokenData
 from toytask import ToyTask, progressions
 
 
@@ -31,14 +32,14 @@ def test_checkpoint_round_trip(tmp_path, toy):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, toy, monkeypatch):
     full = Engine(toy, steps=20).fit()
     cut = Engine(toy, out=tmp_path, steps=20, ckpt_every=7)
-    real = cut.objective
+    real = cut.method.loss
 
     def crash_at_10(*args):
         if cut.step == 10:
             raise KeyboardInterrupt("simulated kill")
         return real(*args)
 
-    monkeypatch.setattr(cut, "objective", crash_at_10)
+    monkeypatch.setattr(cut.method, "loss", crash_at_10)
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
     resumed = Engine(toy, out=tmp_path, steps=20)
@@ -142,3 +143,30 @@ def test_cli_sample_and_eval_from_checkpoint(tmp_path, toy, monkeypatch, capsys)
     assert "progression_frac" in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert cli.main(["sample", ckpt, "--infill", "99:1"]) == 2
     assert "outside [0, 12)" in capsys.readouterr().err
+
+
+class OptionTask(ToyTask):
+    name = "toy-options"
+    options = {"data_dir": "", "repeat": 1}
+
+    def load(self, split):
+        data = super().load(split)
+        return TokenData(data.tokens.repeat(self.option("repeat"), 1))
+
+
+def test_task_options_are_config_keys_with_types_and_survive_checkpoints(tmp_path):
+    eng = Engine(OptionTask(), out=tmp_path, steps=2, repeat="3")
+    assert eng.cfg.task_options == {"data_dir": "", "repeat": 3}
+    assert len(eng.data("train")) == 3 * 256
+    eng.fit()
+    back = Engine.from_checkpoint(tmp_path / "last.pt", task=OptionTask())
+    assert back.task.option("repeat") == 3
+    with pytest.raises(ValueError, match="unknown config key 'repeats'.*repeat"):
+        Engine(OptionTask(), repeats=2)
+
+
+def test_unknown_method_and_sampler_are_named(toy):
+    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: catdm"):
+        Engine(toy, method="nope")
+    with pytest.raises(ValueError, match="samplers .*ancestral.*not 'maskgit'"):
+        Engine(toy, sampler="maskgit")
