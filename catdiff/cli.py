@@ -99,8 +99,13 @@ def cmd_sample(args) -> int:
 
     eng = Engine.from_checkpoint(args.ckpt, **parse_sets(args.sets))
     known = mask = None
+    if args.infill and args.prompt is not None:
+        raise ValueError("give either --infill or --prompt, not both")
     if args.infill:
         known, mask = _parse_infill(args.infill, eng.task.seq_len)
+    elif args.prompt is not None:
+        known, mask = (v[None] for v in eng.task.parse_prompt(args.prompt))
+    if known is not None:
         known, mask = known.expand(args.n, -1), mask.expand(args.n, -1)
     labels = torch.full((args.n,), args.label) if args.label is not None else None
     tokens = eng.sample(args.n, steps=args.steps, guidance=args.guidance, labels=labels,
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float)
     s.add_argument("--label", type=int, help="class label (conditional tasks)")
     s.add_argument("--infill", help="keep tokens fixed: 'pos:token,pos:token,...'")
+    s.add_argument("--prompt", help="keep tokens fixed, in the task's own notation (e.g. text with gaps)")
     s.add_argument("--seed", type=int)
     s.add_argument("--out", default="samples")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")

@@ -39,6 +39,12 @@ class Config:
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
     cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
 
+    # discrete-state methods (catdiff.methods: d3pm, vqdiffusion, maskgit)
+    discrete_steps: int = 0        # T of d3pm / vqdiffusion; 0 = the paper's (d3pm 1000, vqdiffusion 100)
+    hybrid_weight: float = -1.0    # lambda of d3pm L_vb + lambda L_CE, vqdiffusion L_vlb + lambda L_x0; < 0 = paper's
+    purity_scale: float = 1.0      # r of Improved VQ-Diffusion eq. 11 (vqdiffusion sampler "purity")
+    mask_temperature: float = 4.5  # maskgit: Gumbel temperature of the confidence order, annealed to 0
+
     # optimisation
     steps: int = 2000
     batch_size: int = 64

@@ -95,6 +95,10 @@ class Task:
         """Write a human-viewable rendering of samples into ``out_dir``; return the files written."""
         return []
 
+    def parse_prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``catdiff sample --prompt TEXT``: (known [M], known_mask [M]) of the tokens to keep fixed."""
+        raise NotImplementedError(f"task {self.name!r} does not read --prompt; use --infill pos:token,...")
+
     def prepare_arguments(self, parser) -> None:
         """Add this task's ``catdiff prepare TASK ...`` flags to an argparse parser."""
 

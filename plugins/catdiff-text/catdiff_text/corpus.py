@@ -1,0 +1,122 @@
+"""Reading, splitting and chunking the corpora of the text tasks.
+
+- text8 (Mahoney): one line of 100,000,000 characters over a-z and space, published at
+  http://mattmahoney.net/dc/text8.zip. Read from ``text8`` or ``text8.zip``.
+- Treasury of David (Debian ``sword-comm-tdavid``): a SWORD zCom4 module. ``ot.czs`` holds
+  one little-endian uint32 triple (offset, compressed size, uncompressed size) per block;
+  block i is the zlib stream at ``ot.czz[offset : offset + size]`` (followed by padding the
+  stream's end marker excludes), OSIS markup in UTF-8. The blocks in index order are the
+  whole text (Psalms 1-150 with the preface).
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import os
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .tokenizer import clean_text
+
+TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
+SPLITS = ("train", "valid", "test")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def split_text(text: str, fractions=(0.9, 0.05, 0.05)) -> dict[str, str]:
+    """Contiguous train/valid/test parts in that order; boundaries at round(fraction * len).
+
+    On text8 (exactly 10^8 characters) this is the standard 90M / 5M / 5M split."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    a = round(fractions[0] * len(text))
+    b = round((fractions[0] + fractions[1]) * len(text))
+    return {"train": text[:a], "valid": text[a:b], "test": text[b:]}
+
+
+def chunk(ids: torch.Tensor, length: int) -> torch.Tensor:
+    """[T] -> [T // length, length]: consecutive non-overlapping chunks, the remainder dropped."""
+    n = ids.numel() // length
+    if n == 0:
+        raise ValueError(f"text of {ids.numel()} characters is shorter than one chunk of {length}")
+    return ids[: n * length].view(n, length)
+
+
+def find_text8(path: str | os.PathLike | None) -> Path:
+    """The text8 file: ``path`` (a file, or a directory holding ``text8`` or ``text8.zip``),
+    else the environment variable CATDIFF_TEXT8."""
+    given = str(path) if path else os.environ.get("CATDIFF_TEXT8", "")
+    if not given:
+        raise FileNotFoundError(
+            f"text8 not configured: download {TEXT8_URL} and pass --set text8_path=/path/to/text8.zip "
+            "(or the unzipped text8 file), or set the environment variable CATDIFF_TEXT8")
+    p = Path(given).expanduser()
+    candidates = [p / "text8", p / "text8.zip"] if p.is_dir() else [p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"text8 not found at {p} (looked for {', '.join(map(str, candidates))}); the file `text8` "
+        f"(or text8.zip) is published at {TEXT8_URL}")
+
+
+def read_text8(path: Path) -> str:
+    """The text of ``text8`` or of the member ``text8`` inside ``text8.zip``, checked to be clean."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if "text8" not in z.namelist():
+                raise FileNotFoundError(f"{path} has no member 'text8' (members: {z.namelist()[:5]})")
+            raw = z.read("text8")
+    else:
+        raw = Path(path).read_bytes()
+    if re.search(rb"[^a-z ]", raw):
+        raise ValueError(f"{path} is not text8: it holds characters other than a-z and space")
+    return raw.decode("ascii")
+
+
+def read_sword_blocks(module_dir: Path, testament: str = "ot") -> str:
+    """Decompress every block of a SWORD zText/zCom module (``ot.czs`` + ``ot.czz``) in order."""
+    import zlib
+
+    index, data = module_dir / f"{testament}.czs", module_dir / f"{testament}.czz"
+    for f in (index, data):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found")
+    raw_index, blob = index.read_bytes(), data.read_bytes()
+    if len(raw_index) % 12:
+        raise ValueError(f"{index}: size {len(raw_index)} is not a multiple of 12 (uint32 triples)")
+    parts = []
+    for offset, size, usize in struct.iter_unpack("<III", raw_index):
+        block = zlib.decompressobj().decompress(blob[offset : offset + size])
+        if len(block) != usize:
+            raise ValueError(f"{data}: block at {offset} inflates to {len(block)} bytes, index says {usize}")
+        parts.append(block.decode("utf-8"))
+    return "".join(parts)
+
+
+def strip_markup(text: str) -> str:
+    """OSIS/ThML -> plain text: every tag becomes a space, then entities are unescaped."""
+    return html.unescape(_TAG.sub(" ", text))
+
+
+def tdavid_text(module_dir: Path, cache_dir: Path | None) -> str:
+    """The cleaned Treasury of David (a-z and single spaces), cached in ``cache_dir`` under a
+    name derived from the module files' sizes and modification times."""
+    files = [module_dir / "ot.czs", module_dir / "ot.czz"]
+    cache = None
+    if cache_dir is not None and all(f.is_file() for f in files):
+        key = hashlib.sha1(repr([(f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:12]
+        cache = cache_dir / f"tdavid-{key}.txt"
+        if cache.is_file():
+            return cache.read_text(encoding="ascii")
+    text = clean_text(strip_markup(read_sword_blocks(module_dir))).strip()
+    if cache is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="ascii")
+        tmp.replace(cache)
+    return text

@@ -1,0 +1,16 @@
+"""catdiff hook implementations of the catdiff-text plugin (entry point ``catdiff: text``)."""
+from catdiff.hooks import hookimpl
+
+
+@hookimpl
+def catdiff_tasks():
+    from .tasks import TdavidTask, Text8Task
+
+    return {"text8": Text8Task, "text-tdavid": TdavidTask}
+
+
+@hookimpl
+def catdiff_tokenizers():
+    from .tokenizer import CharTokenizer
+
+    return {"text8-chars": CharTokenizer}

@@ -1,0 +1,118 @@
+"""Reading parallel corpora: plain-text directories, fairseq data-bin directories, and the
+Ding German-English dictionary's example sentences."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLIT_FILES = {"train": "train", "valid": "valid", "test": "test"}
+
+TEXT_LAYOUT = (
+    "a directory with one sentence per line in train.{src}, train.{tgt}, valid.{src}, valid.{tgt}, "
+    "test.{src}, test.{tgt} (line i of .{src} translates to line i of .{tgt}), as fairseq's "
+    "examples/translation/{script} writes it ({subdir})"
+)
+
+
+def read_parallel(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[str], list[str]]:
+    """Lines of ``{split}.{src}`` and ``{split}.{tgt}`` (same count required)."""
+    paths = [data_dir / f"{SPLIT_FILES[split]}.{lang}" for lang in (src, tgt)]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(str(p))
+    src_lines, tgt_lines = (p.read_text(encoding="utf-8").splitlines() for p in paths)
+    if len(src_lines) != len(tgt_lines):
+        raise ValueError(f"{paths[0]} has {len(src_lines)} lines but {paths[1]} has {len(tgt_lines)}; "
+                         f"they must be line-aligned translations")
+    return src_lines, tgt_lines
+
+
+def pad_rows(seqs: list[list[int]] | list[np.ndarray], length: int, pad_id: int) -> torch.Tensor:
+    """[N, length] LongTensor: each sequence left-aligned (truncated to ``length``), then ``pad_id``."""
+    lengths = np.minimum([len(s) for s in seqs], length)
+    out = np.full((len(seqs), length), pad_id, dtype=np.int64)
+    if len(seqs):
+        flat = np.concatenate([np.asarray(s[:n], dtype=np.int64) for s, n in zip(seqs, lengths)])
+        out[np.arange(length)[None, :] < lengths[:, None]] = flat
+    return torch.from_numpy(out)
+
+
+# ----------------------------------------------------------------------------- fairseq data-bin
+def _has_fairseq() -> bool:
+    try:
+        import fairseq.data.indexed_dataset  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def read_data_bin(data_bin: Path, split: str, src: str, tgt: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Sentences (id arrays, trailing ``</s>`` kept as fairseq stores it) of a ``fairseq-preprocess``
+    output: ``{split}.{src}-{tgt}.{lang}.bin/.idx`` in ``data_bin``, read with fairseq's
+    MMapIndexedDataset (install the ``fairseq`` extra)."""
+    if not _has_fairseq():
+        raise RuntimeError("reading a fairseq data-bin needs fairseq: pip install 'catdiff-translate[fairseq]' "
+                           "(fairseq-fixed==0.12.3.1)")
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    out = []
+    for lang in (src, tgt):
+        prefix = data_bin / f"{split}.{src}-{tgt}.{lang}"
+        if not (Path(str(prefix) + ".idx").is_file() and Path(str(prefix) + ".bin").is_file()):
+            raise FileNotFoundError(f"{prefix}.bin/.idx not found (fairseq-preprocess --source-lang {src} "
+                                    f"--target-lang {tgt} --destdir {data_bin} writes them)")
+        ds = MMapIndexedDataset(str(prefix))
+        out.append([np.asarray(ds[i], dtype=np.int64) for i in range(len(ds))])
+    if len(out[0]) != len(out[1]):
+        raise ValueError(f"{data_bin}: split {split} has {len(out[0])} source but {len(out[1])} target sentences")
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- Ding de-en
+DING_FILE = "/usr/share/trans/de-en"
+# dictionary notation that does not belong in a sentence pair: alternatives, comments, grammar tags
+_NOTATION = re.compile(r"[/;\[\]{}()<>~=+]|\.\.\.")
+
+
+def ding_pairs(path: Path, min_words: int, max_words: int) -> list[tuple[str, str]]:
+    """Example-sentence pairs of the Ding dictionary (Debian ``trans-de-en``).
+
+    Lines are ``de :: en``; both sides hold the same number of `` | ``-separated
+    sub-entries, aligned by position. A sub-entry pair is kept when both sides end in
+    ``.``/``?``/``!``, contain no dictionary notation (alternatives ``/``, ``;``, brackets,
+    ``...``) and have ``min_words``..``max_words`` words: sentences, not headwords. The first
+    translation of a German sentence wins (deduplicated, file order).
+    """
+    pairs: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or " :: " not in line:
+                continue
+            de, en = line.rstrip("\n").split(" :: ", 1)
+            de_parts, en_parts = de.split(" | "), en.split(" | ")
+            if len(de_parts) != len(en_parts):
+                continue
+            for a, b in zip(de_parts, en_parts):
+                a, b = a.strip(), b.strip()
+                if not (a.endswith((".", "?", "!")) and b.endswith((".", "?", "!"))):
+                    continue
+                if _NOTATION.search(a) or _NOTATION.search(b):
+                    continue
+                if min_words <= len(a.split()) <= max_words and min_words <= len(b.split()) <= max_words:
+                    pairs.setdefault(a, b)
+    return list(pairs.items())
+
+
+def hash_split(pairs: list[tuple[str, str]], test_percent: int) -> dict[str, list[tuple[str, str]]]:
+    """Deterministic split by a hash of the source sentence (independent of file order):
+    ``test_percent`` % test, as many valid, the rest train."""
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
+    for pair in pairs:
+        bucket = int(hashlib.sha1(pair[0].encode("utf-8")).hexdigest()[:8], 16) % 100
+        split = "test" if bucket < test_percent else "valid" if bucket < 2 * test_percent else "train"
+        out[split].append(pair)
+    return out

@@ -1,0 +1,88 @@
+"""Image folders -> VQGAN token shards (``catdiff prepare image-* --images DIR --tokenizer CKPT``).
+
+Source layouts:
+  flat       any tree of image files (``*.png, *.jpg, *.jpeg, *.webp``), searched recursively,
+             sorted by path (FFHQ ``images1024x1024/``, LSUN exported to files)
+  classes    one sub-folder per class (``train/n01440764/*.JPEG``, ImageNet); the label of a
+             folder is its rank among the sorted folder names (the usual 0..999 ImageNet ids)
+
+Each image is resized (shorter side to ``size``, bicubic, antialiased) and centre-cropped
+to ``size`` x ``size``, mapped to [-1, 1] and encoded by the VQGAN to a 16x16 code grid
+(for size 256, f16), stored row-major as 256 tokens. ``flip`` also stores the mirrored image
+(its tokens follow the original's), doubling the rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def list_images(root: str | Path, classes: bool) -> tuple[list[tuple[str, int]], list[str]]:
+    """``[(relative path, label)]`` sorted, and the class names (empty unless ``classes``)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image directory {root} not found (pass --images DIR)")
+    if classes:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not names:
+            raise FileNotFoundError(f"{root} has no class sub-folders; expected DIR/<class>/<image> "
+                                    "(ImageNet: train/n01440764/n01440764_10026.JPEG, ...)")
+        items = [(str(p.relative_to(root)), label) for label, name in enumerate(names)
+                 for p in sorted((root / name).rglob("*")) if p.suffix.lower() in EXTENSIONS]
+    else:
+        names = []
+        items = [(str(p.relative_to(root)), -1) for p in sorted(root.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+    if not items:
+        raise FileNotFoundError(f"no images ({', '.join(EXTENSIONS)}) under {root}")
+    return items, names
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """One RGB image -> float [3, size, size] in [-1, 1] (shorter side resized, centre crop)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC, reducing_gap=None)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def make_encoder(vqgan, root: str | Path, size: int, flip: bool, device="cpu"):
+    """``encode(items) -> (tokens [R, h*w], labels [R] or None)`` for :func:`shards.write_shards`."""
+    root = Path(root)
+
+    def encode(batch: Sequence[tuple[str, int]]):
+        images = torch.stack([load_image(root / rel, size) for rel, _ in batch]).to(device)
+        labels = np.array([lab for _, lab in batch])
+        if flip:  # rows: originals, then their mirror images, per batch
+            images = torch.cat([images, images.flip(-1)])
+            labels = np.concatenate([labels, labels])
+        tokens = vqgan.encode(images).flatten(1).cpu().numpy()
+        return tokens, (labels if labels.min() >= 0 else None)
+
+    return encode
+
+
+def extract(images: str | Path, vqgan, out: str | Path, *, classes: bool, size: int = 256, flip: bool = False,
+            shard_size: int = 10_000, batch_size: int = 32, device="cpu", tokenizer_id: str = "",
+            stop_after: int | None = None, progress: bool = True) -> Path:
+    """Encode every image under ``images`` into token shards in ``out``; resumable (see :mod:`.shards`)."""
+    from . import shards
+
+    items, names = list_images(images, classes)
+    grid = size // vqgan.factor
+    return shards.write_shards(
+        out, items, make_encoder(vqgan, images, size, flip, device), seq_len=grid * grid, vocab_size=vqgan.n_embed,
+        shard_size=shard_size, batch_size=batch_size, stop_after=stop_after, progress=progress,
+        settings={"size": size, "flip": flip, "classes": classes, "tokenizer": tokenizer_id},
+        meta={"images": str(Path(images).resolve()), "grid": [grid, grid], "class_names": names, "flip": flip})
