@@ -35,7 +35,9 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/speed.py
-	$(BIN)/python benchmarks/ablation_digits.py
+	$(BIN)/python benchmarks/ablation.py
+	$(BIN)/python benchmarks/steps.py
+	$(BIN)/python benchmarks/dropping.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -243,7 +243,13 @@ class Engine:
 
     # ----------------------------------------------------------------- sampling and evaluation
     def default_labels(self, n: int) -> torch.Tensor | None:
-        return torch.arange(n) % self.task.num_classes if self.task.num_classes else None
+        """Conditions for ``n`` samples: balanced classes, or the test split's conditions (cycled)."""
+        if self.task.num_classes:
+            return torch.arange(n) % self.task.num_classes
+        if self.task.conditional:
+            test = self.data("test").labels
+            return test[torch.arange(n) % len(test)].cpu()
+        return None
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, guidance: float | None = None, labels=None,

@@ -1,0 +1,38 @@
+"""Random-dropping strategies of CATDM (paper 000 Table 6 / 003 sec. 5.3), measured in this run.
+
+    python benchmarks/dropping.py [--task digits] [--steps N] [--seeds 0 1] [--samples 300]
+                                  [--ratios 0.1 0.2 0.3]
+
+Arms: none (w/o RD), linear (p = r t), rand_ratio (the paper's rand_drop: a per-sequence
+ratio ~ U(0, r)), and rand(r) (each token dropped with probability r) for each ratio;
+r = ``drop_ratio`` (0.2 unless --ratios says otherwise) for linear and rand_ratio.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ablation import COLUMNS, Runner, common_arguments, floor_note, table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(p)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.2], help="ratios r of rand(r)")
+    args = p.parse_args()
+    arms = {"none": {"drop": "none"}, "linear": {"drop": "linear"}, "rand_ratio": {"drop": "rand_ratio"}}
+    arms.update({f"rand({r:g})": {"drop": "rand", "drop_ratio": r} for r in args.ratios})
+    runner = Runner(args)
+    rows = []
+    for arm, train in arms.items():
+        for seed in args.seeds:
+            m = runner.run(train, {}, seed)
+            rows.append((arm, seed, m))
+            print(f"done {arm} seed {seed}: FID {m.get('fid_digits_classifier', float('nan')):.2f}", flush=True)
+    print(f"\nCATDM dropping strategies; task {args.task}, training steps {args.steps or 'task default'}, "
+          f"{args.samples} samples, seeds {args.seeds}, overrides {args.sets}\n")
+    print(table(rows, [c for c in COLUMNS if c[0] != "sample_seconds"]))
+    print("\n" + floor_note(rows))
+
+
+if __name__ == "__main__":
+    main()
