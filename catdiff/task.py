@@ -99,6 +99,10 @@ class Task:
         """``catdiff sample --prompt TEXT``: (known [M], known_mask [M]) of the tokens to keep fixed."""
         raise NotImplementedError(f"task {self.name!r} does not read --prompt; use --infill pos:token,...")
 
+    def init_codebook(self, codebook) -> None:
+        """Optional: initialise the diffusion codebook (e.g. from a VQ tokenizer's codes, the
+        paper's CSDM-fixed baseline) before training; ``codebook.data`` is the [K, D] table."""
+
     def prepare_arguments(self, parser) -> None:
         """Add this task's ``catdiff prepare TASK ...`` flags to an argparse parser."""
 

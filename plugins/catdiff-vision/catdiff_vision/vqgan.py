@@ -357,6 +357,9 @@ def load_vqgan(ckpt: str | Path, config: str | Path | Mapping[str, Any] | None =
         ckpt = next((p for p in (root / "last.ckpt", root / "checkpoints" / "last.ckpt") if p.is_file()), root / "last.ckpt")
     else:
         root = ckpt.parent if ckpt.parent.name != "checkpoints" else ckpt.parent.parent
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"VQGAN checkpoint {ckpt} not found: provide taming's last.ckpt (with model.yaml "
+                                "beside it) as task option `tokenizer` or env CATDIFF_VQGAN")
     if config is None:
         found = [root / "model.yaml", ckpt.parent / "model.yaml", *sorted((root / "configs").glob("*project.yaml"))]
         config = next((p for p in found if p.is_file()), root / "model.yaml")

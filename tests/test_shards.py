@@ -1,0 +1,115 @@
+"""Token shards: round trip, memory-mapped reads, resume of an interrupted extraction, and the
+image-folder -> VQGAN -> shards path (with flips and class labels)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import catdiff_vision  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
+
+from catdiff_vision import shards  # noqa: E402
+
+SEQ, VOCAB = 6, 1000
+
+
+def fake_tokens(i: int) -> np.ndarray:
+    return (np.arange(SEQ) * 37 + i * 11) % VOCAB
+
+
+def encode(batch, calls=None):
+    if calls is not None:
+        calls.extend(batch)
+    return np.stack([fake_tokens(i) for i in batch]), np.array([i % 7 for i in batch])
+
+
+def test_round_trip_and_memmap(tmp_path):
+    items = list(range(23))
+    index = shards.write_shards(tmp_path, items, encode, seq_len=SEQ, vocab_size=VOCAB, shard_size=10, batch_size=4,
+                                progress=False)
+    meta = json.loads(index.read_text())
+    assert meta["complete"] and meta["rows"] == 23 and [s["rows"] for s in meta["shards"]] == [10, 10, 3]
+    assert (tmp_path / "tokens-00000.u16").stat().st_size == 10 * SEQ * 2  # uint16
+    data = shards.ShardedTokens(tmp_path)
+    assert len(data) == 23 and isinstance(data._tokens[0], np.memmap)
+    toks, labels = data.rows([22, 0, 15, 9])
+    assert toks.dtype == torch.int64 and torch.equal(toks[0], torch.from_numpy(fake_tokens(22)))
+    assert labels.tolist() == [22 % 7, 0, 15 % 7, 9 % 7]
+    td = data.token_data()
+    assert td.tokens.shape == (23, SEQ) and torch.equal(td.tokens[13], torch.from_numpy(fake_tokens(13)))
+    assert len(data.token_data(limit=5)) == 5
+    with pytest.raises(IndexError):
+        data.rows([23])
+
+
+def test_resume_interrupted_extraction(tmp_path):
+    items, calls = list(range(25)), []
+    shards.write_shards(tmp_path, items, lambda b: encode(b, calls), seq_len=SEQ, vocab_size=VOCAB, shard_size=10,
+                        progress=False, stop_after=1)
+    assert calls == list(range(10))
+    with pytest.raises(FileNotFoundError, match="incomplete .*rerun the same `catdiff prepare`"):
+        shards.ShardedTokens(tmp_path)
+    # a crash while writing shard 1: a half-written temp file, and a corrupt shard-2 file
+    (tmp_path / "tokens-00001.u16.tmp").write_bytes(b"\0" * 7)
+    (tmp_path / "tokens-00002.u16").write_bytes(b"\0" * 3)
+    calls.clear()
+    shards.write_shards(tmp_path, items, lambda b: encode(b, calls), seq_len=SEQ, vocab_size=VOCAB, shard_size=10,
+                        progress=False)
+    assert calls == list(range(10, 25))  # the finished shard was skipped
+    data = shards.ShardedTokens(tmp_path)
+    assert len(data) == 25
+    assert torch.equal(data.token_data().tokens, torch.from_numpy(np.stack([fake_tokens(i) for i in items])))
+    calls.clear()
+    shards.write_shards(tmp_path, items, lambda b: encode(b, calls), seq_len=SEQ, vocab_size=VOCAB, shard_size=10,
+                        progress=False)
+    assert calls == []  # complete: nothing to do
+    with pytest.raises(FileExistsError, match="other inputs or settings"):
+        shards.write_shards(tmp_path, items[:-1], encode, seq_len=SEQ, vocab_size=VOCAB, shard_size=10, progress=False)
+
+
+def test_bad_encoder_output(tmp_path):
+    with pytest.raises(ValueError, match=r"outside \[0, 9\]"):
+        shards.write_shards(tmp_path, [1, 2], encode, seq_len=SEQ, vocab_size=10, progress=False)
+    with pytest.raises(ValueError, match="does not fit uint16"):
+        shards.write_shards(tmp_path, [1], encode, seq_len=SEQ, vocab_size=70_000, progress=False)
+
+
+def test_image_folders_to_shards(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from catdiff_vision import image_data, vqgan
+
+    torch.manual_seed(0)
+    dd = dict(z_channels=8, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2], num_res_blocks=1,
+              attn_resolutions=[], dropout=0.0)
+    model = vqgan.VQGAN(dd, n_embed=40, embed_dim=4).eval()
+    with torch.no_grad():
+        model.quantize.embedding.weight.normal_()
+    rng = np.random.default_rng(0)
+    for cls in ("n02", "n01"):  # sorted: n01 -> 0, n02 -> 1
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{j}.png")
+    out = tmp_path / "tok"
+    image_data.extract(tmp_path / "src", model, out, classes=True, size=16, flip=True, shard_size=4, batch_size=2,
+                       progress=False)
+    data = shards.ShardedTokens(out)
+    assert len(data) == 12 and data.seq_len == 64 and data.meta["class_names"] == ["n01", "n02"]
+    toks, labels = data.rows(np.arange(12))
+    assert labels.tolist() == [0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1]  # per batch: items, then their flips
+    first = image_data.load_image(tmp_path / "src" / "n01" / "0.png", 16)
+    assert first.shape == (3, 16, 16) and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(toks[0], model.encode(first[None]).flatten())
+    assert torch.equal(toks[2], model.encode(first[None].flip(-1)).flatten())  # batch of 2: originals, then flips
+    assert 0 <= int(toks.min()) and int(toks.max()) < 40
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        image_data.list_images(tmp_path / "src" / "n01", classes=True)
