@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PLUGINS := plugins/catdiff-vision
+PLUGINS := plugins/catdiff-vision plugins/catdiff-text
 
 .PHONY: install data test test-fast demo bench clean
 

@@ -146,11 +146,13 @@ class TdavidTask(TextTask):
     """Spurgeon's Treasury of David (Debian ``sword-comm-tdavid``), 11.2M cleaned characters."""
 
     name = "text-tdavid"
-    # A few minutes on 2 CPU cores; see the catdiff-text README note in the closing report.
+    # `catdiff run text-tdavid --set threads=1` took 7.4 min wall on a shared 2-core CPU:
+    # ~4.5 min training (0.9 s/step), the rest BPC over all 2196 test chunks, the engine's
+    # collapse diagnostics (1024 chunks x 11 times) and 8 samples.
     defaults: Mapping[str, Any] = dict(
-        layers=4, heads=4, width=128, embed_dim=64, batch_size=32, lr=1e-3, warmup=100, steps=1000,
-        ckpt_every=250, log_every=25, sample_steps=100, n_samples=8, eval_batches=1)
-    options: Mapping[str, Any] = dict(sword_dir=DEFAULT_SWORD_DIR, cache_dir="", bpc_draws=2, bpc_chunks=0)
+        layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=300,
+        ckpt_every=100, log_every=25, sample_steps=100, n_samples=8, eval_batches=1)
+    options: Mapping[str, Any] = dict(sword_dir=DEFAULT_SWORD_DIR, cache_dir="", bpc_draws=1, bpc_chunks=0)
     description = "Treasury of David prose (Debian sword-comm-tdavid), a-z and space, 90/5/5 split, chunks of 256"
 
     def corpus_text(self) -> str:
