@@ -97,8 +97,6 @@ def test_prepare_train_evaluate(tmp_path):
                 "fid_fashion_classifier_vq", "label_accuracy", "class_entropy"):
         assert math.isfinite(metrics[key]), key
     assert metrics["fid_fashion_classifier_real"] < metrics["fid_fashion_classifier_vq"]  # the tokenizer costs FID
-    real = task.evaluate(train.tokens[:100], train.labels[:100], None)  # real tokens score near the VQ floor
-    assert real["fid_fashion_classifier"] < metrics["fid_fashion_classifier"]
     for name in ("samples.png", "guidance_sweep.png", "metrics.json"):
         assert (tmp_path / "run" / name).is_file(), name
     from PIL import Image
