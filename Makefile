@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PLUGINS := plugins/catdiff-vision plugins/catdiff-text
+PLUGINS := plugins/catdiff-vision plugins/catdiff-text plugins/catdiff-translate
 
 .PHONY: install data test test-fast demo bench clean
 
@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	# torch is pinned here (pyproject declares ranges); pip takes these from local disk
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	# optional fairseq interop (data-bin reading); its test skips when this fails
+	$(BIN)/pip install -q 'fairseq-fixed==0.12.3.1' || echo "make install: fairseq-fixed did not install; the data-bin test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +40,8 @@ bench: install
 	$(BIN)/python benchmarks/ablation.py
 	$(BIN)/python benchmarks/steps.py
 	$(BIN)/python benchmarks/dropping.py
+	$(BIN)/python benchmarks/image_steps.py
+	$(BIN)/python benchmarks/text_bpc.py
 
 clean:
 	rm -rf $(VENV) runs

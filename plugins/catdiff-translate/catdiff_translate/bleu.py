@@ -18,7 +18,7 @@ def bleu(hyps_tok: list[str], refs_tok: list[str], hyps_detok: list[str], refs_d
 
     if not (len(hyps_tok) == len(refs_tok) == len(hyps_detok) == len(refs_detok)):
         raise ValueError("bleu needs one reference per hypothesis at both levels (equal list lengths)")
-    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none")
+    tok = sacrebleu.corpus_bleu(hyps_tok, [refs_tok], tokenize="none", force=True)  # tokenized on purpose
     sacre = sacrebleu.corpus_bleu(hyps_detok, [refs_detok])
     return {"bleu_tokenized": tok.score, "sacrebleu": sacre.score}
 

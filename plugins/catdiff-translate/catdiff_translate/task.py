@@ -1,0 +1,330 @@
+"""Translation tasks: source sentence -> target sentence with CATDM (paper 003 sec. 6.3).
+
+Data model. ``TokenData.labels`` holds the source ids [N, S] (padded with ``pad_id``) and
+``TokenData.tokens`` the target ids [N, M], padded with the same PAD id, which is a data
+token of the target vocabulary: the diffusion learns the PAD positions too (DiffuSeq's
+choice; see :mod:`catdiff_translate.backbone`), so a target's length is the number of its
+non-PAD tokens. S = M = ``max_len``. Training pairs longer than that (or empty) are left
+out; test pairs are truncated for the model but scored against their full references.
+
+Decoding (``generate``). The length head proposes the top ``length_beam`` lengths per
+source; for each, ``noise_beam`` samples are drawn with the positions past that length
+fixed to PAD by the sampler's infilling, so the model only generates the chosen length.
+The candidates are reranked by the model's own log-likelihood of its output: the negative
+of the eq. 3 bound (``Method.nll_bound``, prior + L0 + L_inf, in nats over all M
+positions, PAD included) averaged over ``rerank_draws`` times t_j = (j + 1/2) / R, with the
+same (t, noise) draws for every candidate of a source (common random numbers), so the
+comparison between candidates is not swamped by Monte-Carlo noise. L0 alone cannot rank:
+at t = 0 the noise is so small that P(x | z_0) recovers any x.
+
+Vocabularies (``bpe`` option): ``sentencepiece`` (a joint BPE model trained by ``catdiff
+prepare TASK`` and cached), ``marked`` (text already split into BPE pieces with ``@@ ``
+markers, as fairseq's prepare scripts write it; a joint fairseq-format dictionary of the
+training text is built at first use and cached), ``auto`` (``marked`` when the training
+source contains ``@@ ``, else ``sentencepiece``). With ``data_bin`` set, the fairseq
+dictionaries and binarized splits of that directory are used instead of text.
+
+Derived options: ``setup`` writes ``src_vocab`` and ``pad_id`` into ``cfg.task_options``
+(the ``encdec`` backbone reads them there); values given by the user are overwritten.
+
+Cache: ``$CATDIFF_CACHE`` (default ``~/.cache/catdiff``) ``/translate/<task>-<key>/``,
+the key hashing the data location and vocabulary settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from catdiff.task import Task, TokenData
+
+from .backbone import PRESETS
+from .bleu import bleu_metric
+from .data import TEXT_LAYOUT, ding_pairs, hash_split, pad_rows, read_data_bin, read_parallel
+from .vocab import FairseqDictionary, SentencePieceVocab, remove_bpe_markers, train_sentencepiece
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CATDIFF_CACHE") or Path.home() / ".cache" / "catdiff") / "translate"
+
+
+COMMON_OPTIONS = {
+    "data_dir": "",        # text corpus directory (see TEXT_LAYOUT); "" = the task's env var
+    "data_bin": "",        # a fairseq-preprocess output directory (needs the fairseq extra)
+    "bpe": "auto",         # auto | sentencepiece | marked
+    "bpe_vocab": 10000,    # sentencepiece vocabulary size
+    "spm_model": "",       # sentencepiece model path; "" = in the cache
+    "text": "tokenized",   # tokenized (Moses, fairseq's scripts) | raw: the level of the corpus text
+    "max_len": 128,        # S = M, source and target tokens
+    "length_beam": 3,      # top-k target lengths per source
+    "noise_beam": 2,       # samples per length
+    "rerank_draws": 4,     # t draws of the likelihood bound used for reranking (0 = no reranking)
+    "src_vocab": 0,        # derived in setup
+    "pad_id": 0,           # derived in setup
+}
+
+
+class TranslationTask(Task):
+    """Base of the translation tasks; subclasses set languages, env var and defaults."""
+
+    conditional = True
+    src_lang = tgt_lang = ""
+    env_var = ""
+    prepare_script = ""
+    data_subdir = ""
+    options = COMMON_OPTIONS
+
+    def __init__(self):
+        self._vocabs = None
+        self._refs: dict[str, list[str]] = {}
+        self._stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def seq_len(self) -> int:
+        return int(self.option("max_len"))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocabs()[1].size
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        self._vocabs = None
+        if self.option("bpe") not in ("auto", "sentencepiece", "marked"):
+            raise ValueError(f"task {self.name}: option bpe must be auto, sentencepiece or marked, got {self.option('bpe')!r}")
+        if self.option("text") not in ("tokenized", "raw"):
+            raise ValueError(f"task {self.name}: option text must be tokenized or raw, got {self.option('text')!r}")
+        try:
+            src, tgt = self.vocabs()
+        except FileNotFoundError:
+            return  # `catdiff prepare` creates it; anything else fails on vocab_size with the message
+        if src.pad_id != tgt.pad_id:
+            raise ValueError(f"source and target vocabularies have different pad ids ({src.pad_id}, {tgt.pad_id})")
+        cfg.task_options.update(src_vocab=src.size, pad_id=tgt.pad_id)
+
+    def data_dir(self) -> Path:
+        value = self.option("data_dir") or os.environ.get(self.env_var, "")
+        layout = TEXT_LAYOUT.format(src=self.src_lang, tgt=self.tgt_lang, script=self.prepare_script,
+                                    subdir=self.data_subdir)
+        if not value:
+            raise FileNotFoundError(f"task {self.name} needs its corpus: pass --set data_dir=DIR (or set ${self.env_var}) "
+                                    f"to {layout}")
+        path = Path(value).expanduser()
+        missing = [f"{s}.{lang}" for s in ("train", "test") for lang in (self.src_lang, self.tgt_lang)
+                   if not (path / f"{s}.{lang}").is_file()]
+        if missing:
+            raise FileNotFoundError(f"task {self.name}: {path} lacks {', '.join(missing)}; data_dir must be {layout}")
+        return path
+
+    def cache_dir(self) -> Path:
+        where = self.option("data_bin") or str(self.data_dir().resolve())
+        key = hashlib.sha1(f"{where}|{self.option('bpe_vocab')}".encode()).hexdigest()[:10]
+        return cache_root() / f"{self.name}-{key}"
+
+    def bpe_mode(self) -> str:
+        mode = self.option("bpe")
+        if mode == "auto":
+            with open(self.data_dir() / f"train.{self.src_lang}", encoding="utf-8") as f:
+                head = [line for _, line in zip(range(10_000), f)]
+            mode = "marked" if any("@@ " in line for line in head) else "sentencepiece"
+        return mode
+
+    def spm_path(self) -> Path:
+        return Path(self.option("spm_model")).expanduser() if self.option("spm_model") else self.cache_dir() / "spm.model"
+
+    def vocabs(self):
+        """(source vocabulary, target vocabulary), loaded once per setup."""
+        if self._vocabs is None:
+            self._vocabs = self._load_vocabs()
+        return self._vocabs
+
+    def _load_vocabs(self):
+        if self.option("data_bin"):
+            root = Path(self.option("data_bin")).expanduser()
+            return tuple(FairseqDictionary.load(root / f"dict.{lang}.txt") for lang in (self.src_lang, self.tgt_lang))
+        if self.bpe_mode() == "marked":
+            path = self.cache_dir() / "dict.txt"
+            if not path.is_file():
+                self._build_dictionary(path)
+            d = FairseqDictionary.load(path)
+            return d, d
+        path = self.spm_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"task {self.name}: sentencepiece model {path} not found; train it with "
+                                    f"`catdiff prepare {self.name}` (same --set options as the run)")
+        v = SentencePieceVocab(path)
+        return v, v
+
+    def _build_dictionary(self, path: Path) -> None:
+        src, tgt = read_parallel(self.data_dir(), "train", self.src_lang, self.tgt_lang)
+        _, entries = FairseqDictionary.build(src + tgt)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        FairseqDictionary.save(entries, tmp)
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- preparation
+    def prepare_arguments(self, parser) -> None:
+        parser.add_argument("--force", action="store_true", help="retrain even if the model exists")
+
+    def prepare(self, args) -> None:
+        if self.option("data_bin"):
+            print(f"data_bin {self.option('data_bin')}: fairseq dictionaries are used as they are; nothing to prepare")
+            return
+        if self.bpe_mode() == "marked":
+            path = self.cache_dir() / "dict.txt"
+            if args.force or not path.is_file():
+                self._build_dictionary(path)
+            print(f"text carries '@@ ' BPE markers; joint dictionary: {path}")
+            return
+        path = self.spm_path()
+        if path.is_file() and not args.force:
+            print(f"sentencepiece model exists: {path} (--force retrains)")
+            return
+        train_sentencepiece(self.bpe_training_text(), path.with_suffix(""), int(self.option("bpe_vocab")))
+        print(f"trained joint sentencepiece BPE ({self.option('bpe_vocab')} pieces): {path}")
+
+    def bpe_training_text(self) -> list[str]:
+        src, tgt = read_parallel(self.data_dir(), "train", self.src_lang, self.tgt_lang)
+        return src + tgt
+
+    # ----------------------------------------------------------------- data
+    def pairs(self, split: str) -> tuple[list[str], list[str]]:
+        """Source and target lines of a split, as the corpus writes them."""
+        return read_parallel(self.data_dir(), split, self.src_lang, self.tgt_lang)
+
+    def load(self, split: str) -> TokenData:
+        src_vocab, tgt_vocab = self.vocabs()
+        if self.option("data_bin"):
+            src_ids, tgt_ids = read_data_bin(Path(self.option("data_bin")).expanduser(), split,
+                                             self.src_lang, self.tgt_lang)
+            eos = tgt_vocab.eos_id
+            src_ids = [s[:-1] if len(s) and s[-1] == eos else s for s in src_ids]
+            tgt_ids = [s[:-1] if len(s) and s[-1] == eos else s for s in tgt_ids]
+            refs = [tgt_vocab.decode(s) for s in tgt_ids]
+        else:
+            src_lines, tgt_lines = self.pairs(split)
+            src_ids, tgt_ids = src_vocab.encode_all(src_lines), tgt_vocab.encode_all(tgt_lines)
+            refs = [remove_bpe_markers(line) for line in tgt_lines]
+        M = self.seq_len
+        if split == "train":
+            keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if 0 < len(s) <= M and 0 < len(t) <= M]
+            if not keep:
+                raise ValueError(f"task {self.name}: no training pair has 1..{M} tokens on both sides (max_len={M})")
+            src_ids, tgt_ids, refs = ([x[i] for i in keep] for x in (src_ids, tgt_ids, refs))
+        self._refs[split] = refs
+        pad = tgt_vocab.pad_id
+        return TokenData(pad_rows(tgt_ids, M, pad), pad_rows(src_ids, M, pad))
+
+    # ----------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(self, engine, n: int):
+        """Translate the first ``n`` test sources: length beam x noise beam, reranked (see module doc)."""
+        test = engine.data("test")
+        n = min(n, len(test))
+        src, ref_tokens = test.labels[:n], test.tokens[:n]
+        net, pad, M = engine.ema_eval.net, self.option("pad_id"), self.seq_len
+        if not hasattr(net, "length_logits"):
+            raise ValueError(f"task {self.name} needs a backbone with a length head (backbone=encdec)")
+        k = max(1, min(int(self.option("length_beam")), M))
+        d = max(1, int(self.option("noise_beam")))
+        with engine.autocast:
+            top = torch.cat([net.length_logits(src[i:i + 256]) for i in range(0, n, 256)]).topk(k, -1).indices + 1
+        ref_len = (ref_tokens != pad).sum(1).clamp(1, M)
+        self._stats = {"length_accuracy": (top[:, 0] == ref_len).float().mean().item(),
+                       f"length_top{k}_accuracy": (top == ref_len[:, None]).any(1).float().mean().item(),
+                       "length_mean_abs_error": (top[:, 0] - ref_len).abs().float().mean().item()}
+        C = k * d
+        lengths = top.repeat_interleave(d, 1).reshape(-1)  # [n * C], source-major
+        cond = src.repeat_interleave(C, 0)
+        known = torch.full((n * C, M), pad, dtype=torch.long, device=src.device)
+        mask = torch.arange(M, device=src.device)[None, :] >= lengths[:, None]
+        cand = engine.sample(n * C, labels=cond, known=known, known_mask=mask).view(n, C, M)
+        if C == 1 or int(self.option("rerank_draws")) <= 0:
+            return cand[:, 0], src.cpu()
+        score = self.rerank_scores(engine, cand, src)
+        best = score.argmax(1)
+        self._stats["rerank_changed_frac"] = (best != 0).float().mean().item()
+        return cand[torch.arange(n), best], src.cpu()
+
+    def rerank_scores(self, engine, cand: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """[n, C] estimates of log P(candidate | source): minus the eq. 3 bound, mean of R draws
+        at t_j = (j + 1/2) / R with common random numbers across the C candidates."""
+        n, C, _ = cand.shape
+        R = int(self.option("rerank_draws"))
+        scores = torch.zeros(n, C, dtype=torch.float64)
+        devices = [engine.device] if engine.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for lo in range(0, n, 128):
+                hi = min(n, lo + 128)
+                s = src[lo:hi].to(engine.device)
+                for j in range(R):
+                    t = torch.full((hi - lo,), (j + 0.5) / R, device=engine.device)
+                    for c in range(C):
+                        torch.manual_seed(engine.cfg.seed * 1_000_003 + lo * R + j)
+                        with engine.autocast:
+                            b = engine.method.nll_bound(engine.ema_eval, cand[lo:hi, c].to(engine.device), s, t)
+                        scores[lo:hi, c] -= b["total"].double().cpu() / R
+        return scores
+
+    # ----------------------------------------------------------------- metrics and output
+    def hypotheses(self, tokens: torch.Tensor) -> list[str]:
+        tgt = self.vocabs()[1]
+        return [tgt.decode(row.tolist()) for row in tokens]
+
+    def evaluate(self, tokens, labels, out_dir) -> dict[str, float]:
+        refs = self._refs.get("test")
+        if refs is None:
+            raise ValueError(f"task {self.name}: evaluate scores translations of the test split; load('test') first")
+        hyps = self.hypotheses(tokens)
+        metrics = bleu_metric(hyps, refs[: len(hyps)], self.tgt_lang, self.option("text") == "tokenized")
+        metrics.update(self._stats)
+        return metrics
+
+    def save_samples(self, tokens, labels, out_dir: Path) -> list[Path]:
+        """``translations.txt``: S (source), R (reference), H (hypothesis) per test sentence."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        hyps = self.hypotheses(tokens)
+        lines = []
+        if labels is not None and labels.dim() == 2:
+            src_vocab = self.vocabs()[0]
+            refs = self._refs.get("test", [])
+            for i, h in enumerate(hyps):
+                lines += [f"S-{i}\t{src_vocab.decode(labels[i].tolist())}"]
+                lines += [f"R-{i}\t{refs[i]}"] if i < len(refs) else []
+                lines += [f"H-{i}\t{h}", ""]
+        else:
+            lines = [f"H-{i}\t{h}" for i, h in enumerate(hyps)]
+        path = out_dir / "translations.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return [path]
+
+
+BENCHMARK_DEFAULTS = dict(backbone="encdec", batch_size=128, lr=5e-4, warmup=4000, weight_decay=0.0,
+                          steps=300_000, ckpt_every=5000, log_every=200, sample_steps=20, n_samples=10**7,
+                          eval_batches=16)
+
+
+class IWSLT14(TranslationTask):
+    name = "mt-iwslt14"
+    description = "IWSLT14 German->English (fairseq prepare-iwslt14.sh layout; data_dir or $CATDIFF_IWSLT14)"
+    src_lang, tgt_lang = "de", "en"
+    env_var = "CATDIFF_IWSLT14"
+    prepare_script = "prepare-iwslt14.sh"
+    data_subdir = "iwslt14.tokenized.de-en/"
+    defaults = {**BENCHMARK_DEFAULTS, **PRESETS["transformer_iwslt_de_en"]}
+
+
+class WMT14(TranslationTask):
+    name = "mt-wmt14"
+    description = "WMT14 English->German (fairseq prepare-wmt14en2de.sh layout; data_dir or $CATDIFF_WMT14)"
+    src_lang, tgt_lang = "en", "de"
+    env_var = "CATDIFF_WMT14"
+    prepare_script = "prepare-wmt14en2de.sh"
+    data_subdir = "wmt14_en_de/"
+    options = {**COMMON_OPTIONS, "bpe_vocab": 32000}
+    defaults = {**BENCHMARK_DEFAULTS, **PRESETS["transformer"]}
