@@ -11,7 +11,6 @@ torch-fidelity input: uint8 ``[B, 1 or 3, 28, 28]`` (0..255), like the digits ex
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -106,40 +105,24 @@ def accuracy(model: FashionCNN, images: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def _extractor_class():
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from .feature_extractor import ClassifierFeatureExtractor
 
-    class FashionClassifierFeatureExtractor(FeatureExtractorBase):
+    class FashionClassifierFeatureExtractor(ClassifierFeatureExtractor):
         """torch-fidelity wrapper; weights from ``feature_extractor_weights_path`` (required)."""
 
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__(name, features_list)
-            if feature_extractor_weights_path is None:
+        extractor_name = EXTRACTOR_NAME
+        side = 28
+        features = FashionCNN.FEATURES
+
+        @staticmethod
+        def load_model(weights_path):
+            if weights_path is None:
                 raise ValueError(f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (see fashion_classifier.weights_path)")
-            self.model = copy.deepcopy(load(feature_extractor_weights_path))
-            self.requires_grad_(False)
-            self.eval()
+            return load(weights_path)
 
         @staticmethod
-        def get_provided_features_list():
-            return FashionCNN.FEATURES
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
-
-        def forward(self, x):
-            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (28, 28):
-                raise ValueError(f"{EXTRACTOR_NAME}: expected uint8 [B, 1 or 3, 28, 28], got {x.dtype} {tuple(x.shape)}")
-            feats = self.model.features(x.float().mean(1, keepdim=True) / 255)
-            return tuple(feats[name].float() for name in self.features_list)
+        def model_input(x):
+            return x.float().mean(1, keepdim=True) / 255
 
     return FashionClassifierFeatureExtractor
 

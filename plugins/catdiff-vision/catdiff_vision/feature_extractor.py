@@ -37,21 +37,27 @@ LEVELS = data.LEVELS
 SIDE = data.SIDE
 
 
-class DigitsClassifierFeatureExtractor(FeatureExtractorBase):
+class ClassifierFeatureExtractor(FeatureExtractorBase):
+    """A small image classifier as a torch-fidelity extractor (shared by digits and fashion).
+
+    Subclasses set ``extractor_name``, ``side`` (input H = W) and ``features`` (the model's
+    feature names), and implement ``load_model(weights_path)`` and ``model_input(x)``
+    (uint8 [B, 1 or 3, side, side] -> the model's float input)."""
+
+    extractor_name = ""
+    side = 0
+    features: tuple = ()
+
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            model = classifier.get_classifier()
-        else:
-            model = classifier.load_weights(feature_extractor_weights_path)
         # A private copy: torch-fidelity may move or re-mode its extractor (.cuda(), .eval()).
-        self.model = copy.deepcopy(model)
+        self.model = copy.deepcopy(self.load_model(feature_extractor_weights_path))
         self.requires_grad_(False)
         self.eval()
 
-    @staticmethod
-    def get_provided_features_list():
-        return classifier.DigitsCNN.FEATURES
+    @classmethod
+    def get_provided_features_list(cls):
+        return cls.features
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
@@ -61,20 +67,34 @@ class DigitsClassifierFeatureExtractor(FeatureExtractorBase):
     def can_be_compiled():
         return False
 
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, SIDE, SIDE, dtype=torch.uint8)
+    @classmethod
+    def get_dummy_input_for_compile(cls):
+        return torch.zeros(1, 1, cls.side, cls.side, dtype=torch.uint8)
 
     def forward(self, x):
         if not (torch.is_tensor(x) and x.dtype == torch.uint8):
-            raise ValueError(f"{EXTRACTOR_NAME}: expected a torch.uint8 image batch, got {type(x).__name__} "
+            raise ValueError(f"{self.extractor_name}: expected a torch.uint8 image batch, got {type(x).__name__} "
                              f"{getattr(x, 'dtype', '')}")
-        if x.dim() != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (SIDE, SIDE):
-            raise ValueError(f"{EXTRACTOR_NAME}: expected [B, 1 or 3, {SIDE}, {SIDE}] images, got {tuple(x.shape)}")
-        grey = x.float().mean(1, keepdim=True)
-        levels = torch.round(grey * ((LEVELS - 1) / 255.0))
-        feats = self.model.features(levels / (LEVELS - 1))
+        if x.dim() != 4 or x.shape[1] not in (1, 3) or tuple(x.shape[2:]) != (self.side, self.side):
+            raise ValueError(f"{self.extractor_name}: expected [B, 1 or 3, {self.side}, {self.side}] images, "
+                             f"got {tuple(x.shape)}")
+        feats = self.model.features(self.model_input(x))
         return tuple(feats[name].float() for name in self.features_list)
+
+
+class DigitsClassifierFeatureExtractor(ClassifierFeatureExtractor):
+    extractor_name = EXTRACTOR_NAME
+    side = SIDE
+    features = classifier.DigitsCNN.FEATURES
+
+    @staticmethod
+    def load_model(weights_path):
+        return classifier.get_classifier() if weights_path is None else classifier.load_weights(weights_path)
+
+    @staticmethod
+    def model_input(x):
+        grey = x.float().mean(1, keepdim=True)
+        return torch.round(grey * ((LEVELS - 1) / 255.0)) / (LEVELS - 1)
 
 
 class UInt8Images(Dataset):
