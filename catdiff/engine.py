@@ -78,8 +78,7 @@ class Engine:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.method: Method = reg.get("methods", cfg.method).factory(cfg)
-        if cfg.sampler and cfg.sampler not in self.method.samplers:
-            raise ValueError(f"method {cfg.method!r} has samplers {self.method.samplers}, not {cfg.sampler!r}")
+        self.sampler_name(cfg.sampler)  # fail at construction, not after training
         backbone = reg.get("backbones", cfg.backbone).factory(
             cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes)
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
@@ -105,6 +104,13 @@ class Engine:
                 torch.cuda.set_device(self.device)
         if self.cfg.batch_size % self.world:
             raise ValueError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+
+    def sampler_name(self, name: str | None) -> str:
+        """``name`` (or the config's, or the method's default) checked against the method's samplers."""
+        name = name or self.cfg.sampler or self.method.samplers[0]
+        if name not in self.method.samplers:
+            raise ValueError(f"method {self.cfg.method!r} has samplers {self.method.samplers}, not {name!r}")
+        return name
 
     @property
     def conditional(self) -> bool:
@@ -262,6 +268,7 @@ class Engine:
             labels = self.default_labels(n)
         elif not self.conditional:
             raise ValueError(f"task {self.task.name!r} is unconditional; labels are not accepted")
+        sampler = self.sampler_name(sampler)
         gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
         out = []
         for lo in range(0, n, batch_size):
@@ -269,7 +276,7 @@ class Engine:
             with self.autocast:
                 out.append(self.method.sample(
                     self.ema_eval, hi - lo, self.task.seq_len, steps=steps or cfg.sample_steps,
-                    sampler=sampler or cfg.sampler or self.method.samplers[0], final=final or cfg.final,
+                    sampler=sampler, final=final or cfg.final,
                     cond=None if labels is None else labels[lo:hi].to(self.device),
                     guidance=cfg.guidance if guidance is None else guidance,
                     null_id=self.task.num_classes if self.task.num_classes else None,

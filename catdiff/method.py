@@ -45,7 +45,8 @@ class Method:
 
     def sample(self, model, n: int, seq_len: int, *, steps: int, sampler: str, final: str, cond, guidance: float,
                null_id: int | None, known, known_mask, generator: torch.Generator, device) -> torch.Tensor:
-        """``n`` token sequences [n, seq_len]; infill when ``known``/``known_mask`` are given."""
+        """``n`` token sequences [n, seq_len]; infill when ``known``/``known_mask`` are given.
+        The engine has already checked ``sampler`` against ``samplers``."""
         raise NotImplementedError
 
     def nll_bound(self, model, x: torch.Tensor, cond, t: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -93,8 +93,6 @@ class DiscreteDiffusion(Method):
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
-        if sampler not in self.samplers:
-            raise ValueError(f"method {self.name!r} has samplers {self.samplers}, not {sampler!r}")
         known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device)
         return self.ancestral(model, n, seq_len, time_grid(self.T, steps), final, cond, guidance, null_id,
                               known, known_mask, generator, device)
