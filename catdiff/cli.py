@@ -57,13 +57,11 @@ def cmd_run(args) -> int:
 
 def cmd_prepare(args, rest: list[str]) -> int:
     """``catdiff prepare TASK [task flags]``: the task's one-off preparation (its own flags)."""
-    from . import config as config_mod
+    from .config import for_task
     from .hooks import registry
 
     task = registry().get("tasks", args.task).factory()
-    file_values = config_mod.load_file(args.config) if args.config else {}
-    task.setup(config_mod.resolve(task.defaults, file_values, parse_sets(args.sets), {"task": task.name},
-                                  options=task.options))
+    task.setup(for_task(task, args.config, parse_sets(args.sets)))
     parser = argparse.ArgumentParser(prog=f"catdiff prepare {task.name}",
                                      description=f"prepare data for task {task.name!r}")
     task.prepare_arguments(parser)

@@ -123,6 +123,13 @@ def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None
     return Config(**values, task_options=options)
 
 
+def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """A task's run config: defaults < ``task.defaults`` < the config file < ``overrides``,
+    with the task's own ``options`` accepted as keys."""
+    file_values = load_file(config_file) if config_file else {}
+    return resolve(task.defaults, file_values, overrides or {}, {"task": task.name}, options=task.options)
+
+
 def parse_sets(items: list[str]) -> dict[str, str]:
     """``["lr=1e-3", "drop=none"]`` -> dict; values are coerced later by :func:`resolve`."""
     out = {}

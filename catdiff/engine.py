@@ -67,9 +67,7 @@ class Engine:
             self.task = task
         else:
             self.task = reg.get("tasks", task).factory()
-        file_values = config_mod.load_file(config_file) if config_file else {}
-        self.cfg: Config = config_mod.resolve(self.task.defaults, file_values, overrides, {"task": self.task.name},
-                                              options=self.task.options)
+        self.cfg: Config = config_mod.for_task(self.task, config_file, overrides)
         self.task.setup(self.cfg)
         self.out = Path(out) if out is not None else None
         self._setup_distributed()
