@@ -21,13 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablation import ARMS as TABLE1_ARMS  # noqa: E402
 from catdiff import Engine  # noqa: E402
+from steps import ARMS as STEPS_ARMS  # noqa: E402
 
-ARMS = {
-    "CATDM": {},
-    "CSDM": dict(objective="csdm", shift=0.0, drop="none"),
-    "CATDM-CE": dict(objective="ce"),
-}
+# the training overrides of the same-named arms of ablation.py and steps.py
+ARMS = {"CATDM": TABLE1_ARMS["CATDM"][0], "CSDM": TABLE1_ARMS["CSDM"][0], "CATDM-CE": STEPS_ARMS["CATDM-CE"][0]}
 
 
 def run_arm(name: str, overrides: dict, args, out: Path) -> dict:
