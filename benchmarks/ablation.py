@@ -8,7 +8,7 @@ token (text tasks: BPC; continuous methods and D3PM/VQ-Diffusion have bounds), t
 embedding-variance summary (continuous methods only; paper Figure 1), wall time.
 
     python benchmarks/ablation.py [--task digits] [--steps N] [--seeds 0 1] [--samples 300]
-    python benchmarks/ablation.py --arms CATDM CSDM --threads 1
+    python benchmarks/ablation.py --arms CATDM CSDM --jobs 2 --threads 1   # two runs at once on 2 cores
     python benchmarks/ablation.py --shifts 0 -1 -2 -3 -4     # CATDM over the shift s (chose s = -3)
 
 steps.py and dropping.py reuse :func:`run` and :func:`table` from here.
@@ -16,7 +16,9 @@ steps.py and dropping.py reuse :func:`run` and :func:`table` from here.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import math
+import multiprocessing
 import statistics
 import time
 
@@ -44,10 +46,12 @@ COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/
 
 class Runner:
     """Trains each distinct (task, training overrides, seed) once and evaluates it under any
-    sampling overrides (sampler, sample_steps, ...)."""
+    sampling overrides (sampler, sample_steps, ...). With ``--jobs N`` the trainings run in N
+    worker processes at once (each with ``--threads`` torch threads)."""
 
     def __init__(self, args):
         self.task, self.steps, self.threads, self.samples = args.task, args.steps, args.threads, args.samples
+        self.jobs = args.jobs
         self.sets = parse_sets(args.sets)
         self.engines: dict = {}
 
@@ -75,6 +79,33 @@ class Runner:
                 setattr(eng.cfg, k, v)
         m["train_seconds"] = eng.train_seconds
         return m
+
+    def run_many(self, specs: list[tuple[dict, list[dict], int]], report=None) -> list[list[dict]]:
+        """``specs``: (training overrides, [sampling overrides, ...], seed) per model; returns the
+        metrics of each sampling setting, in order. ``report(i, metrics_list)`` is called as
+        each model finishes."""
+        report = report or (lambda i, ms: None)
+        if self.jobs <= 1:
+            results = []
+            for i, (train, samples, seed) in enumerate(specs):
+                results.append([self.run(train, s, seed) for s in samples])
+                self.engines.clear()  # one model at a time in memory
+                report(i, results[-1])
+            return results
+        results: list = [None] * len(specs)
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_in_worker, self, train, samples, seed): i
+                       for i, (train, samples, seed) in enumerate(specs)}
+            for fut in concurrent.futures.as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                report(i, results[i])
+        return results
+
+
+def _run_in_worker(runner: Runner, train: dict, samples: list[dict], seed: int) -> list[dict]:
+    return [runner.run(train, s, seed) for s in samples]
 
 
 def table(rows: list[tuple[str, int, dict]], columns=COLUMNS) -> str:
@@ -108,7 +139,9 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the task's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--samples", type=int, default=300, help="samples per FID (the digits floor uses 300)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch default)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once in worker processes (e.g. --jobs 2 --threads 1 on 2 cores)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (e.g. batch_size=16)")
 
@@ -129,13 +162,22 @@ def main() -> None:
     if args.shifts:
         arms = {f"CATDM s={s:g}": ({"shift": s}, {}) for s in args.shifts}
     runner = Runner(args)
-    rows = []
+    # arms with equal training overrides (VQ-Diffusion and +purity) share one trained model
+    models: dict = {}
     for arm, (train, sample) in arms.items():
         for seed in args.seeds:
-            m = runner.run(train, sample, seed)
-            rows.append((arm, seed, m))
-            print(f"done {arm} seed {seed}: FID {m.get('fid_digits_classifier', float('nan')):.2f} "
+            models.setdefault((tuple(sorted(train.items())), seed), []).append((arm, sample))
+    specs = [(dict(key), [s for _, s in group], seed) for (key, seed), group in models.items()]
+
+    def report(i, ms):
+        for (arm, _), m in zip(models[list(models)[i]], ms):
+            print(f"done {arm} seed {specs[i][2]}: FID {m.get('fid_digits_classifier', float('nan')):.2f} "
                   f"(train {m['train_seconds']:.0f}s)", flush=True)
+
+    results = runner.run_many(specs, report)
+    by_arm = {(arm, seed): m for (_, seed), group, ms in zip(models, models.values(), results)
+              for (arm, _), m in zip(group, ms)}
+    rows = [(arm, seed, by_arm[arm, seed]) for arm in arms for seed in args.seeds]
     steps = args.steps or Engine(args.task).cfg.steps
     print(f"\ntask {args.task}, {steps} training steps, {args.samples} samples, seeds {args.seeds}, "
           f"overrides {args.sets}\n")

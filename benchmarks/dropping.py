@@ -22,12 +22,14 @@ def main() -> None:
     arms = {"none": {"drop": "none"}, "linear": {"drop": "linear"}, "rand_ratio": {"drop": "rand_ratio"}}
     arms.update({f"rand({r:g})": {"drop": "rand", "drop_ratio": r} for r in args.ratios})
     runner = Runner(args)
-    rows = []
-    for arm, train in arms.items():
-        for seed in args.seeds:
-            m = runner.run(train, {}, seed)
-            rows.append((arm, seed, m))
-            print(f"done {arm} seed {seed}: FID {m.get('fid_digits_classifier', float('nan')):.2f}", flush=True)
+    keys = [(arm, seed) for arm in arms for seed in args.seeds]
+
+    def report(i, ms):
+        arm, seed = keys[i]
+        print(f"done {arm} seed {seed}: FID {ms[0].get('fid_digits_classifier', float('nan')):.2f}", flush=True)
+
+    results = runner.run_many([(arms[arm], [{}], seed) for arm, seed in keys], report)
+    rows = [(arm, seed, ms[0]) for (arm, seed), ms in zip(keys, results)]
     print(f"\nCATDM dropping strategies; task {args.task}, training steps {args.steps or 'task default'}, "
           f"{args.samples} samples, seeds {args.seeds}, overrides {args.sets}\n")
     print(table(rows, [c for c in COLUMNS if c[0] != "sample_seconds"]))

@@ -32,17 +32,20 @@ def main() -> None:
     p.add_argument("--metric", default="fid_digits_classifier")
     args = p.parse_args()
     runner = Runner(args)
+    specs = [(ARMS[arm][0], [dict(ARMS[arm][1], sample_steps=n) for n in args.sample_steps], seed)
+             for arm in args.arms for seed in args.seeds]
+    keys = [(arm, seed) for arm in args.arms for seed in args.seeds]
+
+    def report(i, ms):
+        arm, seed = keys[i]
+        print(f"done {arm} seed {seed}: {args.metric} " + ", ".join(
+            f"{n} steps {m.get(args.metric, float('nan')):.2f}" for n, m in zip(args.sample_steps, ms)), flush=True)
+
     rows = []
-    for arm in args.arms:
-        train, sample = ARMS[arm]
-        for seed in args.seeds:
-            m = {}
-            for n in args.sample_steps:
-                res = runner.run(train, dict(sample, sample_steps=n), seed)
-                m[f"s{n}"] = res.get(args.metric, float("nan"))
-                m.setdefault("fid_digits_classifier_real_test", res.get("fid_digits_classifier_real_test"))
-                print(f"done {arm} seed {seed} steps {n}: {args.metric} {m[f's{n}']:.2f}", flush=True)
-            rows.append((arm, seed, m))
+    for (arm, seed), ms in zip(keys, runner.run_many(specs, report)):
+        m = {f"s{n}": r.get(args.metric, float("nan")) for n, r in zip(args.sample_steps, ms)}
+        m["fid_digits_classifier_real_test"] = ms[0].get("fid_digits_classifier_real_test")
+        rows.append((arm, seed, m))
     print(f"\n{args.metric} by sampling steps; task {args.task}, training steps "
           f"{args.steps or 'task default'}, {args.samples} samples, seeds {args.seeds}, overrides {args.sets}\n")
     print(table(rows, [(f"s{n}", str(n)) for n in args.sample_steps]))

@@ -23,7 +23,7 @@ def collapse_report(model, schedule, x: torch.Tensor, cond=None, grid: int = 11)
         t = t_val.expand(x.shape[0])
         a, s = schedule.alpha_sigma(t)
         z = a[:, None, None] * clean + s[:, None, None] * torch.randn_like(clean)
-        logits = model.logits(z, t, cond).float()
+        logits = model.posterior_logits(z, t, cond).float()
         ce.append(F.cross_entropy(logits.transpose(1, 2), x).item())
     data_var = model.codebook.data.double().var(0).sum()
     return {

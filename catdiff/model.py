@@ -41,14 +41,30 @@ class Denoiser(nn.Module):
 
     ``forward`` does everything that needs gradients in one call (embedding lookup, noising,
     network), so DistributedDataParallel sees every parameter use inside its forward.
+
+    Self-conditioning (``self_cond``; Chen et al. 2022 "Analog Bits", Strudel et al. 2022
+    "SED"; not part of the CATDM paper, off by default): the network also reads a previous
+    estimate ``prev`` = EMB_hat [B, M, D] of the clean embeddings, added to its input through a
+    zero-initialised D x D map, so every backbone takes it unchanged and training starts as
+    without it. ``prev=None`` means no estimate (zeros). :meth:`posterior_logits` is the
+    self-conditioned denoiser of z alone: a first pass without an estimate, then a second
+    reading it (a deterministic function of z_t, so the likelihood bound stays a bound).
     """
 
-    def __init__(self, codebook: Codebook, net: nn.Module):
+    def __init__(self, codebook: Codebook, net: nn.Module, self_cond: bool = False):
         super().__init__()
         self.codebook = codebook
         self.net = net
+        self.self_cond = self_cond
+        if self_cond:
+            dim = codebook.weight.shape[1]
+            self.prev_proj = nn.Linear(dim, dim, bias=False)
+            nn.init.zeros_(self.prev_proj.weight)
 
-    def forward(self, tokens_in, alpha, sigma, noise, t, cond=None, targets=None):
+    def _input(self, z, prev):
+        return z if prev is None or not self.self_cond else z + self.prev_proj(prev.to(z.dtype))
+
+    def forward(self, tokens_in, alpha, sigma, noise, t, cond=None, targets=None, prev=None):
         """z = alpha * EMB(tokens_in) + sigma * noise (z = EMB(tokens_in) when ``alpha`` is None,
         as discrete-state methods use it); returns (logits, z, EMB(targets), E_data, aux).
 
@@ -59,7 +75,7 @@ class Denoiser(nn.Module):
         z = self.codebook(tokens_in)
         if alpha is not None:
             z = alpha[:, None, None] * z + sigma[:, None, None] * noise
-        logits = self.net(z, t, cond)
+        logits = self.net(self._input(z, prev), t, cond)
         emb_targets = aux = None
         if targets is not None:
             emb_targets = self.codebook(targets)
@@ -67,8 +83,16 @@ class Denoiser(nn.Module):
                 aux = self.net.aux_loss(cond, targets)
         return logits, z, emb_targets, self.codebook.data, aux
 
-    def logits(self, z, t, cond=None):
-        return self.net(z, t, cond)
+    def logits(self, z, t, cond=None, prev=None):
+        return self.net(self._input(z, prev), t, cond)
+
+    def posterior_logits(self, z, t, cond=None):
+        """Logits of P(x~ | z_t; t): one pass, or two with self-conditioning."""
+        if not self.self_cond:
+            return self.logits(z, t, cond)
+        with torch.no_grad():
+            prev = torch.softmax(self.logits(z, t, cond).float(), -1) @ self.codebook.data.float()
+        return self.logits(z, t, cond, prev)
 
 
 def ema_copy(model: nn.Module) -> nn.Module:

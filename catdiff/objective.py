@@ -13,6 +13,10 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.
+- Self-conditioning (``self_cond``, not in the paper): for half of the rows, drawn per row,
+  a first gradient-free student pass gives EMB_hat, which the second pass reads (Chen et al.
+  2022); the other rows read none. The teacher at z_bar_s reads the same estimate the
+  student had at z_t: as in sampling, where the step to s reads the estimate made at t.
 """
 from __future__ import annotations
 
@@ -87,9 +91,11 @@ class CATDMObjective:
         x_in = torch.where(dropped, codebook.mask_id, x2)
         alpha2, sigma2 = sch.alpha_sigma(t2)
         noise = torch.randn(2 * B, x.shape[1], codebook.weight.shape[1], device=x.device)
-        logits2, z2, emb2, e_data, aux = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2)
+        prev2 = self.self_condition(model, x_in, alpha2, sigma2, noise, t2, cond2) if cfg.self_cond else None
+        logits2, z2, emb2, e_data, aux = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2, prev=prev2)
         logits0, logits_t = logits2.float().chunk(2)
         z_t, emb = z2[B:], emb2[:B]  # emb = EMB_phi(x), the clean target
+        prev_t = None if prev2 is None else prev2[B:]
 
         # L0 = E[-log P(x | z_0; 0)]  (sec. 4.2)
         l0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none").sum(-1)
@@ -118,7 +124,7 @@ class CATDMObjective:
                 reg = -logp_t.gather(-1, x[..., None]).squeeze(-1).sum(-1)  # L_CE (app. F.4)
                 logs["l_ce"] = reg.mean()
             elif cfg.beta_cm > 0:
-                reg = self.consistency(teacher, x, t, z_t.detach(), logp_t, cond)
+                reg = self.consistency(teacher, x, t, z_t.detach(), logp_t, cond, prev_t)
                 logs["l_cm"] = reg.mean()
             else:
                 reg = torch.zeros_like(l0)
@@ -129,16 +135,29 @@ class CATDMObjective:
         logs["loss"] = loss
         return loss, {k: v.detach() for k, v in logs.items()}
 
-    def consistency(self, teacher, x, t, z_t, logp_t, cond):
+    @staticmethod
+    @torch.no_grad()
+    def self_condition(model, x_in, alpha, sigma, noise, t, cond):
+        """EMB_hat of a first gradient-free pass for a random half of the rows, zeros elsewhere."""
+        rows = torch.rand(x_in.shape[0], device=x_in.device) < 0.5
+        prev = torch.zeros_like(noise)
+        if rows.any():
+            sub = lambda v: None if v is None else v[rows]  # noqa: E731
+            logits, _, _, e_data, _ = model(x_in[rows], alpha[rows], sigma[rows], noise[rows], t[rows], sub(cond))
+            prev[rows] = predicted_embedding(logits.float(), e_data.float()).to(prev.dtype)
+        return prev
+
+    def consistency(self, teacher, x, t, z_t, logp_t, cond, prev_t=None):
         """L_CM (eq. 4): KL(P_theta_bar(x~ | z_bar_s; s) || P_theta(x~ | z_t; t)), s ~ U(0, t),
-        z_bar_s one DDIM step from z_t using the EMA codebook (Algorithm 1 line 5)."""
+        z_bar_s one DDIM step from z_t using the EMA codebook (Algorithm 1 line 5). With
+        self-conditioning the teacher reads the student's estimate ``prev_t`` made at z_t."""
         s = t * torch.rand_like(t)
         with torch.no_grad():
             a_t, s_t = self.schedule.alpha_sigma(t)
             a_s, s_s = self.schedule.alpha_sigma(s)
             emb_bar = teacher.codebook(x)
             z_s = ddim_point(z_t, emb_bar, a_t, s_t, a_s, s_s)
-            logp_s = F.log_softmax(teacher.logits(z_s, s, cond).float(), -1)
+            logp_s = F.log_softmax(teacher.logits(z_s, s, cond, prev_t).float(), -1)
         return kl_categorical(logp_s, logp_t).sum(-1)
 
 
@@ -167,7 +186,7 @@ def likelihood_bound(model, x, schedule: ShiftedCosineSchedule, cond=None, t=Non
     a2, s2 = schedule.alpha_sigma(t2)
     z2 = a2[:, None, None] * torch.cat([emb, emb]) + s2[:, None, None] * torch.randn(2 * B, *emb.shape[1:], device=dev)
     cond2 = None if cond is None else torch.cat([cond, cond])
-    logits0, logits_t = model.logits(z2, t2, cond2).float().chunk(2)
+    logits0, logits_t = model.posterior_logits(z2, t2, cond2).float().chunk(2)
     l0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none").sum(-1)
     sq = (emb - predicted_embedding(logits_t, model.codebook.data)).pow(2).flatten(1).sum(-1)
     l_inf = -0.5 * schedule.dsnr_dt(t) * sq

@@ -10,6 +10,7 @@ sigma_{t|s}^2 sigma_s^2 / sigma_t^2) of eq. 1. Finally x ~ P_theta(x | z_0; 0) (
 
 Classifier-free guidance (paper 003 eq. 5, on log-probabilities, renormalised):
     log P <- log_softmax((1 + w) log P(x | z, y) - w log P(x | z, null)).
+Self-conditioning (``model.self_cond``): each step also reads the previous step's EMB_hat.
 Infilling: positions in ``known_mask`` are reset every step to a fresh forward sample
 alpha_t EMB(x) + sigma_t eps of the given tokens, and copied into the output.
 """
@@ -24,13 +25,18 @@ SAMPLERS = ("ancestral", "ddim")
 FINALS = ("argmax", "sample")
 
 
-def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None):
-    """log P(x~ | z_t; t[, y]) with classifier-free guidance weight ``guidance``."""
+def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None, prev=None):
+    """log P(x~ | z_t; t[, y]) with classifier-free guidance weight ``guidance``; ``prev`` is
+    the previous step's EMB_hat for a self-conditioned model (None: no estimate yet)."""
+    def logits(z, t, cond, prev):
+        return model.logits(z, t, cond) if prev is None else model.logits(z, t, cond, prev)
+
     if guidance == 0 or cond is None:
-        return F.log_softmax(model.logits(z, t, cond).float(), -1)
+        return F.log_softmax(logits(z, t, cond, prev).float(), -1)
     if null_id is None:
         raise ValueError("guidance > 0 needs a class-conditional model (num_classes > 0)")
-    both = model.logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_id)]))
+    both = logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_id)]),
+                  None if prev is None else torch.cat([prev, prev]))
     logp_c, logp_u = F.log_softmax(both.float(), -1).chunk(2)
     return F.log_softmax((1 + guidance) * logp_c - guidance * logp_u, -1)
 
@@ -75,6 +81,7 @@ def sample(
         known, known_mask = known.to(device), known_mask.to(device)
         known_emb = model.codebook(known)
     grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
+    prev = None  # self-conditioning: the previous step's EMB_hat
     for i in range(steps, 0, -1):
         t = grid[i].expand(n)
         s = grid[i - 1].expand(n)
@@ -83,7 +90,8 @@ def sample(
         if known is not None:
             fresh = a_t[:, None, None] * known_emb + s_t[:, None, None] * randn(n, seq_len, dim)
             z = torch.where(known_mask[..., None], fresh, z)
-        emb_hat = guided_log_probs(model, z, t, cond, guidance, null_id).exp() @ e_data  # eq. 2
+        emb_hat = guided_log_probs(model, z, t, cond, guidance, null_id, prev).exp() @ e_data  # eq. 2
+        prev = emb_hat if getattr(model, "self_cond", False) else None
         if method == "ddim":
             z = ddim_point(z, emb_hat, a_t, s_t, a_s, s_s)
         else:
@@ -95,7 +103,7 @@ def sample(
     if known is not None:
         a0, s0 = schedule.alpha_sigma(t0)
         z = torch.where(known_mask[..., None], a0[:, None, None] * known_emb + s0[:, None, None] * randn(n, seq_len, dim), z)
-    logp = guided_log_probs(model, z, t0, cond, guidance, null_id)
+    logp = guided_log_probs(model, z, t0, cond, guidance, null_id, prev)
     if final == "argmax":
         x = logp.argmax(-1)
     else:

@@ -11,7 +11,7 @@ from catdiff.backbones import build_encoder
 def tiny(vocab=7, seq=12, num_classes=0, **kw):
     cfg = Config(layers=1, heads=2, width=32, embed_dim=16, **kw)
     net = build_encoder(cfg, vocab_size=vocab, seq_len=seq, num_classes=num_classes)
-    return cfg, Denoiser(Codebook(vocab, cfg.embed_dim), net)
+    return cfg, Denoiser(Codebook(vocab, cfg.embed_dim), net, self_cond=cfg.self_cond)
 
 
 def test_kl_nonnegative_and_zero_for_equal():
@@ -88,3 +88,30 @@ def test_likelihood_bound_terms_are_finite_and_nonnegative():
     for v in b.values():
         assert v.shape == (16,) and torch.isfinite(v).all()
     assert (b["prior"] >= 0).all() and (b["l0"] >= 0).all() and (b["l_inf"] >= 0).all()
+
+
+def test_self_conditioning_starts_as_the_plain_model_and_reads_its_estimate():
+    """prev_proj is zero at init (same logits with or without an estimate); once trained away
+    from zero the estimate changes the prediction, and posterior_logits is the two-pass one."""
+    torch.manual_seed(0)
+    cfg, model = tiny(self_cond=True)
+    z, t = torch.randn(3, 12, 16), torch.rand(3)
+    prev = torch.randn(3, 12, 16)
+    torch.testing.assert_close(model.logits(z, t, None, prev), model.logits(z, t))
+    torch.nn.init.normal_(model.prev_proj.weight)
+    assert not torch.allclose(model.logits(z, t, None, prev), model.logits(z, t))
+    first = torch.softmax(model.logits(z, t), -1) @ model.codebook.data
+    torch.testing.assert_close(model.posterior_logits(z, t), model.logits(z, t, None, first))
+
+
+def test_self_conditioned_objective_trains_the_estimate_map_and_not_the_teacher():
+    torch.manual_seed(0)
+    cfg, model = tiny(self_cond=True)
+    torch.nn.init.normal_(model.prev_proj.weight, std=0.1)
+    teacher = ema_copy(model)
+    teacher.requires_grad_(True)
+    loss, logs = CATDMObjective(cfg, ShiftedCosineSchedule(cfg.shift))(model, teacher, torch.randint(0, 7, (16, 12)))
+    loss.backward()
+    assert torch.isfinite(loss) and logs["l_cm"] > 0
+    assert model.prev_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())

@@ -8,9 +8,10 @@ from catdiff.schedule import ShiftedCosineSchedule
 from catdiff.backbones import build_encoder
 
 
-def perturbed(num_classes=0):
+def perturbed(num_classes=0, self_cond=False):
     cfg = Config(layers=1, heads=2, width=32, embed_dim=16)
-    model = Denoiser(Codebook(7, 16), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=num_classes))
+    model = Denoiser(Codebook(7, 16), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=num_classes),
+                     self_cond=self_cond)
     torch.manual_seed(0)
     with torch.no_grad():  # move AdaLN and heads off their zero init so the condition matters
         for p in model.parameters():
@@ -35,8 +36,9 @@ def test_guidance_needs_a_conditional_model():
 
 @pytest.mark.parametrize("method", ["ancestral", "ddim"])
 @pytest.mark.parametrize("final", ["argmax", "sample"])
-def test_infilling_never_changes_given_tokens(method, final):
-    model = perturbed()
+@pytest.mark.parametrize("self_cond", [False, True])
+def test_infilling_never_changes_given_tokens(method, final, self_cond):
+    model = perturbed(self_cond=self_cond)
     known = torch.randint(0, 7, (6, 12))
     mask = torch.rand(6, 12) < 0.5
     out = sample(model, ShiftedCosineSchedule(-2.0), 6, 12, steps=4, method=method, final=final,
@@ -44,6 +46,23 @@ def test_infilling_never_changes_given_tokens(method, final):
     assert out.shape == (6, 12) and out.dtype == torch.long
     assert torch.equal(out[mask], known[mask])
     assert out.min() >= 0 and out.max() < 7
+
+
+def test_self_conditioned_sampling_reads_the_previous_steps_estimate():
+    model = perturbed(self_cond=True)
+    calls = []
+    plain_logits = model.logits
+
+    def recording(z, t, cond=None, prev=None):
+        out = plain_logits(z, t, cond, prev)
+        calls.append((prev, torch.softmax(out.float(), -1) @ model.codebook.data))
+        return out
+
+    model.logits = recording
+    sample(model, ShiftedCosineSchedule(-2.0), 4, 12, steps=5, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 6 and calls[0][0] is None  # 5 steps + the final read at t = 0
+    for (_, emb_hat), (prev, _) in zip(calls, calls[1:]):
+        torch.testing.assert_close(prev, emb_hat)
 
 
 def test_samples_are_reproducible_with_a_generator():
