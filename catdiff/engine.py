@@ -29,7 +29,7 @@ from .diagnostics import collapse_report
 from .hooks import registry
 from .method import Method
 from .model import Codebook, Denoiser, ema_copy, ema_update
-from .task import Task, TokenData
+from .task import LazyTokenData, Task, TokenData
 from .trainlog import TrainLog
 
 CKPT_NAME = "last.pt"
@@ -46,16 +46,42 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_tokens(data: TokenData, task: Task, split: str) -> None:
-    tokens = data.tokens
-    if tokens.shape[1] != task.seq_len:
-        raise ValueError(f"task {task.name!r} split {split!r}: sequences have length {tokens.shape[1]}, "
+SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
+
+
+def check_token_range(tokens: torch.Tensor, task: Task, split: str, seq_len: int | None = None) -> None:
+    """Sequence length and id range of ``tokens`` (or of the declared ``seq_len``) against the task."""
+    length = tokens.shape[-1] if seq_len is None else seq_len
+    if length != task.seq_len:
+        raise ValueError(f"task {task.name!r} split {split!r}: sequences have length {length}, "
                          f"the task declares seq_len={task.seq_len}")
+    if tokens.dim() != 2 or tokens.shape[1] != length:
+        raise ValueError(f"task {task.name!r} split {split!r}: rows have shape {tuple(tokens.shape[1:])}, "
+                         f"expected [{length}] (seq_len)")
+    if tokens.numel() == 0:
+        return
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= task.vocab_size:
         raise ValueError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
                          f"vocab_size={task.vocab_size} (ids must be in [0, {task.vocab_size - 1}])")
-    if (task.num_classes or task.conditional) and data.labels is None:
+
+
+def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> None:
+    """In memory: every token. Lazy: the declared seq_len / vocab_size and ``SPOT_CHECK_ROWS`` rows
+    spread over the split (each training batch is range-checked when gathered)."""
+    if isinstance(data, LazyTokenData):
+        if data.vocab_size > task.vocab_size:
+            raise ValueError(f"task {task.name!r} split {split!r}: the data declares vocab_size={data.vocab_size} but "
+                             f"the task declares vocab_size={task.vocab_size}")
+        n = len(data)
+        if n == 0:
+            raise ValueError(f"task {task.name!r} split {split!r} is empty")
+        tokens, labels = data.rows(torch.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).round().long())
+        check_token_range(tokens, task, split, seq_len=data.seq_len)
+    else:
+        tokens, labels = data.tokens, data.labels
+        check_token_range(tokens, task, split)
+    if (task.num_classes or task.conditional) and labels is None:
         raise ValueError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
 
 
@@ -89,7 +115,7 @@ class Engine:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         self.step = 0
-        self._splits: dict[str, TokenData] = {}  # loaded, checked and on device, once per split
+        self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
         if self.out is not None and cfg.resume and (self.out / CKPT_NAME).exists():
             self.load_state(checkpoint.load(self.out / CKPT_NAME))
 
@@ -125,13 +151,26 @@ class Engine:
         bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def data(self, split: str) -> TokenData:
+    def data(self, split: str) -> TokenData | LazyTokenData:
+        """The task's ``split``, checked; in memory on the device, or a LazyTokenData left on the host."""
         if split not in self._splits:
             data = self.task.load(split)
             check_tokens(data, self.task, split)
-            self._splits[split] = TokenData(
-                data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
+            if not isinstance(data, LazyTokenData):
+                data = TokenData(data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
+            self._splits[split] = data
         return self._splits[split]
+
+    def _rows(self, data: TokenData | LazyTokenData, idx, split: str):
+        """Tokens and labels (or None) of rows ``idx`` on the device; a lazy split's rows are gathered
+        on the host, range-checked and moved."""
+        if not isinstance(data, LazyTokenData):
+            if isinstance(idx, torch.Tensor):
+                idx = idx.to(data.tokens.device)
+            return data.tokens[idx], None if data.labels is None else data.labels[idx]
+        x, labels = data.rows(idx)
+        check_token_range(x, self.task, split)
+        return x.to(self.device), None if labels is None else labels.to(self.device)
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to 10% of ``lr`` at ``steps``."""
@@ -141,12 +180,12 @@ class Engine:
         frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def _batch(self, data: TokenData, step: int):
+    def _batch(self, data: TokenData | LazyTokenData, step: int):
         """The global batch of ``step`` (i.i.d. indices from a (seed, step) generator); this rank's share."""
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world].to(self.device)
-        x = data.tokens[idx]
-        cond = None if data.labels is None or not self.conditional else data.labels[idx]
+        idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world]
+        x, cond = self._rows(data, idx, "train")
+        cond = None if not self.conditional else cond
         if self.task.num_classes:
             drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
             cond = torch.where(drop, self.task.num_classes, cond)  # learnable null condition
@@ -254,8 +293,8 @@ class Engine:
         if self.task.num_classes:
             return torch.arange(n) % self.task.num_classes
         if self.task.conditional:
-            test = self.data("test").labels
-            return test[torch.arange(n) % len(test)].cpu()
+            test = self.data("test")
+            return self._rows(test, torch.arange(n) % len(test), "test")[1].cpu()
         return None
 
     @torch.no_grad()
@@ -302,8 +341,8 @@ class Engine:
         totals, parts = [], {}
         torch.manual_seed(seed + 98)
         for lo in range(0, n, batch_size):
-            x = data.tokens[lo : min(n, lo + batch_size)]
-            cond = None if not self.conditional else data.labels[lo : lo + len(x)]
+            x, cond = self._rows(data, slice(lo, min(n, lo + batch_size)), split)
+            cond = None if not self.conditional else cond
             total = torch.zeros(len(x), dtype=torch.float64)
             for j in range(draws):
                 u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
@@ -338,8 +377,8 @@ class Engine:
         if self.method.continuous:
             test = self.data("test")
             k = min(len(test), 1024)
-            report = collapse_report(self.ema_eval, self.method.schedule, test.tokens[:k],
-                                     None if not self.conditional else test.labels[:k])
+            x, cond = self._rows(test, slice(0, k), "test")
+            report = collapse_report(self.ema_eval, self.method.schedule, x, None if not self.conditional else cond)
             metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
         t0 = time.perf_counter()
         tokens, labels = self.task.generate(self, n)

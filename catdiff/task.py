@@ -36,6 +36,33 @@ class TokenData:
         return self.tokens.shape[0]
 
 
+class LazyTokenData:
+    """A split read on demand, for token sets too large to hold in memory (e.g. memory-mapped shards).
+
+    ``source`` is any object with ``len(source)`` and ``source.rows(idx) -> (tokens, labels)``:
+    tokens int64 [len(idx), seq_len], labels [len(idx), ...] or None. ``seq_len`` and
+    ``vocab_size`` (ids lie in 0..vocab_size-1) default to the source's attributes of those
+    names. The engine keeps such a split on the host, checks it from this metadata and a few
+    rows, and gathers (and range-checks) only each batch's rows before moving them to the device.
+    """
+
+    def __init__(self, source: Any, seq_len: int | None = None, vocab_size: int | None = None):
+        self.source = source
+        self.seq_len = int(source.seq_len if seq_len is None else seq_len)
+        self.vocab_size = int(source.vocab_size if vocab_size is None else vocab_size)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def rows(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens and labels of rows ``idx`` (an index tensor/array or a slice), on the host."""
+        if isinstance(idx, slice):
+            r = range(len(self))[idx]
+            idx = torch.arange(r.start, r.stop, r.step)
+        tokens, labels = self.source.rows(torch.as_tensor(idx, device="cpu"))
+        return torch.as_tensor(tokens, dtype=torch.long), None if labels is None else torch.as_tensor(labels)
+
+
 class Task:
     """Base class for tasks. Subclass it, set the class attributes, implement ``load``.
 
@@ -74,8 +101,9 @@ class Task:
             return self.cfg.task_options[name]
         return self.options[name]
 
-    def load(self, split: str) -> TokenData:
-        """Return the ``"train"`` or ``"test"`` split. Raise FileNotFoundError naming what to provide."""
+    def load(self, split: str) -> TokenData | LazyTokenData:
+        """Return the ``"train"`` or ``"test"`` split (in memory, or :class:`LazyTokenData` for large
+        token sets). Raise FileNotFoundError naming what to provide."""
         raise NotImplementedError
 
     def generate(self, engine, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:

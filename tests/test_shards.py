@@ -113,3 +113,47 @@ def test_image_folders_to_shards(tmp_path):
     assert 0 <= int(toks.min()) and int(toks.max()) < 40
     with pytest.raises(FileNotFoundError, match="no class sub-folders"):
         image_data.list_images(tmp_path / "src" / "n01", classes=True)
+
+
+def test_engine_streams_a_sharded_image_task(tmp_path, monkeypatch):
+    from catdiff.engine import Engine
+    from catdiff.task import LazyTokenData
+    from catdiff_vision.image_tasks import ImageTask
+
+    class TinyShards(ImageTask):
+        name, vocab_size, seq_len, num_classes, classes = "tiny-shards", 40, 8, 3, True
+        defaults = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, log_every=10,
+                        ckpt_every=100, sample_steps=2, n_samples=4, eval_batches=1, threads=1, device="cpu")
+
+    def tiny(batch):
+        return np.stack([(np.arange(8) * 5 + i * 3) % 40 for i in batch]), np.array([i % 3 for i in batch])
+
+    for split, n in (("train", 50), ("test", 12)):
+        shards.write_shards(tmp_path / "tokens" / split, list(range(n)), tiny, seq_len=8, vocab_size=40, shard_size=16,
+                            progress=False)
+    source = shards.ShardedTokens(tmp_path / "tokens" / "train")
+
+    class InMemory(TinyShards):
+        def load(self, split):
+            return shards.ShardedTokens(self.tokens_dir(split)).token_data()
+
+    reference = Engine(InMemory(), data_dir=str(tmp_path)).fit()
+
+    def no_materialising(self, limit=None):
+        raise AssertionError("ShardedTokens.token_data() was called: the whole split was materialised")
+
+    monkeypatch.setattr(shards.ShardedTokens, "token_data", no_materialising)
+    eng = Engine(TinyShards(), data_dir=str(tmp_path))
+    train = eng.data("train")
+    assert isinstance(train, LazyTokenData) and isinstance(train.source, shards.ShardedTokens)
+    g = torch.Generator().manual_seed(eng.cfg.seed * 1_000_003 + 0)
+    idx = torch.randint(len(source), (eng.cfg.batch_size,), generator=g)
+    x, cond = eng._batch(train, 0)
+    want_x, want_labels = source.rows(idx)
+    assert torch.equal(x, want_x)
+    kept = cond != TinyShards.num_classes  # the rest are dropped to the null condition (cond_drop)
+    assert torch.equal(cond[kept], want_labels[kept])
+    eng.fit()
+    sa, sb = reference.model.state_dict(), eng.model.state_dict()
+    assert eng.step == 3 and all(torch.equal(sa[k], sb[k]) for k in sa)  # the same batches as in memory
+    assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))  # lazy test split

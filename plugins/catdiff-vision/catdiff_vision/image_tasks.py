@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.task import Task, TokenData
+from catdiff.task import LazyTokenData, Task, TokenData
 
 TEST_FALLBACK_ROWS = 1024
 OPTIONS: Mapping[str, Any] = {
@@ -104,7 +104,9 @@ class ImageTask(Task):
             init_codebook(codebook, load_vqgan(self.option("init_codebook_from"), trust=self.trust()))
 
     # ------------------------------------------------------------------ data
-    def load(self, split: str) -> TokenData:
+    def load(self, split: str) -> TokenData | LazyTokenData:
+        """The split's token shards, read lazily (memory-mapped, batch by batch); the test fallback
+        (first TEST_FALLBACK_ROWS train rows) in memory."""
         from .shards import ShardedTokens
 
         directory = self.tokens_dir(split)
@@ -122,10 +124,9 @@ class ImageTask(Task):
         if (shards.vocab_size, shards.seq_len) != (self.vocab_size, self.seq_len):
             raise ValueError(f"{directory} holds {shards.seq_len} tokens of {shards.vocab_size} codes per image; task "
                              f"{self.name!r} needs {self.seq_len} of {self.vocab_size}")
-        data = shards.token_data()
-        if self.num_classes and data.labels is None:
+        if self.num_classes and not shards.has_labels:
             raise ValueError(f"{directory} has no labels; extract from class folders ({self.source_hint})")
-        return data
+        return shards.lazy()
 
     def prepare_arguments(self, parser) -> None:
         parser.add_argument("--images", required=True, help=f"source images: {self.source_hint}")

@@ -14,9 +14,10 @@ extraction leaves only whole shards behind and a rerun continues with the first 
 one. The ``fingerprint`` (source list + settings) guards against resuming with other inputs.
 
 Reading (:class:`ShardedTokens`) maps each shard with ``numpy.memmap``; ``rows(idx)``
-gathers rows without loading the rest. ``token_data()`` builds the engine's in-memory
-:class:`catdiff.task.TokenData` (int64, 8 bytes per token: 0.5 GB for FFHQ x2 flips, ~5 GB
-for ImageNet x2 flips) because the engine indexes one resident tensor.
+gathers rows without loading the rest. ``lazy()`` wraps it as the engine's
+:class:`catdiff.task.LazyTokenData`, so training reads only each batch's rows;
+``token_data()`` materialises rows as an in-memory :class:`catdiff.task.TokenData` (int64,
+8 bytes per token: 0.5 GB for FFHQ x2 flips, ~5 GB for ImageNet x2 flips), for small subsets.
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
 
 
 class ShardedTokens:
-    """Read-only view of a shard directory: ``len``, ``rows(idx)``, ``labels`` and ``token_data()``."""
+    """Read-only view of a shard directory: ``len``, ``rows(idx)``, ``has_labels``, ``lazy()`` and ``token_data()``."""
 
     def __init__(self, directory: str | Path, allow_incomplete: bool = False):
         self.dir = Path(directory)
@@ -147,6 +148,10 @@ class ShardedTokens:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def has_labels(self) -> bool:
+        return self._labels is not None
+
     def _gather(self, maps, idx: np.ndarray) -> np.ndarray:
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
         out = np.empty((len(idx),) + maps[0].shape[1:], dtype=np.int64)
@@ -163,6 +168,12 @@ class ShardedTokens:
         tokens = torch.from_numpy(self._gather(self._tokens, idx))
         labels = None if self._labels is None else torch.from_numpy(self._gather(self._labels, idx))
         return tokens, labels
+
+    def lazy(self):
+        """The rows as a :class:`catdiff.task.LazyTokenData` (read from the memory maps batch by batch)."""
+        from catdiff.task import LazyTokenData
+
+        return LazyTokenData(self, seq_len=self.seq_len, vocab_size=self.vocab_size)
 
     def token_data(self, limit: int | None = None):
         """All rows (or the first ``limit``) as an in-memory TokenData (int64)."""
