@@ -127,7 +127,7 @@ def table(rows: list[tuple[str, int, dict]], columns=COLUMNS) -> str:
                 if not vals:
                     cells.append(f"{'-':>11}")
                 elif len(vals) > 1:
-                    cells.append(f"{statistics.fmean(vals):>6.4g}±{statistics.stdev(vals):<4.2g}")
+                    cells.append(" " + f"{statistics.fmean(vals):.4g}±{statistics.stdev(vals):.2g}".rjust(10))
                 else:
                     cells.append(fmt(vals[0]))
             lines.append(f"{arm + ' mean':<27}" + "".join(cells))
