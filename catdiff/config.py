@@ -71,7 +71,8 @@ class Config:
     n_samples: int = 500
     eval_batches: int = 8          # test batches for the likelihood bound
 
-    # task-specific keys (a task's ``options``: data paths, tokenizer files, ...), set like any other
+    # plugin keys, set like any other: the ``options`` of the task (data paths, tokenizer files, ...)
+    # and of the method (``Method.options``); the name predates method options (saved configs use it)
     task_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,9 +104,9 @@ _TYPES = {f.name: type(f.default) for f in fields(Config) if f.name != "task_opt
 def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Config:
     """Merge override mappings (later wins) onto the defaults, checking names and types.
 
-    ``options`` are a task's own keys with their defaults (types follow the defaults); their
-    values land in ``Config.task_options``. A layer may also carry ``task_options`` as a
-    mapping (a saved config does)."""
+    ``options`` are plugin keys (a task's and its method's) with their defaults (types follow
+    the defaults); their values land in ``Config.task_options``. A layer may also carry
+    ``task_options`` as a mapping (a saved config does)."""
     options = dict(options or {})
     types = {k: type(v) for k, v in options.items()}
     values: dict[str, Any] = {}
@@ -124,11 +125,40 @@ def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None
     return Config(**values, task_options=options)
 
 
+def method_of(*layers: Mapping[str, Any]) -> str:
+    """The ``method`` key as :func:`resolve` would set it from ``layers`` (later wins)."""
+    name = Config.method
+    for layer in layers:
+        if "method" in layer:
+            name = str(layer["method"])
+    return name
+
+
+def plugin_options(task, method: str) -> dict[str, Any]:
+    """The config keys declared by ``task`` and by the registered method ``method`` (its
+    factory's ``options``; a :class:`catdiff.method.Method` subclass is such a factory), with
+    their defaults. Unknown methods raise the registry's KeyError (listing the known ones)."""
+    from .hooks import registry
+
+    method_opts = dict(getattr(registry().get("methods", method).factory, "options", None) or {})
+    task_opts = dict(task.options)
+    for owner, opts in ((f"task {task.name!r}", task_opts), (f"method {method!r}", method_opts)):
+        core = sorted(set(opts) & (set(_TYPES) | {"task_options"}))
+        if core:
+            raise ValueError(f"{owner} declares option(s) {', '.join(core)}, which are core config keys; rename them")
+    clash = sorted(set(task_opts) & set(method_opts))
+    if clash:
+        raise ValueError(f"config key(s) {', '.join(clash)} declared both by task {task.name!r} and by "
+                         f"method {method!r} (their options); one of the plugins must rename them")
+    return {**task_opts, **method_opts}
+
+
 def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """A task's run config: defaults < ``task.defaults`` < the config file < ``overrides``,
-    with the task's own ``options`` accepted as keys."""
+    with the ``options`` of the task and of the run's method accepted as keys."""
     file_values = load_file(config_file) if config_file else {}
-    return resolve(task.defaults, file_values, overrides or {}, {"task": task.name}, options=task.options)
+    layers = (task.defaults, file_values, overrides or {}, {"task": task.name})
+    return resolve(*layers, options=plugin_options(task, method_of(*layers)))
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -9,7 +9,7 @@ the config key ``method`` picks one (default ``catdm``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -28,15 +28,26 @@ class Method:
       uses_target_ema True when ``loss`` reads the fast EMA ``target`` (rate ``ema_cm``);
                       otherwise the engine does not maintain it
       samplers        names accepted by config key ``sampler`` (the first is the default)
+      options         the method's own config keys with defaults (types follow them); accepted
+                      when the run uses this method (``--set method=NAME --set my_key=...``),
+                      read as ``self.option("my_key")``
     """
 
     name: str = ""
     continuous: bool = False
     uses_target_ema: bool = False
     samplers: tuple[str, ...] = ()
+    options: Mapping[str, Any] = {}
+    cfg: Any = None
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    def option(self, name: str) -> Any:
+        """The resolved value of one of this method's ``options``."""
+        if self.cfg is not None and name in self.cfg.task_options:
+            return self.cfg.task_options[name]
+        return self.options[name]
 
     def loss(self, model, target, x: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss and detached logs for a batch ``x`` [B, M]. ``model`` may be

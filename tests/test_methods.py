@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff import Engine
+from catdiff import Engine, config, hooks
+from catdiff.method import CATDM, Method
 from catdiff.methods.common import MaskReplace, time_grid, x0_log_probs
 from catdiff.methods.d3pm import cosine_abar
 from catdiff.methods.maskgit import mask_inputs
@@ -229,3 +230,50 @@ def test_discrete_methods_reject_bad_settings():
         eng.sample(2, final="mode")
     with pytest.raises(KeyError, match="Known methods: catdm, d3pm, maskgit, vqdiffusion"):
         Engine(ToyTask(), method="nope")
+
+
+class SteppedCATDM(CATDM):
+    name = "stepped"
+    options = {"my_steps": 3, "my_flag": False, "my_label": "x"}
+
+
+class DefaultsTask(ToyTask):
+    name = "toy-stepped"
+    defaults = {**ToyTask.defaults, "method": "stepped"}
+    options = {"data_dir": ""}
+
+
+@pytest.fixture
+def stepped_registry(monkeypatch):
+    reg = hooks.build_registry(entry_points=[])
+    reg.components["methods"]["stepped"] = hooks.Component("methods", "stepped", SteppedCATDM, "tests")
+    monkeypatch.setattr(hooks, "_REGISTRY", reg)
+    return reg
+
+
+def test_method_options_follow_the_resolved_method_key(tmp_path, stepped_registry):
+    cfg = config.for_task(DefaultsTask(), overrides={"my_steps": "5", "my_flag": "yes"})  # method from task defaults
+    assert cfg.method == "stepped" and cfg.task_options == {"data_dir": "", "my_steps": 5, "my_flag": True,
+                                                           "my_label": "x"}
+    method = SteppedCATDM(cfg)
+    assert method.option("my_steps") == 5 and method.option("my_label") == "x"
+    file = tmp_path / "run.json"
+    file.write_text('{"method": "stepped", "my_steps": 7}')
+    assert config.for_task(ToyTask(), file).task_options["my_steps"] == 7  # method from the config file
+    with pytest.raises(ValueError, match="unknown config key 'my_steps'.*data_dir"):
+        config.for_task(DefaultsTask(), file, {"method": "catdm"})  # overrides win: catdm has no my_steps
+    with pytest.raises(ValueError, match="unknown config key 'steps_'.*my_flag, my_label, my_steps"):
+        config.for_task(DefaultsTask(), overrides={"steps_": 1})
+    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: catdm, d3pm, maskgit, stepped"):
+        config.for_task(ToyTask(), overrides={"method": "nope"})
+    # a config saved before method options (no task_options at all) still resolves, with the defaults
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("task_options", "task")}
+    again = config.for_task(DefaultsTask(), overrides=old)
+    assert again.task_options["my_steps"] == 3 and SteppedCATDM(again).option("my_flag") is False
+    assert Method.options == {} and Method(config.Config()).cfg.task_options == {}
+
+
+def test_method_options_must_not_shadow_core_keys(stepped_registry, monkeypatch):
+    monkeypatch.setattr(SteppedCATDM, "options", {"lr": 0.1})
+    with pytest.raises(ValueError, match="method 'stepped' declares option.* lr, which are core config keys"):
+        config.for_task(ToyTask(), overrides={"method": "stepped"})

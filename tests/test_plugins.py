@@ -5,7 +5,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from catdiff import hooks
+from catdiff.engine import Engine
 from catdiff.hooks import build_registry
+from toytask import ToyTask
 
 PLUGIN = textwrap.dedent('''
     import torch
@@ -34,6 +39,25 @@ PLUGIN = textwrap.dedent('''
     @hookimpl
     def catdiff_metrics():
         return {"stripes-unique": Stripes.evaluate}
+''')
+
+METHOD_PLUGIN = textwrap.dedent('''
+    from catdiff.hooks import hookimpl
+    from catdiff.method import CATDM
+
+    class HotCATDM(CATDM):
+        """CATDM with a config key of its own (third-party test plugin)."""
+        name = "hot-catdm"
+        options = {"my_temperature": 0.5}
+
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            if self.option("my_temperature") <= 0:
+                raise ValueError("my_temperature must be > 0")
+
+    @hookimpl
+    def catdiff_methods():
+        return {"hot-catdm": HotCATDM}
 ''')
 
 
@@ -86,3 +110,36 @@ def test_registry_records_failures_without_raising(tmp_path, monkeypatch):
     reg = build_registry(entry_points=eps)
     assert "boom" in reg.failed["catdiff-broken"]
     assert "encoder" in reg.names("backbones")
+
+
+class ClashTask(ToyTask):
+    name = "toy-clash"
+    options = {"my_temperature": 1.0}
+
+
+def test_third_party_method_declares_typed_config_keys(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-hot", "catdiff_hot", METHOD_PLUGIN)
+    monkeypatch.syspath_prepend(str(site))
+    reg = build_registry()  # discovers the dist-info on sys.path like any installed plugin
+    assert reg.components["methods"]["hot-catdm"].source == "catdiff-hot 0.1"
+    monkeypatch.setattr(hooks, "_REGISTRY", reg)
+
+    assert Engine(ToyTask(), method="hot-catdm").method.option("my_temperature") == 0.5  # the default
+    eng = Engine(ToyTask(), out=tmp_path / "run", method="hot-catdm", my_temperature="2", steps=2, threads=1)
+    value = eng.method.option("my_temperature")
+    assert value == 2.0 and type(value) is float and eng.cfg.task_options == {"my_temperature": 2.0}
+    eng.fit()
+    back = Engine.from_checkpoint(tmp_path / "run" / "last.pt", task=ToyTask())
+    assert type(back.method).__name__ == "HotCATDM" and back.method.option("my_temperature") == 2.0
+    assert back.step == 2
+
+    with pytest.raises(ValueError, match="my_temperature must be > 0"):
+        Engine(ToyTask(), method="hot-catdm", my_temperature=0)
+    with pytest.raises(ValueError, match="unknown config key 'my_temprature'.*my_temperature"):
+        Engine(ToyTask(), method="hot-catdm", my_temprature=1)
+    with pytest.raises(ValueError, match="unknown config key 'my_temperature'"):
+        Engine(ToyTask(), my_temperature=1)  # only the run's method's keys are accepted
+    with pytest.raises(ValueError, match="my_temperature.*both by task 'toy-clash' and by method 'hot-catdm'"):
+        Engine(ClashTask(), method="hot-catdm")
