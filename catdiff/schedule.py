@@ -11,6 +11,15 @@ onto [u_min, u_max] with lambda(u_min) = logsnr_max and lambda(u_max) = logsnr_m
 Then z_0 and z_1 sit exactly at the clip values and lambda stays smooth and strictly
 decreasing, so SNR'(t) (needed by the continuous-time bound, eq. 3) is finite and
 never zero.
+
+The clip values are ours (the paper gives none). ``logsnr_max`` = 8 puts noise of std
+e^-4 ~ 0.018 per dimension on z_0, far below the distance between embeddings, so L0 stays
+~0. A higher clip only adds a stretch of tiny noise where the bound's weight -SNR'(t)/2
+grows like e^lambda while a network's error ||EMB - EMB_hat||^2 stops shrinking (softmax
+confidence is finite: wrong-token probabilities ~1e-4): with 15, that stretch held about
+half of the digits model's L_inf and made its Monte-Carlo estimate heavy-tailed (most t
+draws miss it). Measured, same training otherwise: text-tdavid BPC 5.58 +- 0.75 (15) ->
+4.78 +- 0.22 (8); digits bound 2.49 +- 0.18 -> 2.28 +- 0.03 bits/token.
 """
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ import torch
 
 
 class ShiftedCosineSchedule:
-    def __init__(self, shift: float = 0.0, logsnr_min: float = -15.0, logsnr_max: float = 15.0):
+    def __init__(self, shift: float = 0.0, logsnr_min: float = -15.0, logsnr_max: float = 8.0):
         if not logsnr_min < logsnr_max:
             raise ValueError(f"logsnr_min ({logsnr_min}) must be < logsnr_max ({logsnr_max})")
         self.shift = float(shift)

@@ -150,7 +150,8 @@ class TdavidTask(TextTask):
     # ~4.5 min training (0.9 s/step), the rest BPC over all 2196 test chunks, the engine's
     # collapse diagnostics (1024 chunks x 11 times) and 8 samples.
     # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of these 300 steps; BPC
-    # after 300 steps (seed 0) was 2653 +- 750 with 0.99 and 5.58 +- 0.75 with 0.9.
+    # after 300 steps (seed 0) was 2653 +- 750 with 0.99 and 5.58 +- 0.75 with 0.9 (logsnr_max 15);
+    # 4.78 +- 0.22 with the core's logsnr_max 8 (catdiff/schedule.py explains the clip).
     defaults: Mapping[str, Any] = dict(
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=300, ema_cm=0.9,
         ckpt_every=100, log_every=25, sample_steps=100, n_samples=8, eval_batches=1)
