@@ -163,20 +163,21 @@ def main() -> None:
         arms = {f"CATDM s={s:g}": ({"shift": s}, {}) for s in args.shifts}
     runner = Runner(args)
     # arms with equal training overrides (VQ-Diffusion and +purity) share one trained model
-    models: dict = {}
+    models: dict = {}  # (training overrides, seed) -> [(arm, sampling overrides), ...]
     for arm, (train, sample) in arms.items():
         for seed in args.seeds:
             models.setdefault((tuple(sorted(train.items())), seed), []).append((arm, sample))
-    specs = [(dict(key), [s for _, s in group], seed) for (key, seed), group in models.items()]
+    groups = list(models.items())
+    specs = [(dict(key), [s for _, s in group], seed) for (key, seed), group in groups]
 
     def report(i, ms):
-        for (arm, _), m in zip(models[list(models)[i]], ms):
-            print(f"done {arm} seed {specs[i][2]}: FID {m.get('fid_digits_classifier', float('nan')):.2f} "
+        (_, seed), group = groups[i]
+        for (arm, _), m in zip(group, ms):
+            print(f"done {arm} seed {seed}: FID {m.get('fid_digits_classifier', float('nan')):.2f} "
                   f"(train {m['train_seconds']:.0f}s)", flush=True)
 
     results = runner.run_many(specs, report)
-    by_arm = {(arm, seed): m for (_, seed), group, ms in zip(models, models.values(), results)
-              for (arm, _), m in zip(group, ms)}
+    by_arm = {(arm, seed): m for ((_, seed), group), ms in zip(groups, results) for (arm, _), m in zip(group, ms)}
     rows = [(arm, seed, by_arm[arm, seed]) for arm in arms for seed in args.seeds]
     steps = args.steps or Engine(args.task).cfg.steps
     print(f"\ntask {args.task}, {steps} training steps, {args.samples} samples, seeds {args.seeds}, "

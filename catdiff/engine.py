@@ -162,15 +162,17 @@ class Engine:
         return self._splits[split]
 
     def _rows(self, data: TokenData | LazyTokenData, idx, split: str):
-        """Tokens and labels (or None) of rows ``idx`` on the device; a lazy split's rows are gathered
-        on the host, range-checked and moved."""
+        """Tokens and conditions (None unless the network reads them) of rows ``idx`` on the device;
+        a lazy split's rows are gathered on the host, range-checked and moved."""
         if not isinstance(data, LazyTokenData):
             if isinstance(idx, torch.Tensor):
                 idx = idx.to(data.tokens.device)
-            return data.tokens[idx], None if data.labels is None else data.labels[idx]
-        x, labels = data.rows(idx)
-        check_token_range(x, self.task, split)
-        return x.to(self.device), None if labels is None else labels.to(self.device)
+            x, labels = data.tokens[idx], None if data.labels is None else data.labels[idx]
+        else:
+            x, labels = data.rows(idx)
+            check_token_range(x, self.task, split)
+            x, labels = x.to(self.device), None if labels is None else labels.to(self.device)
+        return x, labels if self.conditional else None
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to 10% of ``lr`` at ``steps``."""
@@ -185,7 +187,6 @@ class Engine:
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world]
         x, cond = self._rows(data, idx, "train")
-        cond = None if not self.conditional else cond
         if self.task.num_classes:
             drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
             cond = torch.where(drop, self.task.num_classes, cond)  # learnable null condition
@@ -342,7 +343,6 @@ class Engine:
         torch.manual_seed(seed + 98)
         for lo in range(0, n, batch_size):
             x, cond = self._rows(data, slice(lo, min(n, lo + batch_size)), split)
-            cond = None if not self.conditional else cond
             total = torch.zeros(len(x), dtype=torch.float64)
             for j in range(draws):
                 u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
@@ -378,7 +378,7 @@ class Engine:
             test = self.data("test")
             k = min(len(test), 1024)
             x, cond = self._rows(test, slice(0, k), "test")
-            report = collapse_report(self.ema_eval, self.method.schedule, x, None if not self.conditional else cond)
+            report = collapse_report(self.ema_eval, self.method.schedule, x, cond)
             metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
         t0 = time.perf_counter()
         tokens, labels = self.task.generate(self, n)

@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def predicted_embedding(logits: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 2: EMB_hat_i = sum_k P(x_i = k | z_t; t) e_k."""
+    return torch.softmax(logits, -1) @ codebook
+
+
 class Codebook(nn.Module):
     """Rows 0..K-1 embed data tokens; row K is the learned [mask] (random dropping), row
     K+1 the [null] token (padding of variable-length sequences).
@@ -91,7 +96,7 @@ class Denoiser(nn.Module):
         if not self.self_cond:
             return self.logits(z, t, cond)
         with torch.no_grad():
-            prev = torch.softmax(self.logits(z, t, cond).float(), -1) @ self.codebook.data.float()
+            prev = predicted_embedding(self.logits(z, t, cond).float(), self.codebook.data.float())
         return self.logits(z, t, cond, prev)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .model import predicted_embedding
 from .schedule import ShiftedCosineSchedule
 
 OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")
@@ -32,11 +33,6 @@ DROPS = ("rand", "linear", "rand_ratio", "none")
 def kl_categorical(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(P || Q) over the last axis from log-probabilities; >= 0, 0 iff P = Q."""
     return (logp.exp() * (logp - logq)).sum(-1)
-
-
-def predicted_embedding(logits: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 2: EMB_hat_i = sum_k P(x_i = k | z_t; t) e_k."""
-    return torch.softmax(logits, -1) @ codebook
 
 
 def prior_kl(emb: torch.Tensor, alpha1: torch.Tensor, sigma1: torch.Tensor) -> torch.Tensor:
