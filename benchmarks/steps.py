@@ -32,20 +32,30 @@ def main() -> None:
     p.add_argument("--metric", default="fid_digits_classifier")
     args = p.parse_args()
     runner = Runner(args)
-    specs = [(ARMS[arm][0], [dict(ARMS[arm][1], sample_steps=n) for n in args.sample_steps], seed)
-             for arm in args.arms for seed in args.seeds]
-    keys = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    # arms with equal training overrides (VQ-Diffusion and +purity) share one trained model
+    models: dict = {}  # (training overrides, seed) -> [arm, ...]
+    for arm in args.arms:
+        for seed in args.seeds:
+            models.setdefault((tuple(sorted(ARMS[arm][0].items())), seed), []).append(arm)
+    groups = list(models.items())
+    specs = [(dict(key), [dict(ARMS[arm][1], sample_steps=n) for arm in arms for n in args.sample_steps], seed)
+             for (key, seed), arms in groups]
+    per_arm = lambda ms: zip(*[iter(ms)] * len(args.sample_steps))  # noqa: E731  split by arm
 
     def report(i, ms):
-        arm, seed = keys[i]
-        print(f"done {arm} seed {seed}: {args.metric} " + ", ".join(
-            f"{n} steps {m.get(args.metric, float('nan')):.2f}" for n, m in zip(args.sample_steps, ms)), flush=True)
+        (_, seed), arms = groups[i]
+        for arm, arm_ms in zip(arms, per_arm(ms)):
+            print(f"done {arm} seed {seed}: {args.metric} " + ", ".join(
+                f"{n} steps {m.get(args.metric, float('nan')):.2f}" for n, m in zip(args.sample_steps, arm_ms)),
+                flush=True)
 
-    rows = []
-    for (arm, seed), ms in zip(keys, runner.run_many(specs, report)):
-        m = {f"s{n}": r.get(args.metric, float("nan")) for n, r in zip(args.sample_steps, ms)}
-        m["fid_digits_classifier_real_test"] = ms[0].get("fid_digits_classifier_real_test")
-        rows.append((arm, seed, m))
+    by_arm = {}
+    for ((_, seed), arms), ms in zip(groups, runner.run_many(specs, report)):
+        for arm, arm_ms in zip(arms, per_arm(ms)):
+            m = {f"s{n}": r.get(args.metric, float("nan")) for n, r in zip(args.sample_steps, arm_ms)}
+            m["fid_digits_classifier_real_test"] = arm_ms[0].get("fid_digits_classifier_real_test")
+            by_arm[arm, seed] = m
+    rows = [(arm, seed, by_arm[arm, seed]) for arm in args.arms for seed in args.seeds]
     print(f"\n{args.metric} by sampling steps; task {args.task}, training steps "
           f"{args.steps or 'task default'}, {args.samples} samples, seeds {args.seeds}, overrides {args.sets}\n")
     print(table(rows, [(f"s{n}", str(n)) for n in args.sample_steps]))
