@@ -39,6 +39,7 @@ class Config:
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
     cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
     self_cond: bool = False        # self-conditioning on the previous EMB_hat (not in the paper; catdiff.model.Denoiser)
+    evidence: bool = False         # logits += each token's own Gaussian evidence (not in the paper; catdiff.model.Denoiser)
 
     # discrete-state methods (catdiff.methods: d3pm, vqdiffusion, maskgit)
     discrete_steps: int = 0        # T of d3pm / vqdiffusion; 0 = the paper's (d3pm 1000, vqdiffusion 100)

@@ -107,9 +107,11 @@ class Engine:
             cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes)
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
         self.task.init_codebook(codebook)
-        if cfg.self_cond and not self.method.continuous:
-            raise ValueError(f"self_cond=true needs a continuous method (catdm); method {cfg.method!r} is discrete")
-        self.model = Denoiser(codebook, backbone, self_cond=cfg.self_cond).to(self.device)
+        for key in ("self_cond", "evidence"):
+            if getattr(cfg, key) and not self.method.continuous:
+                raise ValueError(f"{key}=true needs a continuous method (catdm); method {cfg.method!r} is discrete")
+        schedule = self.method.schedule if cfg.evidence else None
+        self.model = Denoiser(codebook, backbone, self_cond=cfg.self_cond, schedule=schedule).to(self.device)
         self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
         params = [p for p in self.model.parameters() if p.requires_grad]

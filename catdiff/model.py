@@ -54,13 +54,23 @@ class Denoiser(nn.Module):
     without it. ``prev=None`` means no estimate (zeros). :meth:`posterior_logits` is the
     self-conditioned denoiser of z alone: a first pass without an estimate, then a second
     reading it (a deterministic function of z_t, so the likelihood bound stays a bound).
+
+    Token evidence (``schedule`` given; not part of the CATDM paper, off by default): the
+    logits become f_theta(z_t; t) + log N(z_t,i; alpha_t e_k, sigma_t^2 I) (the k-dependent
+    part). Since P(x_i = k | z_t) is proportional to P(x_i = k | z_t,-i) N(z_t,i; alpha_t e_k,
+    sigma_t^2 I), the network is then left with what the *other* positions say about token i,
+    and the posterior is exact per token from the start: it sharpens with the SNR as it
+    should (a plain network's wrong-token mass stops shrinking at high SNR, where the bound's
+    weight grows like e^lambda). Positions whose input was replaced by [mask] (random
+    dropping) get no evidence.
     """
 
-    def __init__(self, codebook: Codebook, net: nn.Module, self_cond: bool = False):
+    def __init__(self, codebook: Codebook, net: nn.Module, self_cond: bool = False, schedule=None):
         super().__init__()
         self.codebook = codebook
         self.net = net
         self.self_cond = self_cond
+        self.schedule = schedule  # token evidence when given
         if self_cond:
             dim = codebook.weight.shape[1]
             self.prev_proj = nn.Linear(dim, dim, bias=False)
@@ -81,6 +91,8 @@ class Denoiser(nn.Module):
         if alpha is not None:
             z = alpha[:, None, None] * z + sigma[:, None, None] * noise
         logits = self.net(self._input(z, prev), t, cond)
+        if alpha is not None and self.schedule is not None:
+            logits = logits.float() + self.evidence(z, t, keep=tokens_in != self.codebook.mask_id)
         emb_targets = aux = None
         if targets is not None:
             emb_targets = self.codebook(targets)
@@ -89,7 +101,19 @@ class Denoiser(nn.Module):
         return logits, z, emb_targets, self.codebook.data, aux
 
     def logits(self, z, t, cond=None, prev=None):
-        return self.net(self._input(z, prev), t, cond)
+        logits = self.net(self._input(z, prev), t, cond)
+        return logits if self.schedule is None else logits.float() + self.evidence(z, t)
+
+    def evidence(self, z, t, keep=None):
+        """log N(z_i; alpha_t e_k, sigma_t^2 I) up to terms constant in k, [B, M, K], in fp32 even
+        under autocast (at high SNR the logits reach ~e^lambda ||e||^2, beyond bf16's resolution);
+        zero where ``keep`` [B, M] is False."""
+        with torch.autocast(z.device.type, enabled=False):
+            lam = self.schedule.logsnr(t.float())
+            alpha, var = torch.sigmoid(lam).sqrt()[:, None, None], torch.sigmoid(-lam)[:, None, None]
+            e = self.codebook.data.float()
+            ev = (alpha * z.float() @ e.T - 0.5 * alpha**2 * (e * e).sum(-1)) / var
+        return ev if keep is None else ev * keep[..., None]
 
     def posterior_logits(self, z, t, cond=None):
         """Logits of P(x~ | z_t; t): one pass, or two with self-conditioning."""

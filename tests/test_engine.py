@@ -241,3 +241,14 @@ def test_lazy_split_is_checked_from_its_metadata_and_a_few_rows():
 
     with pytest.raises(ValueError, match=r"token ids span \[0, 6\].*vocab_size=5"):
         Engine(Liar(), steps=1).data("train")
+
+
+def test_token_evidence_run_checkpoints_and_samples(tmp_path, toy_cond):
+    eng = Engine(toy_cond, out=tmp_path, steps=6, evidence=True, guidance=1.0)
+    eng.fit()
+    back = Engine.from_checkpoint(tmp_path / "last.pt", task=toy_cond)
+    assert back.model.schedule is not None and same_weights(eng, back)
+    torch.testing.assert_close(back.sample(4, steps=3, seed=0), eng.sample(4, steps=3, seed=0))
+    assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))
+    with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
+        Engine(toy_cond, evidence=True, method="d3pm")

@@ -115,3 +115,64 @@ def test_self_conditioned_objective_trains_the_estimate_map_and_not_the_teacher(
     assert torch.isfinite(loss) and logs["l_cm"] > 0
     assert model.prev_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+class ZeroNet(torch.nn.Module):
+    """A backbone that knows nothing: all-zero logits (a uniform prior over K tokens)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, z, t, cond=None):
+        return torch.zeros(*z.shape[:2], self.vocab)
+
+
+def test_token_evidence_is_the_exact_per_token_posterior():
+    K, D = 5, 3
+    sch = ShiftedCosineSchedule(-1.0)
+    model = Denoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
+    z, t = torch.randn(4, 6, D), torch.tensor([0.05, 0.3, 0.6, 0.95])
+    a, s = sch.alpha_sigma(t)
+    # brute force: log N(z_i; alpha e_k, sigma^2 I) over k, normalised
+    log_n = -((z[:, :, None] - a[:, None, None, None] * model.codebook.data[None, None]) ** 2).sum(-1) / (
+        2 * s[:, None, None] ** 2)
+    torch.testing.assert_close(torch.log_softmax(model.logits(z, t), -1), torch.log_softmax(log_n, -1))
+    # dropped positions ([mask] input) get none: the zero net's uniform logits
+    x = torch.randint(0, K, (4, 6))
+    x_in = x.clone()
+    x_in[:, 0] = model.codebook.mask_id
+    logits = model(x_in, a, s, torch.randn(4, 6, D), t)[0]
+    assert (logits[:, 0] == 0).all() and (logits[:, 1:].std(-1) > 0).all()
+
+
+def test_token_evidence_stays_fp32_under_bf16_autocast():
+    K, D = 5, 8
+    sch = ShiftedCosineSchedule(0.0)
+    model = Denoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
+    z, t = torch.randn(2, 3, D) * 3, torch.tensor([0.001, 0.5])  # t ~ 0: logits ~ e^8 ||e||^2
+    ref = model.logits(z, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.logits(z, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+
+
+def test_bound_of_the_exact_denoiser_is_the_entropy_of_uniform_tokens():
+    """With token evidence and a zero network, the denoiser is the exact posterior of i.i.d.
+    uniform tokens, so the eq. 3 bound is tight: its mean over x ~ U is M log K (up to the
+    prior term at logsnr_min and the L0 at logsnr_max, both tiny)."""
+    K, D, M, n = 4, 2, 3, 20000
+    torch.manual_seed(0)
+    sch = ShiftedCosineSchedule(0.0, logsnr_min=-12.0, logsnr_max=12.0)
+    cb = Codebook(K, D, init_std=1.0)
+    model = Denoiser(cb, ZeroNet(K), schedule=sch)
+    x = torch.randint(0, K, (n, M))
+    t = (torch.arange(n) + torch.rand(n)) / n  # stratified
+    total = likelihood_bound(model, x, sch, t=t)["total"]
+    se = total.std() / n**0.5
+    expected = M * torch.log(torch.tensor(float(K)))
+    assert abs(total.mean() - expected) < 4 * se + 0.01, (total.mean().item(), expected.item(), se.item())
+    # a denoiser without the evidence (the zero net alone: the prior only) pays for it
+    plain = likelihood_bound(Denoiser(cb, ZeroNet(K)), x, sch, t=t)["total"].mean()
+    assert plain > expected + 1.0
