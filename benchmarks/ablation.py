@@ -108,6 +108,17 @@ def _run_in_worker(runner: Runner, train: dict, samples: list[dict], seed: int) 
     return [runner.run(train, s, seed) for s in samples]
 
 
+def share_trainings(arms: dict, seeds) -> list:
+    """[((training overrides, seed), [(arm, sampling overrides), ...]), ...] for ``arms`` (name ->
+    (training, sampling) overrides): arms with equal training overrides (VQ-Diffusion and
+    +purity) share one trained model."""
+    models: dict = {}
+    for arm, (train, sample) in arms.items():
+        for seed in seeds:
+            models.setdefault((tuple(sorted(train.items())), seed), []).append((arm, sample))
+    return list(models.items())
+
+
 def table(rows: list[tuple[str, int, dict]], columns=COLUMNS) -> str:
     """One line per (arm, seed) and a mean line per arm (with the std over seeds when > 1)."""
     present = [(k, label) for k, label in columns if any(k in m for _, _, m in rows)]
@@ -162,12 +173,7 @@ def main() -> None:
     if args.shifts:
         arms = {f"CATDM s={s:g}": ({"shift": s}, {}) for s in args.shifts}
     runner = Runner(args)
-    # arms with equal training overrides (VQ-Diffusion and +purity) share one trained model
-    models: dict = {}  # (training overrides, seed) -> [(arm, sampling overrides), ...]
-    for arm, (train, sample) in arms.items():
-        for seed in args.seeds:
-            models.setdefault((tuple(sorted(train.items())), seed), []).append((arm, sample))
-    groups = list(models.items())
+    groups = share_trainings(arms, args.seeds)
     specs = [(dict(key), [s for _, s in group], seed) for (key, seed), group in groups]
 
     def report(i, ms):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ablation import Runner, common_arguments, floor_note, table
+from ablation import Runner, common_arguments, floor_note, share_trainings, table
 
 ARMS = {
     "CATDM": ({}, {}),
@@ -32,26 +32,21 @@ def main() -> None:
     p.add_argument("--metric", default="fid_digits_classifier")
     args = p.parse_args()
     runner = Runner(args)
-    # arms with equal training overrides (VQ-Diffusion and +purity) share one trained model
-    models: dict = {}  # (training overrides, seed) -> [arm, ...]
-    for arm in args.arms:
-        for seed in args.seeds:
-            models.setdefault((tuple(sorted(ARMS[arm][0].items())), seed), []).append(arm)
-    groups = list(models.items())
-    specs = [(dict(key), [dict(ARMS[arm][1], sample_steps=n) for arm in arms for n in args.sample_steps], seed)
-             for (key, seed), arms in groups]
+    groups = share_trainings({arm: ARMS[arm] for arm in args.arms}, args.seeds)
+    specs = [(dict(key), [dict(sample, sample_steps=n) for _, sample in group for n in args.sample_steps], seed)
+             for (key, seed), group in groups]
     per_arm = lambda ms: zip(*[iter(ms)] * len(args.sample_steps))  # noqa: E731  split by arm
 
     def report(i, ms):
-        (_, seed), arms = groups[i]
-        for arm, arm_ms in zip(arms, per_arm(ms)):
+        (_, seed), group = groups[i]
+        for (arm, _), arm_ms in zip(group, per_arm(ms)):
             print(f"done {arm} seed {seed}: {args.metric} " + ", ".join(
                 f"{n} steps {m.get(args.metric, float('nan')):.2f}" for n, m in zip(args.sample_steps, arm_ms)),
                 flush=True)
 
     by_arm = {}
-    for ((_, seed), arms), ms in zip(groups, runner.run_many(specs, report)):
-        for arm, arm_ms in zip(arms, per_arm(ms)):
+    for ((_, seed), group), ms in zip(groups, runner.run_many(specs, report)):
+        for (arm, _), arm_ms in zip(group, per_arm(ms)):
             m = {f"s{n}": r.get(args.metric, float("nan")) for n, r in zip(args.sample_steps, arm_ms)}
             m["fid_digits_classifier_real_test"] = arm_ms[0].get("fid_digits_classifier_real_test")
             by_arm[arm, seed] = m

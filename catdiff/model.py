@@ -90,9 +90,7 @@ class Denoiser(nn.Module):
         z = self.codebook(tokens_in)
         if alpha is not None:
             z = alpha[:, None, None] * z + sigma[:, None, None] * noise
-        logits = self.net(self._input(z, prev), t, cond)
-        if alpha is not None and self.schedule is not None:
-            logits = logits.float() + self.evidence(z, t, keep=tokens_in != self.codebook.mask_id)
+        logits = self.logits(z, t, cond, prev, keep=tokens_in != self.codebook.mask_id)
         emb_targets = aux = None
         if targets is not None:
             emb_targets = self.codebook(targets)
@@ -100,19 +98,19 @@ class Denoiser(nn.Module):
                 aux = self.net.aux_loss(cond, targets)
         return logits, z, emb_targets, self.codebook.data, aux
 
-    def logits(self, z, t, cond=None, prev=None):
+    def logits(self, z, t, cond=None, prev=None, keep=None):
+        """The network's logits, plus token evidence at the ``keep`` positions (default: all)."""
         logits = self.net(self._input(z, prev), t, cond)
-        return logits if self.schedule is None else logits.float() + self.evidence(z, t)
+        return logits if self.schedule is None else logits.float() + self.evidence(z, t, keep)
 
     def evidence(self, z, t, keep=None):
         """log N(z_i; alpha_t e_k, sigma_t^2 I) up to terms constant in k, [B, M, K], in fp32 even
         under autocast (at high SNR the logits reach ~e^lambda ||e||^2, beyond bf16's resolution);
         zero where ``keep`` [B, M] is False."""
         with torch.autocast(z.device.type, enabled=False):
-            lam = self.schedule.logsnr(t.float())
-            alpha, var = torch.sigmoid(lam).sqrt()[:, None, None], torch.sigmoid(-lam)[:, None, None]
+            alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t.float()))
             e = self.codebook.data.float()
-            ev = (alpha * z.float() @ e.T - 0.5 * alpha**2 * (e * e).sum(-1)) / var
+            ev = (alpha * z.float() @ e.T - 0.5 * alpha**2 * (e * e).sum(-1)) / sigma**2
         return ev if keep is None else ev * keep[..., None]
 
     def posterior_logits(self, z, t, cond=None):
