@@ -162,10 +162,10 @@ def floor_note(rows) -> str:
     return "" if floor is None else f"FID floor (300 real test digits vs the reference set, same features): {floor:.3g}"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(default_arms=tuple(ARMS), description: str = __doc__.splitlines()[0]) -> None:
+    p = argparse.ArgumentParser(description=description)
     common_arguments(p)
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=list(default_arms), choices=list(ARMS))
     p.add_argument("--shifts", type=float, nargs="*", default=[],
                    help="instead of the arms: CATDM at each shift s of the noise schedule")
     args = p.parse_args()
