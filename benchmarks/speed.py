@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catdiff.backbones import EncoderTransformer, build_encoder  # noqa: E402
 from catdiff.config import Config  # noqa: E402
+from catdiff.engine import adamw  # noqa: E402
 
 FLOP_FORMULA = (
     "FLOPs per training step = 6 * P_tok * B * M + 12 * L * M^2 * W * B   "
@@ -115,7 +116,7 @@ def make_step(model: nn.Module, cfg: Config, vocab_size: int, seq_len: int, batc
     z = torch.randn(batch, seq_len, cfg.embed_dim, generator=gen).to(device)
     t = torch.rand(batch, generator=gen).to(device)
     x = torch.randint(0, vocab_size, (batch, seq_len), generator=gen).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)
     model.train()
 
     def step():
@@ -172,7 +173,7 @@ def objective_cost(args, device, peak) -> None:
         torch.manual_seed(0)
         model = Denoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
         teacher, slow = ema_copy(model), ema_copy(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = adamw(model.parameters(), lr=1e-4)
         loss_fn = CATDMObjective(run, from_config(run))
 
         def step(model=model, teacher=teacher, slow=slow, opt=opt, loss_fn=loss_fn):

@@ -49,6 +49,16 @@ def pick_device(name: str) -> torch.device:
 SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
 
 
+def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.99), fused where torch has a fused kernel for the parameters' device.
+
+    On CPU torch's default is a per-tensor loop; the fused kernel does the same update ~3x
+    faster (benchmarks/speed.py times training steps with this optimizer)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=fused or None)
+
+
 def check_token_range(tokens: torch.Tensor, task: Task, split: str, seq_len: int | None = None) -> None:
     """Sequence length and id range of ``tokens`` (or of the declared ``seq_len``) against the task."""
     length = tokens.shape[-1] if seq_len is None else seq_len
@@ -115,7 +125,7 @@ class Engine:
         self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
         self.step = 0
         self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
         if self.out is not None and cfg.resume and (self.out / CKPT_NAME).exists():
