@@ -5,7 +5,9 @@
 
 Arms: none (w/o RD), linear (p = r t), rand_ratio (the paper's rand_drop: a per-sequence
 ratio ~ U(0, r)), and rand(r) (each token dropped with probability r) for each ratio;
-r = ``drop_ratio`` (0.2 unless --ratios says otherwise) for linear and rand_ratio.
+r = ``drop_ratio`` (0.2 unless --ratios says otherwise) for linear and rand_ratio. These arms
+drop alike in both student passes (``drop_l0`` = -1, as in the paper); the last arm,
+"rand(r), z_0 0.5", is catdiff's digits default: rand(r) on z_t and 0.5 on L0's z_0 pass.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ def main() -> None:
     args = p.parse_args()
     arms = {"none": {"drop": "none"}, "linear": {"drop": "linear"}, "rand_ratio": {"drop": "rand_ratio"}}
     arms.update({f"rand({r:g})": {"drop": "rand", "drop_ratio": r} for r in args.ratios})
+    arms = {name: {**arm, "drop_l0": -1.0} for name, arm in arms.items()}
+    arms.update({f"rand({r:g}), z_0 0.5": {"drop": "rand", "drop_ratio": r, "drop_l0": 0.5} for r in args.ratios})
     runner = Runner(args)
     keys = [(arm, seed) for arm in arms for seed in args.seeds]
 

@@ -35,6 +35,7 @@ class Config:
     logsnr_max: float = 8.0        # z_0's noise std e^-4: see catdiff/schedule.py for why not higher
     drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
     drop_ratio: float = 0.2
+    drop_l0: float = -1.0          # drop ratio of L0's z_0 pass; < 0 = the strategy's (catdiff.objective)
     ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
     cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null

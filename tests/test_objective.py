@@ -77,6 +77,17 @@ def test_drop_mask_strategies():
         drop_mask(x, t, "sometimes", 0.2)
 
 
+def test_drop_ratio_of_the_z0_pass():
+    x = torch.zeros(4000, 50, dtype=torch.long)
+    t = torch.cat([torch.zeros(2000), torch.rand(2000).clamp_min(1e-3)])  # [z_0 rows ; z_t rows]
+    for strategy, rest in (("rand", 0.2), ("linear", 0.1)):
+        frac = drop_mask(x, t, strategy, 0.2, ratio_at_0=0.5).float()
+        assert abs(frac[:2000].mean().item() - 0.5) < 0.01   # z_0 rows: drop_l0
+        assert abs(frac[2000:].mean().item() - rest) < 0.01  # z_t rows: the strategy's own
+    assert drop_mask(x, t, "linear", 0.2)[:2000].sum() == 0    # default: linear never drops at t = 0
+    assert not drop_mask(x, t, "none", 0.2, ratio_at_0=0.5).any()  # "none" (w/o RD) drops nothing
+
+
 def test_unknown_objective_is_rejected():
     with pytest.raises(ValueError, match="unknown objective"):
         CATDMObjective(Config(objective="vlb2"), ShiftedCosineSchedule())
