@@ -11,9 +11,10 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
   ``rand``: each token dropped with prob ``drop_ratio``; ``linear``: with prob
   ``drop_ratio * t`` (0 at t=0); ``rand_ratio``: a per-sequence ratio ~ U(0, drop_ratio).
 - ``drop_l0`` (ours; < 0, the default, = the strategy's ratio): the drop probability of the
-  z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0; on digits (1500 steps,
-  300 samples) 0.5 there and 0.2 on z_t gave FID 46.0 / 29.2 / 48.8 / 44.3 (seeds 0-3) against 55.2 +- 0.9
-  (seeds 0, 1) for 0.2 on both, so the digits task sets it. 0.8 gave 49.1 (seed 0).
+  z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0. On digits (1500
+  steps, 300 samples) 0.5 there and 0.2 on z_t gave FID 46.0 / 29.2 / 48.8 / 44.3 (seeds
+  0-3) against 55.2 +- 0.9 (seeds 0, 1) for 0.2 on both, so the digits task sets it;
+  0.65 gave 41.7 / 46.6 (seeds 0 / 2, within noise of 0.5), 0.8 gave 49.1 (seed 0).
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.
