@@ -52,7 +52,7 @@ def drop_mask(x: torch.Tensor, t: torch.Tensor, strategy: str, ratio: float, rat
 
     ``ratio_at_0`` >= 0 is the drop probability of rows with t == 0 (the z_0 pass of L0)
     in place of the strategy's; ``strategy="none"`` drops nothing anywhere."""
-    if strategy == "none":
+    if strategy == "none" or (ratio <= 0 and ratio_at_0 <= 0):
         return torch.zeros_like(x, dtype=torch.bool)
     if strategy == "rand":
         p = torch.full_like(t, ratio)
