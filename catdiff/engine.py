@@ -381,10 +381,8 @@ class Engine:
         out = Path(out) if out is not None else self.out
         n = n_samples or self.cfg.n_samples
         metrics: dict[str, float] = {"step": float(self.step)}
-        try:
+        if self.method.has_bound:
             metrics.update(self.likelihood())
-        except NotImplementedError:
-            pass
         report = None
         if self.method.continuous:
             test = self.data("test")

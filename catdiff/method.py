@@ -65,6 +65,11 @@ class Method:
         one Monte-Carlo draw at the times ``t`` in [0, 1) (stratified by the engine)."""
         raise NotImplementedError(f"method {self.name!r} has no likelihood bound")
 
+    @property
+    def has_bound(self) -> bool:
+        """Whether this method implements :meth:`nll_bound`."""
+        return type(self).nll_bound is not Method.nll_bound
+
 
 class CATDM(Method):
     """CATDM (paper 003): continuous diffusion over the learned codebook; the objective's

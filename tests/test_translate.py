@@ -97,15 +97,16 @@ def test_length_beam_infills_padding_and_reranks():
         x = torch.randint(1, K, (n, M))
         return torch.where(known_mask, known, x)
 
-    class Method:
+    from catdiff.method import Method
+    from catdiff.task import TokenData
+
+    class Bounded(Method):
         def nll_bound(self, m, x, cond, t):  # prefers shorter candidates
             return {"total": (x != PAD).sum(1).double()}
 
-    from catdiff.task import TokenData
-
     test = TokenData(torch.tensor([[1, 1, 0, 0, 0, 0]] * 2), src)  # reference length 2
     engine = SimpleNamespace(data=lambda split: test, ema_eval=SimpleNamespace(net=model),
-                             autocast=torch.autocast("cpu", enabled=False), sample=sample, method=Method(),
+                             autocast=torch.autocast("cpu", enabled=False), sample=sample, method=Bounded(None),
                              device=torch.device("cpu"), cfg=SimpleNamespace(seed=0))
     out, cond = task.generate(engine, 5)
     assert seen["n"] == 2 * 2 * 2
@@ -113,6 +114,12 @@ def test_length_beam_infills_padding_and_reranks():
     assert out.shape == (2, M) and torch.equal(cond, src)
     assert ((out != PAD).sum(1) == 2).all() and (out[:, 2:] == PAD).all()
     assert task._stats["length_accuracy"] == 1.0
+
+    # a method without a bound (e.g. maskgit) cannot rerank: one draw per source at the top-1 length
+    engine.method = Method(None)
+    out, _ = task.generate(engine, 5)
+    assert seen["n"] == 2 and seen["mask"].sum(1).tolist() == [4, 4]
+    assert ((out != PAD).sum(1) == 2).all() and task._stats["length_top2_accuracy"] == 1.0
 
 
 def test_pad_rows_truncates_and_pads():
@@ -182,6 +189,25 @@ def test_iwslt_text_dir_with_markers(tmp_path, monkeypatch):
     test = eng.data("test")
     assert test.tokens.shape == (6, 128) and eng.task._refs["test"][0] == "that is good ."
     assert eng.task.hypotheses(test.tokens[:1]) == ["that is good ."]
+
+
+
+@pytest.mark.parametrize("method", ["catdm", "maskgit", "vqdiffusion", "d3pm"])
+def test_every_method_translates(tmp_path, monkeypatch, method):
+    """Train 2 steps and evaluate; methods without a likelihood bound (maskgit) skip reranking."""
+    monkeypatch.setenv("CATDIFF_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.de").write_text("das ist gu@@ t .\nwir gehen .\n")
+        (tmp_path / f"{split}.en").write_text("that is go@@ od .\nwe go .\n")
+    from catdiff.engine import Engine
+
+    eng = Engine(task="mt-iwslt14", data_dir=str(tmp_path), method=method, layers=1, width=16, heads=2,
+                 embed_dim=8, threads=1, max_len=8, steps=2, batch_size=2, sample_steps=2, eval_batches=1)
+    metrics = eng.fit().evaluate(out=tmp_path / "out")
+    assert metrics["bleu_tokenized"] >= 0 and metrics["length_top3_accuracy"] >= metrics["length_accuracy"]
+    assert ("nll_bound_nats_per_token" in metrics) == (method != "maskgit")
+    assert ("rerank_changed_frac" in metrics) == (method != "maskgit")
+    assert (tmp_path / "out" / "translations.txt").read_text().count("H-") == 2
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fairseq") is None, reason="fairseq not installed (extra 'fairseq')")

@@ -237,13 +237,17 @@ class TranslationTask(Task):
         self._stats = {"length_accuracy": (top[:, 0] == ref_len).float().mean().item(),
                        f"length_top{k}_accuracy": (top == ref_len[:, None]).any(1).float().mean().item(),
                        "length_mean_abs_error": (top[:, 0] - ref_len).abs().float().mean().item()}
-        C = k * d
+        # Without reranking (rerank_draws 0, or a method with no bound, e.g. maskgit) more
+        # candidates would go unused: one draw at the top-1 length.
+        if int(self.option("rerank_draws")) <= 0 or not engine.method.has_bound:
+            top, d = top[:, :1], 1
+        C = top.shape[1] * d
         lengths = top.repeat_interleave(d, 1).reshape(-1)  # [n * C], source-major
         cond = src.repeat_interleave(C, 0)
         known = torch.full((n * C, M), pad, dtype=torch.long, device=src.device)
         mask = torch.arange(M, device=src.device)[None, :] >= lengths[:, None]
         cand = engine.sample(n * C, labels=cond, known=known, known_mask=mask).view(n, C, M)
-        if C == 1 or int(self.option("rerank_draws")) <= 0:
+        if C == 1:
             return cand[:, 0], src.cpu()
         score = self.rerank_scores(engine, cand, src)
         best = score.argmax(1)
