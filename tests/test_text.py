@@ -213,6 +213,13 @@ def test_evaluate_reports_bpc_and_writes_samples(tmp_path, capsys):
     assert "sample 0: " in capsys.readouterr().out
 
 
+def test_method_without_a_bound_reports_no_bpc(tmp_path):
+    eng = Engine(task=SmallText(), out=tmp_path, method="maskgit", steps=2)
+    m = eng.fit().evaluate()
+    assert "bpc" not in m and "nll_bound_nats_per_token" not in m and 0 <= m["sample_word_known_frac"] <= 1
+    assert (tmp_path / "samples.txt").is_file()
+
+
 # ----------------------------------------------------------------- prompts and infilling
 def test_parse_prompt_prefix_suffix_middle():
     task = SmallText()

@@ -73,8 +73,9 @@ class TextTask(Task):
                 "bpc_chunks": float(n), "bpc_draws": float(draws)}
 
     def generate(self, engine, n: int):
-        """Computes the BPC (kept for :meth:`evaluate`), then draws ``n`` unconditional samples."""
-        self._bpc = self.bits_per_character(engine)
+        """Computes the BPC (kept for :meth:`evaluate`; none for a method without a likelihood
+        bound, e.g. maskgit), then draws ``n`` unconditional samples."""
+        self._bpc = self.bits_per_character(engine) if engine.method.has_bound else {}
         return super().generate(engine, n)
 
     def evaluate(self, tokens: torch.Tensor, labels, out_dir: Path | None) -> dict[str, float]:
