@@ -152,3 +152,34 @@ def test_eval_is_deterministic_with_dropout():
     model = EncoderTransformer(small_cfg(dropout=0.5), K, M).eval()
     z, t = inputs()
     assert torch.equal(model(z, t), model(z, t))
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    from catdiff.backbones.encoder import rotary_tables, rotate
+
+    rot = rotary_tables(M, 8)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 8, generator=g).expand(2, 1, 1, M, 8)  # one vector at every position
+    scores = (rotate(q, rot) @ rotate(k, rot).transpose(-1, -2))[0, 0]  # [M, M]
+    for offset in range(-M + 1, M):
+        diagonal = scores.diagonal(offset)
+        assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-5)
+    assert not torch.allclose(scores.diagonal(1)[0], scores.diagonal(2)[0])
+    # position 0 is not rotated; norms are kept
+    assert torch.allclose(rotate(q, rot)[..., 0, :], q[..., 0, :])
+    assert torch.allclose(rotate(q, rot).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+
+
+def test_rotary_encoder_has_no_absolute_positions():
+    """With rotary positions a sequence of identical inputs gives identical outputs everywhere
+    (attention sees only relative offsets); with sinusoidal ones it does not."""
+    z = torch.randn(1, 1, 16).expand(2, M, 16)
+    t = torch.rand(2)
+    for positions, same in (("rotary", True), ("sinusoidal", False)):
+        torch.manual_seed(0)
+        out = build_encoder(small_cfg(positions=positions), K, M, 0)(z, t)
+        assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-5) == same
+    with pytest.raises(ValueError, match="unknown positions"):
+        build_encoder(small_cfg(positions="learned"), K, M, 0)
+    with pytest.raises(ValueError, match="even head size"):
+        build_encoder(Config(layers=1, heads=2, width=30, embed_dim=16, positions="rotary"), K, M, 0)

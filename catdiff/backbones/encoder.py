@@ -22,8 +22,12 @@ Design choices (documented because the paper does not pin them down):
   Linear -> SiLU -> Linear. Class conditioning adds ``nn.Embedding(num_classes + 1, width)``
   to the time vector; index ``num_classes`` is the learned null condition (used when
   ``cond`` is None and by classifier-free guidance).
-- Position embeddings are fixed sinusoids (a non-persistent buffer, so checkpoints do not
-  depend on ``seq_len``); shorter inputs use the first M positions.
+- Positions (``cfg.positions``): ``sinusoidal`` (default, as the paper's transformer) adds fixed
+  sinusoids to the projected input; ``rotary`` (not in the paper; RoPE, as MDLM's and SEDD's
+  backbones use) rotates q and k instead, so attention sees relative offsets and position
+  information does not shrink relative to the input as the learned embeddings grow. Both are
+  non-persistent buffers (checkpoints do not depend on ``seq_len``); shorter inputs use the
+  first M positions. Measured in README ("text-tdavid").
 - Mixed precision: the residual stream stays in the dtype the input projection promotes to
   (float32 under autocast, because the fixed position buffer is float32); matmuls and
   attention follow autocast. Logits are returned as float32.
@@ -51,6 +55,8 @@ from einops import rearrange
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+POSITIONS = ("sinusoidal", "rotary")
+
 
 def sinusoidal(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[N] float -> [N, dim] features ``[cos(p * f_i), sin(p * f_i)]``, f_i geometric in [1/max_period, 1]."""
@@ -61,6 +67,21 @@ def sinusoidal(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """[2, M, d/2]: cos and sin of position m times frequency base^(-2i/d) (RoFormer, Su et al. 2021)."""
+    freqs = base ** (-torch.arange(0, head_dim // 2, dtype=torch.float32) * 2 / head_dim)
+    angles = torch.arange(seq_len, dtype=torch.float32)[:, None] * freqs[None]
+    return torch.stack([angles.cos(), angles.sin()])
+
+
+def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of q or k [B, H, M, d]: each pair (x_i, x_{i+d/2}) is rotated by
+    the angle of its position, so q . k depends only on their relative position."""
+    cos, sin = rot[0, : x.shape[2]].to(x.dtype), rot[1, : x.shape[2]].to(x.dtype)
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
 class _Modulate(torch.autograd.Function):
@@ -140,11 +161,13 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
         self.mod = zero_linear(width, 4 * width)
 
-    def forward(self, h: torch.Tensor, c_act: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c_act: torch.Tensor, rot: torch.Tensor | None = None) -> torch.Tensor:
         scale1, shift1, scale2, shift2 = modulation(self.mod, c_act, 2)
         x = self.norm1(h, scale1, shift1)
         # [B, M, 3W] -> three strided [B, H, M, d] views; no copies before attention.
         q, k, v = rearrange(self.qkv(x), "b m (three h d) -> three b h m d", three=3, h=self.heads)
+        if rot is not None:
+            q, k = rotate(q, rot), rotate(k, rot)
         p = self.dropout if self.training else 0.0
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         h = h + self.proj(rearrange(o, "b h m d -> b m (h d)"))
@@ -180,7 +203,15 @@ class EncoderTransformer(nn.Module):
         self.num_classes = num_classes
 
         self.in_proj = nn.Linear(self.embed_dim, width)
-        self.register_buffer("pos", sinusoidal(torch.arange(seq_len), width), persistent=False)
+        self.positions = str(cfg.positions)
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose one of {POSITIONS}")
+        if self.positions == "rotary":
+            if (width // heads) % 2:
+                raise ValueError(f"rotary positions need an even head size, got width/heads = {width // heads}")
+            self.register_buffer("rot", rotary_tables(seq_len, width // heads), persistent=False)
+        else:
+            self.register_buffer("pos", sinusoidal(torch.arange(seq_len), width), persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
@@ -244,8 +275,11 @@ class EncoderTransformer(nn.Module):
         t = self._check(z, t, cond)
         B, M, _ = z.shape
         c_act = F.silu(self.condition(t, cond, B))
-        h = self.in_proj(z) + self.pos[:M]
+        if self.positions == "rotary":
+            h, rot = self.in_proj(z), self.rot
+        else:
+            h, rot = self.in_proj(z) + self.pos[:M], None
         for block in self.blocks:
-            h = block(h, c_act)
+            h = block(h, c_act, rot)
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
