@@ -183,3 +183,9 @@ def test_rotary_encoder_has_no_absolute_positions():
         build_encoder(small_cfg(positions="learned"), K, M, 0)
     with pytest.raises(ValueError, match="even head size"):
         build_encoder(Config(layers=1, heads=2, width=30, embed_dim=16, positions="rotary"), K, M, 0)
+
+
+def test_pos_scale_multiplies_the_sinusoids():
+    base = build_encoder(small_cfg(), K, M, 0).pos
+    assert torch.allclose(build_encoder(small_cfg(pos_scale=3.0), K, M, 0).pos, 3.0 * base)
+    assert base.abs().max() == pytest.approx(1.0, abs=1e-6)

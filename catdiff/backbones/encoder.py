@@ -25,9 +25,11 @@ Design choices (documented because the paper does not pin them down):
 - Positions (``cfg.positions``): ``sinusoidal`` (default, as the paper's transformer) adds fixed
   sinusoids to the projected input; ``rotary`` (not in the paper; RoPE, as MDLM's and SEDD's
   backbones use) rotates q and k instead, so attention sees relative offsets and position
-  information does not shrink relative to the input as the learned embeddings grow. Both are
+  information does not shrink relative to the input as the learned embeddings grow.
+  ``cfg.pos_scale`` multiplies the sinusoids (amplitude 1 by default; the projected input's
+  norm grows with the embeddings during training, ~3x on digits by 1500 steps). Both are
   non-persistent buffers (checkpoints do not depend on ``seq_len``); shorter inputs use the
-  first M positions. Measured in README ("text-tdavid").
+  first M positions. Measured in README (digits, text-tdavid).
 - Mixed precision: the residual stream stays in the dtype the input projection promotes to
   (float32 under autocast, because the fixed position buffer is float32); matmuls and
   attention follow autocast. Logits are returned as float32.
@@ -211,7 +213,8 @@ class EncoderTransformer(nn.Module):
                 raise ValueError(f"rotary positions need an even head size, got width/heads = {width // heads}")
             self.register_buffer("rot", rotary_tables(seq_len, width // heads), persistent=False)
         else:
-            self.register_buffer("pos", sinusoidal(torch.arange(seq_len), width), persistent=False)
+            pos = float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
+            self.register_buffer("pos", pos, persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))

@@ -147,15 +147,17 @@ class TdavidTask(TextTask):
     """Spurgeon's Treasury of David (Debian ``sword-comm-tdavid``), 11.2M cleaned characters."""
 
     name = "text-tdavid"
-    # `catdiff run text-tdavid --set threads=1` took 7.4 min wall on a shared 2-core CPU:
-    # ~4.5 min training (0.9 s/step), the rest BPC over all 2196 test chunks, the engine's
-    # collapse diagnostics (1024 chunks x 11 times) and 8 samples.
-    # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of these 300 steps; BPC
-    # after 300 steps (seed 0) was 2653 +- 750 with 0.99 and 5.58 +- 0.75 with 0.9 (logsnr_max 15);
-    # 4.78 +- 0.22 with the core's logsnr_max 8 (catdiff/schedule.py explains the clip).
+    # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of 300 steps; BPC after 300
+    # steps (seed 0) was 2653 +- 750 with 0.99 and 5.58 +- 0.75 with 0.9 (logsnr_max 15).
+    # positions=rotary and evidence=true (both beyond the paper): with the paper's sinusoids
+    # added to the input, L0's dropped characters stayed at the unigram loss for 1000+ steps
+    # (no context learned); BPC (256 test chunks x 4 draws, seed 0) after 300 steps: 4.64 +- 0.14
+    # (neither), 4.23 +- 0.12 (evidence), 4.31 +- 0.11 (rotary), 3.91 +- 0.11 (both); after 1500
+    # steps 4.27 +- 0.07 (neither), 3.15 +- 0.04 (both). The unigram (no context) posterior scores 4.06.
     defaults: Mapping[str, Any] = dict(
-        layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=300, ema_cm=0.9,
-        ckpt_every=100, log_every=25, sample_steps=100, n_samples=8, eval_batches=1)
+        layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
+        positions="rotary", evidence=True, ckpt_every=250, log_every=25, sample_steps=100, n_samples=8,
+        eval_batches=1)
     options: Mapping[str, Any] = dict(sword_dir=DEFAULT_SWORD_DIR, cache_dir="", bpc_draws=1, bpc_chunks=0)
     description = "Treasury of David prose (Debian sword-comm-tdavid), a-z and space, 90/5/5 split, chunks of 256"
 
