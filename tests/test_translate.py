@@ -22,8 +22,8 @@ K, M, SRC_V, PAD = 11, 6, 13, 0
 
 
 def small_cfg(**kw):
-    cfg = dict(layers=2, heads=2, width=32, mlp_ratio=2.0, dropout=0.0, embed_dim=8,
-               task_options={"src_vocab": SRC_V, "pad_id": PAD})
+    cfg = dict(layers=2, heads=2, width=32, mlp_ratio=2.0, dropout=0.0, embed_dim=8, positions="sinusoidal",
+               pos_scale=1.0, task_options={"src_vocab": SRC_V, "pad_id": PAD})
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 
@@ -47,8 +47,10 @@ def test_encdec_shapes_and_aux_loss():
     torch.testing.assert_close(aux, expected)
 
 
-def test_source_padding_never_leaks():
-    model = net()
+@pytest.mark.parametrize("positions", ["sinusoidal", "rotary"])
+def test_source_padding_never_leaks(positions):
+    torch.manual_seed(0)
+    model = EncoderDecoder(small_cfg(positions=positions), K, M, SRC_V, PAD).eval()
     z, t = torch.randn(2, M, 8), torch.rand(2)
     src = torch.tensor([[3, 4, 0, 0], [5, 0, 0, 0]])
     longer = torch.cat([src, torch.zeros(2, 3, dtype=torch.long)], 1)  # more padding
@@ -59,6 +61,18 @@ def test_source_padding_never_leaks():
     assert not torch.allclose(model(z, t, torch.tensor([[3, 9, 0, 0], [5, 0, 0, 0]])), out)
     # an all-pad source stays finite
     assert torch.isfinite(model(z, t, torch.zeros(2, 4, dtype=torch.long))).all()
+
+
+def test_rotary_decoder_has_no_absolute_positions():
+    """Identical target inputs give identical outputs at every position with rotary decoder
+    positions (attention sees relative offsets only), not with sinusoids added to the input."""
+    z, t, src = torch.randn(1, 1, 8).expand(2, M, 8), torch.rand(2), torch.tensor([[3, 4, 0], [5, 6, 7]])
+    for positions, same in (("rotary", True), ("sinusoidal", False)):
+        torch.manual_seed(0)
+        out = EncoderDecoder(small_cfg(positions=positions), K, M, SRC_V, PAD).eval()(z, t, src)
+        assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-5) == same
+    with pytest.raises(ValueError, match="unknown positions"):
+        EncoderDecoder(small_cfg(positions="alibi"), K, M, SRC_V, PAD)
 
 
 def test_encoder_cache_follows_the_condition_tensor():

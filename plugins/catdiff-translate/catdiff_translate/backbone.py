@@ -7,7 +7,8 @@ the target length predicted from the encoder output. Here:
 - Encoder: ordinary token embeddings (scaled by sqrt(width)) + sinusoidal positions,
   pre-norm blocks with a key-padding mask, final LayerNorm. It does not see t.
 - Decoder: reads the noisy target embeddings z_t [B, M, D] (``Linear(D, width)`` +
-  sinusoidal positions); each block is self-attention, cross-attention to the encoder
+  sinusoidal positions, or rotary ones in its self-attention with ``positions=rotary``, as
+  :mod:`catdiff.backbones.encoder`); each block is self-attention, cross-attention to the encoder
   output (source padding masked) and an MLP, each behind AdaLN time conditioning
   ``(1 + a(c)) LayerNorm(h) + b(c)`` (appendix B.1; building blocks reused from
   :mod:`catdiff.backbones.encoder`, same zero-initialised modulation and no residual gates).
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones.encoder import AdaLN, modulation, sinusoidal, zero_linear
+from catdiff.backbones.encoder import POSITIONS, AdaLN, modulation, rotary_tables, rotate, sinusoidal, zero_linear
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks
 PRESETS = {
@@ -48,9 +49,12 @@ PRESETS = {
 }
 
 
-def _attend(q, k, v, heads: int, key_keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Multi-head scaled dot-product attention; ``key_keep`` [B, S] is True at real keys."""
+def _attend(q, k, v, heads: int, key_keep: torch.Tensor | None = None, rot: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head scaled dot-product attention; ``key_keep`` [B, S] is True at real keys;
+    ``rot``: rotary tables (self-attention with ``positions=rotary``)."""
     q, k, v = (rearrange(x, "b m (h d) -> b h m d", h=heads) for x in (q, k, v))
+    if rot is not None:
+        q, k = rotate(q, rot), rotate(k, rot)
     mask = None if key_keep is None else key_keep[:, None, None, :]
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return rearrange(o, "b h m d -> b m (h d)")
@@ -91,10 +95,10 @@ class DecoderBlock(nn.Module):
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
         self.mod = zero_linear(width, 6 * width)
 
-    def forward(self, h, c_act, enc, keep):
+    def forward(self, h, c_act, enc, keep, rot=None):
         s1, b1, s2, b2, s3, b3 = modulation(self.mod, c_act, 3)
         p = self.dropout if self.training else 0.0
-        h = h + F.dropout(self.proj(_attend(*self.qkv(self.norm1(h, s1, b1)).chunk(3, -1), self.heads)), p)
+        h = h + F.dropout(self.proj(_attend(*self.qkv(self.norm1(h, s1, b1)).chunk(3, -1), self.heads, rot=rot)), p)
         o = _attend(self.q_cross(self.norm2(h, s2, b2)), *self.kv_cross(enc).chunk(2, -1), self.heads, keep)
         h = h + F.dropout(self.proj_cross(o), p)
         return h + F.dropout(self.fc2(F.gelu(self.fc1(self.norm3(h, s3, b3)))), p)
@@ -131,6 +135,11 @@ class EncoderDecoder(nn.Module):
         self.length_head = nn.Linear(width, seq_len)  # class j <-> target length j + 1
 
         self.in_proj = nn.Linear(self.embed_dim, width)
+        self.positions, self.pos_scale = str(cfg.positions), float(cfg.pos_scale)  # decoder side only
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose one of {POSITIONS}")
+        if self.positions == "rotary":
+            self.register_buffer("rot", rotary_tables(seq_len, width // heads), persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.dec_blocks = nn.ModuleList(DecoderBlock(width, heads, hidden, dropout) for _ in range(layers))
         self.norm_out = AdaLN(width)
@@ -191,9 +200,13 @@ class EncoderDecoder(nn.Module):
         t = t.expand(B) if t.dim() == 0 else t
         enc, keep = self.encode(cond)
         c_act = F.silu(self.time_mlp(sinusoidal(t * 1000.0, self.width)))
-        h = self.in_proj(z) + sinusoidal(torch.arange(M, device=z.device), self.width)
+        h, rot = self.in_proj(z), None
+        if self.positions == "rotary":
+            rot = self.rot
+        else:
+            h = h + self.pos_scale * sinusoidal(torch.arange(M, device=z.device), self.width)
         for block in self.dec_blocks:
-            h = block(h, c_act, enc, keep)
+            h = block(h, c_act, enc, keep, rot)
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
 
