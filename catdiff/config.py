@@ -20,8 +20,8 @@ class Config:
     width: int = 128
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    positions: str = "sinusoidal"  # encoder backbone: sinusoidal (added to the input) | rotary (in attention)
-    pos_scale: float = 1.0         # encoder backbone: amplitude of the added sinusoids
+    positions: str = "sinusoidal"  # encoder / encdec decoder: sinusoidal (added to the input) | rotary (in attention)
+    pos_scale: float = 1.0         # amplitude of the added sinusoids
     embed_dim: int = 256           # D, the codebook / diffusion space dimension
     embed_init_std: float = -1.0   # < 0: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
 

@@ -78,6 +78,17 @@ def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> torch.T
     return torch.stack([angles.cos(), angles.sin()])
 
 
+def rotary_or_none(positions: str, seq_len: int, head_dim: int) -> torch.Tensor | None:
+    """Checks ``cfg.positions``; the rotary tables when it is ``rotary``, else None."""
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
+    if positions != "rotary":
+        return None
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head size, got width/heads = {head_dim}")
+    return rotary_tables(seq_len, head_dim)
+
+
 def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of q or k [B, H, M, d]: each pair (x_i, x_{i+d/2}) is rotated by
     the angle of its position, so q . k depends only on their relative position."""
@@ -206,12 +217,9 @@ class EncoderTransformer(nn.Module):
 
         self.in_proj = nn.Linear(self.embed_dim, width)
         self.positions = str(cfg.positions)
-        if self.positions not in POSITIONS:
-            raise ValueError(f"unknown positions {self.positions!r}; choose one of {POSITIONS}")
-        if self.positions == "rotary":
-            if (width // heads) % 2:
-                raise ValueError(f"rotary positions need an even head size, got width/heads = {width // heads}")
-            self.register_buffer("rot", rotary_tables(seq_len, width // heads), persistent=False)
+        rot = rotary_or_none(self.positions, seq_len, width // heads)
+        if rot is not None:
+            self.register_buffer("rot", rot, persistent=False)
         else:
             pos = float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
             self.register_buffer("pos", pos, persistent=False)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones.encoder import POSITIONS, AdaLN, modulation, rotary_tables, rotate, sinusoidal, zero_linear
+from catdiff.backbones.encoder import AdaLN, modulation, rotary_or_none, rotate, sinusoidal, zero_linear
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks
 PRESETS = {
@@ -136,10 +136,9 @@ class EncoderDecoder(nn.Module):
 
         self.in_proj = nn.Linear(self.embed_dim, width)
         self.positions, self.pos_scale = str(cfg.positions), float(cfg.pos_scale)  # decoder side only
-        if self.positions not in POSITIONS:
-            raise ValueError(f"unknown positions {self.positions!r}; choose one of {POSITIONS}")
-        if self.positions == "rotary":
-            self.register_buffer("rot", rotary_tables(seq_len, width // heads), persistent=False)
+        rot = rotary_or_none(self.positions, seq_len, width // heads)
+        if rot is not None:
+            self.register_buffer("rot", rot, persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.dec_blocks = nn.ModuleList(DecoderBlock(width, heads, hidden, dropout) for _ in range(layers))
         self.norm_out = AdaLN(width)
