@@ -216,13 +216,11 @@ class EncoderTransformer(nn.Module):
         self.num_classes = num_classes
 
         self.in_proj = nn.Linear(self.embed_dim, width)
-        self.positions = str(cfg.positions)
-        rot = rotary_or_none(self.positions, seq_len, width // heads)
-        if rot is not None:
-            self.register_buffer("rot", rot, persistent=False)
-        else:
-            pos = float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
-            self.register_buffer("pos", pos, persistent=False)
+        # exactly one of the two is set: rotary tables, or the sinusoids added to the input
+        rot = rotary_or_none(str(cfg.positions), seq_len, width // heads)
+        pos = None if rot is not None else float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
+        self.register_buffer("rot", rot, persistent=False)
+        self.register_buffer("pos", pos, persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
@@ -286,11 +284,8 @@ class EncoderTransformer(nn.Module):
         t = self._check(z, t, cond)
         B, M, _ = z.shape
         c_act = F.silu(self.condition(t, cond, B))
-        if self.positions == "rotary":
-            h, rot = self.in_proj(z), self.rot
-        else:
-            h, rot = self.in_proj(z) + self.pos[:M], None
+        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[:M]
         for block in self.blocks:
-            h = block(h, c_act, rot)
+            h = block(h, c_act, self.rot)
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()

@@ -135,10 +135,11 @@ class EncoderDecoder(nn.Module):
         self.length_head = nn.Linear(width, seq_len)  # class j <-> target length j + 1
 
         self.in_proj = nn.Linear(self.embed_dim, width)
-        self.positions, self.pos_scale = str(cfg.positions), float(cfg.pos_scale)  # decoder side only
-        rot = rotary_or_none(self.positions, seq_len, width // heads)
-        if rot is not None:
-            self.register_buffer("rot", rot, persistent=False)
+        # decoder positions: exactly one of rotary tables or input sinusoids (as the encoder backbone)
+        rot = rotary_or_none(str(cfg.positions), seq_len, width // heads)
+        pos = None if rot is not None else float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
+        self.register_buffer("rot", rot, persistent=False)
+        self.register_buffer("pos", pos, persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.dec_blocks = nn.ModuleList(DecoderBlock(width, heads, hidden, dropout) for _ in range(layers))
         self.norm_out = AdaLN(width)
@@ -199,13 +200,9 @@ class EncoderDecoder(nn.Module):
         t = t.expand(B) if t.dim() == 0 else t
         enc, keep = self.encode(cond)
         c_act = F.silu(self.time_mlp(sinusoidal(t * 1000.0, self.width)))
-        h, rot = self.in_proj(z), None
-        if self.positions == "rotary":
-            rot = self.rot
-        else:
-            h = h + self.pos_scale * sinusoidal(torch.arange(M, device=z.device), self.width)
+        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[:M]
         for block in self.dec_blocks:
-            h = block(h, c_act, enc, keep, rot)
+            h = block(h, c_act, enc, keep, self.rot)
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
 
