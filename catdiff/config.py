@@ -22,6 +22,8 @@ class Config:
     dropout: float = 0.0
     positions: str = "sinusoidal"  # encoder / encdec decoder: sinusoidal (added to the input) | rotary (in attention)
     pos_scale: float = 1.0         # amplitude of the added sinusoids
+    conv_kernel: int = 0           # encoder: depthwise conv over neighbouring tokens before each block; 0 = off
+    token_grid: str = ""           # "HxW": the tokens' 2D layout for conv_kernel (images); "" = along the sequence
     embed_dim: int = 256           # D, the codebook / diffusion space dimension
     embed_init_std: float = -1.0   # < 0: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
 

@@ -189,3 +189,43 @@ def test_pos_scale_multiplies_the_sinusoids():
     base = build_encoder(small_cfg(), K, M, 0).pos
     assert torch.allclose(build_encoder(small_cfg(pos_scale=3.0), K, M, 0).pos, 3.0 * base)
     assert base.abs().max() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("grid", ["3x4", ""])
+def test_local_mixing_reaches_only_grid_neighbours(grid):
+    """conv_kernel=3: a change at one token moves, in the same channel only, the tokens within
+    one step of it on the token grid (3x4 here) or along the sequence (no grid)."""
+    from catdiff.backbones.encoder import LocalMixing, token_grid
+
+    torch.manual_seed(0)
+    shape = token_grid(grid, M)
+    mix = LocalMixing(8, 3, shape)
+    h = torch.randn(2, M, 8)
+    src, channel = 5, 2  # row 1, column 1 of the 3x4 grid
+    bumped = h.clone()
+    bumped[:, src, channel] += 1.0
+    moved = (mix(bumped) - mix(h)).abs() > 1e-6  # [B, M, W]
+    assert not moved[..., torch.arange(8) != channel].any()
+    if shape:
+        rows, cols = torch.arange(M) // 4, torch.arange(M) % 4
+        near = ((rows - 1).abs() <= 1) & ((cols - 1).abs() <= 1)
+    else:
+        near = (torch.arange(M) - src).abs() <= 1
+    assert torch.equal(moved[0, :, channel], near)  # depthwise weights are nonzero at init
+
+
+def test_conv_kernel_in_the_encoder_and_its_errors():
+    z, t = inputs()
+    model = build_encoder(small_cfg(conv_kernel=3, token_grid="3x4"), K, M, 0)
+    loss = model(z, t).square().mean()
+    loss.backward()
+    assert all(m.conv.weight.grad.abs().sum() > 0 for m in model.local)
+    assert build_encoder(small_cfg(), K, M, 0).local is None  # off by default
+    with pytest.raises(ValueError, match="positive odd"):
+        build_encoder(small_cfg(conv_kernel=4), K, M, 0)
+    with pytest.raises(ValueError, match="holds 9 tokens, but the sequence has 12"):
+        build_encoder(small_cfg(conv_kernel=3, token_grid="3x3"), K, M, 0)
+    with pytest.raises(ValueError, match="like '8x8'"):
+        build_encoder(small_cfg(conv_kernel=3, token_grid="twelve"), K, M, 0)
+    with pytest.raises(ValueError, match="needs 12 tokens, got 5"):
+        model(z[:, :5], t)

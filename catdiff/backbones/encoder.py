@@ -30,6 +30,11 @@ Design choices (documented because the paper does not pin them down):
   norm grows with the embeddings during training, ~3x on digits by 1500 steps). Both are
   non-persistent buffers (checkpoints do not depend on ``seq_len``); shorter inputs use the
   first M positions. Measured in README (digits, text-tdavid).
+- Local mixing (``cfg.conv_kernel`` k > 0; not in the paper): before every block a depthwise
+  k x k convolution over the token grid ``cfg.token_grid`` ("HxW", image tasks), or a width-k
+  one along the sequence without a grid, is added to the residual stream: a conditional
+  positional encoding (Chu et al. 2021, "PEG"), i.e. a locality prior transformers lack. On
+  digits it took FID from ~28 to ~18 at the same budget (README).
 - Mixed precision: the residual stream stays in the dtype the input projection promotes to
   (float32 under autocast, because the fixed position buffer is float32); matmuls and
   attention follow autocast. Logits are returned as float32.
@@ -87,6 +92,41 @@ def rotary_or_none(positions: str, seq_len: int, head_dim: int) -> torch.Tensor 
     if head_dim % 2:
         raise ValueError(f"rotary positions need an even head size, got width/heads = {head_dim}")
     return rotary_tables(seq_len, head_dim)
+
+
+def token_grid(spec: str, seq_len: int) -> tuple[int, int] | None:
+    """``"HxW"`` -> (H, W) with H * W == ``seq_len``; ``""`` -> None (a 1D sequence)."""
+    if not spec:
+        return None
+    try:
+        h, w = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"token_grid must look like '8x8' (height x width), got {spec!r}") from None
+    if h <= 0 or w <= 0 or h * w != seq_len:
+        raise ValueError(f"token_grid {spec!r} holds {h * w} tokens, but the sequence has {seq_len}")
+    return h, w
+
+
+class LocalMixing(nn.Module):
+    """``h + DepthwiseConv(h)`` over the token grid (k x k) or along the sequence (k): each
+    channel mixes with the same channel of its neighbours, zero-padded at the borders."""
+
+    def __init__(self, width: int, kernel: int, grid: tuple[int, int] | None):
+        super().__init__()
+        if kernel <= 0 or kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be a positive odd size (or 0 for none), got {kernel}")
+        conv = nn.Conv2d if grid else nn.Conv1d
+        self.conv = conv(width, width, kernel, padding=kernel // 2, groups=width)
+        self.grid = grid
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, M, W = h.shape
+        x = h.transpose(1, 2)
+        if self.grid:
+            if M != self.grid[0] * self.grid[1]:
+                raise ValueError(f"conv over a {self.grid[0]}x{self.grid[1]} token grid needs {self.grid[0] * self.grid[1]} tokens, got {M}")
+            x = x.reshape(B, W, *self.grid)
+        return h + self.conv(x).reshape(B, W, M).transpose(1, 2)
 
 
 def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -224,6 +264,8 @@ class EncoderTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
+        kernel, grid = int(cfg.conv_kernel), token_grid(str(cfg.token_grid), seq_len)
+        self.local = nn.ModuleList(LocalMixing(width, kernel, grid) for _ in range(layers)) if kernel else None
         self.norm_out = AdaLN(width)
         self.head = nn.Linear(width, vocab_size)
         self.norm_out_mod = zero_linear(width, 2 * width)
@@ -285,7 +327,9 @@ class EncoderTransformer(nn.Module):
         B, M, _ = z.shape
         c_act = F.silu(self.condition(t, cond, B))
         h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[:M]
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if self.local is not None:
+                h = self.local[i](h)
             h = block(h, c_act, self.rot)
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
