@@ -12,6 +12,8 @@ Sections
      (``catdiff.config.Config()``) and the paper-sized image backbone (15 layers, 8 heads,
      512 wide, 256 tokens, K=1024, D=256); ours vs stock, fp32 and bf16 autocast.
   3. objective cost (full CATDM step vs plain CSDM step): see ``objective_cost``.
+  4. local mixing cost: the digits backbone with its ``conv_kernel`` (3x3 depthwise conv over
+     the 8x8 token grid before each block) over the same backbone without; see ``conv_cost``.
 """
 from __future__ import annotations
 
@@ -195,7 +197,8 @@ def objective_cost(args, device, peak) -> None:
 
 
 def digits_config() -> Config:
-    """The `digits` task's default model (from the vision plugin when installed), else Config()."""
+    """The `digits` task's default transformer sizes (from the vision plugin when installed), else
+    Config(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
     try:
         from catdiff.hooks import registry
 
@@ -207,6 +210,23 @@ def digits_config() -> Config:
 
 
 # ----------------------------------------------------------------------------- main
+def conv_cost(args, device) -> None:
+    """Training-step time of the digits backbone with ``conv_kernel=3, token_grid=8x8`` (the
+    digits default) over the same backbone without it (section 2's "ours"), paired rounds."""
+    base = digits_config()
+    B = base.batch_size
+    steps = {}
+    for name, cfg in (("conv", replace(base, conv_kernel=3, token_grid="8x8")), ("plain", base)):
+        torch.manual_seed(0)
+        steps[name] = make_step(EncoderTransformer(cfg, 17, 64).to(device), cfg, 17, 64, B, device, False)
+    rounds = 4 if args.quick else 8
+    times = interleaved(steps, rounds=rounds, iters=2, warmup=2, device=device)
+    ratios = [c / p for c, p in zip(times["conv"], times["plain"])]
+    print(f"\n[local mixing] digits backbone, batch {B}, fp32: with conv_kernel 3 {statistics.median(times['conv']) * 1e3:.1f} ms, "
+          f"without {statistics.median(times['plain']) * 1e3:.1f} ms; step time ratio median {statistics.median(ratios):.3f} "
+          f"over {rounds} paired rounds (min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller batches")
@@ -292,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n[objective] skipped: catdiff.objective does not import ({type(e).__name__}: {e})")
     else:
         objective_cost(args, device, peak)
+    conv_cost(args, device)
 
 
 if __name__ == "__main__":
