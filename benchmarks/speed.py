@@ -222,9 +222,10 @@ def conv_cost(args, device) -> None:
     rounds = 4 if args.quick else 8
     times = interleaved(steps, rounds=rounds, iters=2, warmup=2, device=device)
     ratios = [c / p for c, p in zip(times["conv"], times["plain"])]
-    print(f"\n[local mixing] digits backbone, batch {B}, fp32: with conv_kernel 3 {statistics.median(times['conv']) * 1e3:.1f} ms, "
-          f"without {statistics.median(times['plain']) * 1e3:.1f} ms; step time ratio median {statistics.median(ratios):.3f} "
-          f"over {rounds} paired rounds (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    conv_ms, plain_ms = (statistics.median(times[k]) * 1e3 for k in ("conv", "plain"))
+    print(f"\n[local mixing] digits backbone, batch {B}, fp32: with conv_kernel 3 {conv_ms:.1f} ms, without "
+          f"{plain_ms:.1f} ms; step time ratio median {statistics.median(ratios):.3f} over {rounds} paired rounds "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 def main(argv: list[str] | None = None) -> None:

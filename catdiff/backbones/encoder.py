@@ -123,9 +123,10 @@ class LocalMixing(nn.Module):
         B, M, W = h.shape
         x = h.transpose(1, 2)
         if self.grid:
-            if M != self.grid[0] * self.grid[1]:
-                raise ValueError(f"conv over a {self.grid[0]}x{self.grid[1]} token grid needs {self.grid[0] * self.grid[1]} tokens, got {M}")
-            x = x.reshape(B, W, *self.grid)
+            gh, gw = self.grid
+            if M != gh * gw:
+                raise ValueError(f"conv over a {gh}x{gw} token grid needs {gh * gw} tokens, got {M}")
+            x = x.reshape(B, W, gh, gw)
         return h + self.conv(x).reshape(B, W, M).transpose(1, 2)
 
 
