@@ -32,7 +32,7 @@ class DigitsTask(Task):
     # pos_scale 3 (sinusoids 3x the default amplitude; the projected embeddings grow ~3x during
     # training): 28.8 / 25.3 / 27.9 / 29.9 (seeds 0-3). Rotary positions: 75.3 (seed 0).
     # conv_kernel 3 over the 8x8 grid (a depthwise conv before each block, catdiff.backbones.encoder),
-    # 1300 steps: 17.9 (seed 0) against 28.0 / 27.6 (seeds 0 / 1) without.
+    # 1300 steps: 17.9 / 17.3 / 16.2 / 19.6 (seeds 0-3) against 28.0 / 27.6 (seeds 0 / 1) without.
     defaults: Mapping[str, Any] = dict(
         layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=50, steps=1300,
         ema_cm=0.9, drop_l0=0.5, pos_scale=3.0, conv_kernel=3, token_grid=f"{data.SIDE}x{data.SIDE}",
