@@ -209,7 +209,6 @@ def digits_config() -> Config:
     return replace(Config(), **{k: v for k, v in defaults.items() if k in keys})
 
 
-# ----------------------------------------------------------------------------- main
 def conv_cost(args, device) -> None:
     """Training-step time of the digits backbone with ``conv_kernel=3, token_grid=8x8`` (the
     digits default) over the same backbone without it (section 2's "ours"), paired rounds."""
@@ -228,6 +227,7 @@ def conv_cost(args, device) -> None:
           f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
+# ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller batches")
