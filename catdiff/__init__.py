@@ -4,7 +4,12 @@ from .config import Config
 from .method import Method
 from .task import Task, TokenData
 
-__version__ = "0.1.0"
+try:  # the one version source is pyproject.toml, via the installed distribution's metadata
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("catdiff")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["Config", "Engine", "Method", "Task", "TokenData", "__version__"]
 
 
