@@ -49,6 +49,13 @@ Design choices (documented because the paper does not pin them down):
   its one huge weight falls out of cache in the weight-gradient matmul and in AdamW).
   The remaining cost over a stock encoder is AdaLN's own parameters, 4 * width^2 per block
   (+33% weights for AdamW to update), which only matters at small batch sizes.
+- Causal mode (``causal=True``; the ``ar`` method's decoder, built so when ``cfg.task_options``
+  has ``causal`` set, see :func:`causal_option`): position i attends to positions <= i (the Transformer decoder's masked
+  self-attention, Vaswani et al. 2017), and the local mixing convolution keeps only the taps at
+  or before its centre in sequence (raster) order, PixelCNN's mask "B" (van den Oord et al.
+  2016). ``forward(..., cache=KVCache)`` then runs incremental decoding: the inputs are the next
+  positions after those already in the cache, whose keys and values (and, with local mixing,
+  residual streams) it reuses. Off by default; the bidirectional network is unchanged.
 - A CPU-only label-range check on ``cond`` is skipped on CUDA (it would synchronise) and
   under ``torch.compile`` (it is data-dependent); the module compiles with ``fullgraph=True``.
 """
@@ -107,33 +114,120 @@ def token_grid(spec: str, seq_len: int) -> tuple[int, int] | None:
     return h, w
 
 
+def causal_option(cfg) -> bool:
+    """Whether a backbone built from ``cfg`` should be causal: ``cfg.task_options["causal"]``."""
+    return bool((getattr(cfg, "task_options", None) or {}).get("causal", False))
+
+
 class LocalMixing(nn.Module):
     """``h + DepthwiseConv(h)`` over the token grid (k x k) or along the sequence (k): each
-    channel mixes with the same channel of its neighbours, zero-padded at the borders."""
+    channel mixes with the same channel of its neighbours, zero-padded at the borders.
 
-    def __init__(self, width: int, kernel: int, grid: tuple[int, int] | None):
+    ``causal``: the kernel is masked to the taps at or before its centre in sequence (raster)
+    order (the rows above, and the left half of its own row), so position i reads only
+    positions <= i (PixelCNN's mask "B", van den Oord et al. 2016)."""
+
+    def __init__(self, width: int, kernel: int, grid: tuple[int, int] | None, causal: bool = False):
         super().__init__()
         if kernel <= 0 or kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be a positive odd size (or 0 for none), got {kernel}")
         conv = nn.Conv2d if grid else nn.Conv1d
         self.conv = conv(width, width, kernel, padding=kernel // 2, groups=width)
         self.grid = grid
+        mask = None
+        if causal:
+            c = kernel // 2
+            mask = (torch.arange(kernel) <= c).float()  # along the sequence, or within the centre row
+            if grid:
+                mask = torch.cat([torch.ones(c, kernel), mask[None], torch.zeros(c, kernel)])
+        self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, M, W = h.shape
+        if self.grid and M != self.grid[0] * self.grid[1]:
+            gh, gw = self.grid
+            raise ValueError(f"conv over a {gh}x{gw} token grid needs {gh * gw} tokens, got {M}")
+        return self._mix(h)
+
+    def _mix(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` [B, M, W] holds whole rows of the grid (any number of them)."""
+        B, M, W = h.shape
         x = h.transpose(1, 2)
         if self.grid:
-            gh, gw = self.grid
-            if M != gh * gw:
-                raise ValueError(f"conv over a {gh}x{gw} token grid needs {gh * gw} tokens, got {M}")
-            x = x.reshape(B, W, gh, gw)
-        return h + self.conv(x).reshape(B, W, M).transpose(1, 2)
+            x = x.reshape(B, W, M // self.grid[1], self.grid[1])
+        if self.mask is None:
+            y = self.conv(x)
+        else:
+            conv = F.conv2d if self.grid else F.conv1d
+            y = conv(x, self.conv.weight * self.mask, self.conv.bias, padding=self.conv.padding, groups=W)
+        return h + y.reshape(B, W, M).transpose(1, 2)
+
+    def window(self, hist: torch.Tensor, start: int, m: int) -> torch.Tensor:
+        """Causal mixing at positions ``start`` .. ``start + m - 1`` from ``hist`` [B, >= start + m, W]
+        (the residual streams of every position so far), reading only the rows it needs."""
+        if self.mask is None:
+            raise ValueError("incremental mixing needs causal=True")
+        row = self.grid[1] if self.grid else 1
+        lo = max(0, start // row - self.conv.kernel_size[0] // 2) * row
+        hi = min(hist.shape[1], -(-(start + m) // row) * row)  # up to the end of the last row touched
+        win = hist[:, lo:hi]
+        if (hi - lo) % row:  # a partial last row (only past the written positions): pad it with zeros
+            win = F.pad(win, (0, 0, 0, row - (hi - lo) % row))
+        return self._mix(win)[:, start - lo : start - lo + m]
 
 
-def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of q or k [B, H, M, d]: each pair (x_i, x_{i+d/2}) is rotated by
-    the angle of its position, so q . k depends only on their relative position."""
-    cos, sin = rot[0, : x.shape[2]].to(x.dtype), rot[1, : x.shape[2]].to(x.dtype)
+class KVCache:
+    """Keys, values and other per-position state of a causal network for incremental decoding.
+
+    ``length`` positions are stored; the network's ``forward(..., cache=)`` reads them, writes
+    its new positions and advances ``length``. Tensors are batch-first and preallocated to
+    ``size`` positions along their sequence axis; ``fixed`` holds per-row tensors without one
+    (e.g. cross-attention keys). :meth:`reorder` selects rows (beam search).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.length = 0
+        self.seq: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (buffer, sequence axis)
+        self.fixed: dict[str, torch.Tensor] = {}
+
+    def write(self, name: str, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Store ``x`` at positions ``length`` .. along axis ``dim``; returns positions 0 .. of all so far."""
+        end = self.length + x.shape[dim]
+        if end > self.size:
+            raise ValueError(f"KV cache holds {self.size} positions; cannot write up to {end}")
+        if name not in self.seq:
+            shape = list(x.shape)
+            shape[dim] = self.size
+            self.seq[name] = (x.new_zeros(shape), dim)
+        buf, _ = self.seq[name]
+        buf.narrow(dim, self.length, x.shape[dim]).copy_(x)
+        return buf.narrow(dim, 0, end)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (in that order) of every stored tensor."""
+        self.seq = {k: (buf.index_select(0, index), d) for k, (buf, d) in self.seq.items()}
+        self.fixed = {k: v.index_select(0, index) for k, v in self.fixed.items()}
+
+
+def attention(q, k, v, causal: bool, start: int = 0, dropout_p: float = 0.0) -> torch.Tensor:
+    """Scaled dot-product attention of q [B, H, m, d] over k, v [B, H, start + m, d]; ``causal``:
+    the query at position start + i sees keys 0 .. start + i only."""
+    m = q.shape[2]
+    if not causal or (start > 0 and m == 1):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if start == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    see = torch.arange(start, start + m, device=q.device)[:, None] >= torch.arange(start + m, device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=see, dropout_p=dropout_p)
+
+
+def rotate(x: torch.Tensor, rot: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rotary position embedding of q or k [B, H, M, d] at positions ``start``.. : each pair
+    (x_i, x_{i+d/2}) is rotated by the angle of its position, so q . k depends only on their
+    relative position."""
+    end = start + x.shape[2]
+    cos, sin = rot[0, start:end].to(x.dtype), rot[1, start:end].to(x.dtype)
     x1, x2 = x.chunk(2, -1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
@@ -215,15 +309,21 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
         self.mod = zero_linear(width, 4 * width)
 
-    def forward(self, h: torch.Tensor, c_act: torch.Tensor, rot: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c_act: torch.Tensor, rot: torch.Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None, name: str = "") -> torch.Tensor:
+        """``cache`` (causal only): ``h`` holds the positions after the cached ones; their keys
+        and values are stored under ``name``."""
         scale1, shift1, scale2, shift2 = modulation(self.mod, c_act, 2)
         x = self.norm1(h, scale1, shift1)
         # [B, M, 3W] -> three strided [B, H, M, d] views; no copies before attention.
         q, k, v = rearrange(self.qkv(x), "b m (three h d) -> three b h m d", three=3, h=self.heads)
+        start = 0 if cache is None else cache.length
         if rot is not None:
-            q, k = rotate(q, rot), rotate(k, rot)
+            q, k = rotate(q, rot, start), rotate(k, rot, start)
+        if cache is not None:
+            k, v = cache.write(name + "k", k, 2), cache.write(name + "v", v, 2)
         p = self.dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        o = attention(q, k, v, causal, start, p)
         h = h + self.proj(rearrange(o, "b h m d -> b m (h d)"))
         x = self.norm2(h, scale2, shift2)
         return h + self.fc2(F.gelu(self.fc1(x)))
@@ -235,10 +335,12 @@ class EncoderTransformer(nn.Module):
     Built from ``cfg.layers, cfg.heads, cfg.width, cfg.mlp_ratio, cfg.dropout, cfg.embed_dim``.
     ``num_classes > 0`` makes it class-conditional: ``cond`` holds labels in
     ``[0, num_classes]`` where ``num_classes`` means "no condition" (the learned null
-    embedding, also used when ``cond`` is None).
+    embedding, also used when ``cond`` is None). ``causal``: position i sees positions <= i only
+    (see the module doc); ``forward(z, t, cond, cache=KVCache(seq_len))`` then decodes
+    incrementally. ``causal=None`` reads it from ``cfg.task_options`` (:func:`causal_option`).
     """
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool | None = None):
         super().__init__()
         width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
         if width <= 0 or heads <= 0 or layers <= 0:
@@ -255,6 +357,7 @@ class EncoderTransformer(nn.Module):
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.num_classes = num_classes
+        self.causal = causal_option(cfg) if causal is None else bool(causal)
 
         self.in_proj = nn.Linear(self.embed_dim, width)
         # exactly one of the two is set: rotary tables, or the sinusoids added to the input
@@ -266,7 +369,7 @@ class EncoderTransformer(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
         kernel, grid = int(cfg.conv_kernel), token_grid(str(cfg.token_grid), seq_len)
-        self.local = nn.ModuleList(LocalMixing(width, kernel, grid) for _ in range(layers)) if kernel else None
+        self.local = nn.ModuleList(LocalMixing(width, kernel, grid, self.causal) for _ in range(layers)) if kernel else None
         self.norm_out = AdaLN(width)
         self.head = nn.Linear(width, vocab_size)
         self.norm_out_mod = zero_linear(width, 2 * width)
@@ -323,14 +426,26 @@ class EncoderTransformer(nn.Module):
             c = c + self.class_emb(cond.long())
         return c
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits at the positions of ``z``: 0 .. M-1, or with a ``cache`` (causal only) the M
+        positions after the ``cache.length`` already decoded (the cache is then advanced)."""
         t = self._check(z, t, cond)
         B, M, _ = z.shape
+        start = 0
+        if cache is not None:
+            if not self.causal:
+                raise ValueError("incremental decoding with a KV cache needs a causal EncoderTransformer")
+            start = cache.length
+            if start + M > self.seq_len:
+                raise ValueError(f"positions {start}..{start + M - 1} exceed the model's seq_len={self.seq_len}")
         c_act = F.silu(self.condition(t, cond, B))
-        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[:M]
+        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[start : start + M]
         for i, block in enumerate(self.blocks):
             if self.local is not None:
-                h = self.local[i](h)
-            h = block(h, c_act, self.rot)
+                h = self.local[i](h) if cache is None else self.local[i].window(cache.write(f"h{i}", h, 1), start, M)
+            h = block(h, c_act, self.rot, self.causal, cache, f"{i}")
+        if cache is not None:
+            cache.length += M
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
