@@ -27,6 +27,13 @@ The source vocabulary size and pad id come from the task through ``cfg.task_opti
 (``src_vocab``, ``pad_id``; translation tasks fill them in ``setup``). The pad id marks
 padding in the source and is the PAD token of the targets.
 
+Causal target side (``causal``; the ``ar`` method's translation model, built so when
+``cfg.task_options`` has ``causal`` set): the decoder's self-attention is masked so target
+position i sees positions <= i (the Transformer decoder, Vaswani et al. 2017); the encoder and
+the cross-attention are unchanged. ``forward(..., cache=KVCache(M))`` then decodes
+incrementally: the source is encoded once and each layer's cross-attention keys and values
+are kept in the cache with the self-attention ones.
+
 The encoder output is kept for the most recent ``cond`` tensor so that the sampler's
 steps (same ``cond`` object each step) and ``aux_loss`` right after ``forward`` (same
 ``cond``, same Denoiser forward) encode the source once. The cache is keyed by the tensor
@@ -40,7 +47,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones.encoder import AdaLN, modulation, rotary_or_none, rotate, sinusoidal, zero_linear
+from catdiff.backbones.encoder import (AdaLN, KVCache, attention, causal_option, modulation, rotary_or_none, rotate,
+                                      sinusoidal, zero_linear)
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks
 PRESETS = {
@@ -95,13 +103,35 @@ class DecoderBlock(nn.Module):
         self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
         self.mod = zero_linear(width, 6 * width)
 
-    def forward(self, h, c_act, enc, keep, rot=None):
+    def forward(self, h, c_act, enc, keep, rot=None, causal=False, cache: KVCache | None = None, name=""):
+        """``cache`` (causal only): ``h`` holds the target positions after the cached ones; keys and
+        values (self- and cross-attention) are kept under ``name``."""
         s1, b1, s2, b2, s3, b3 = modulation(self.mod, c_act, 3)
         p = self.dropout if self.training else 0.0
-        h = h + F.dropout(self.proj(_attend(*self.qkv(self.norm1(h, s1, b1)).chunk(3, -1), self.heads, rot=rot)), p)
-        o = _attend(self.q_cross(self.norm2(h, s2, b2)), *self.kv_cross(enc).chunk(2, -1), self.heads, keep)
+        if not causal and cache is None:
+            o = _attend(*self.qkv(self.norm1(h, s1, b1)).chunk(3, -1), self.heads, rot=rot)
+        else:
+            o = self._causal_self_attention(self.norm1(h, s1, b1), rot, cache, name)
+        h = h + F.dropout(self.proj(o), p)
+        if cache is None:
+            kv = self.kv_cross(enc).chunk(2, -1)
+        else:  # the source's keys and values are computed once per decoding
+            if name + "kx" not in cache.fixed:
+                cache.fixed[name + "kx"], cache.fixed[name + "vx"] = self.kv_cross(enc).chunk(2, -1)
+            kv = cache.fixed[name + "kx"], cache.fixed[name + "vx"]
+        o = _attend(self.q_cross(self.norm2(h, s2, b2)), *kv, self.heads, keep)
         h = h + F.dropout(self.proj_cross(o), p)
         return h + F.dropout(self.fc2(F.gelu(self.fc1(self.norm3(h, s3, b3)))), p)
+
+
+    def _causal_self_attention(self, x, rot, cache, name):
+        q, k, v = (rearrange(y, "b m (h d) -> b h m d", h=self.heads) for y in self.qkv(x).chunk(3, -1))
+        start = 0 if cache is None else cache.length
+        if rot is not None:
+            q, k = rotate(q, rot, start), rotate(k, rot, start)
+        if cache is not None:
+            k, v = cache.write(name + "k", k, 2), cache.write(name + "v", v, 2)
+        return rearrange(attention(q, k, v, True, start), "b h m d -> b m (h d)")
 
 
 class EncoderDecoder(nn.Module):
@@ -110,9 +140,10 @@ class EncoderDecoder(nn.Module):
     Sizes from ``cfg.layers`` (per stack), ``cfg.heads``, ``cfg.width``, ``cfg.mlp_ratio``,
     ``cfg.dropout`` (on embeddings and sublayer outputs, fairseq's ``dropout``; no attention or
     activation dropout, fairseq's defaults for these architectures), ``cfg.embed_dim``.
+    ``causal``: a causal target side (see the module doc); None reads it from ``cfg.task_options``.
     """
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int, src_vocab: int, pad_id: int):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, src_vocab: int, pad_id: int, causal: bool | None = None):
         super().__init__()
         width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
         if width <= 0 or heads <= 0 or layers <= 0 or width % heads:
@@ -125,6 +156,7 @@ class EncoderDecoder(nn.Module):
         self.embed_dim, self.width, self.heads = int(cfg.embed_dim), width, heads
         self.vocab_size, self.seq_len, self.src_vocab, self.pad_id = vocab_size, seq_len, src_vocab, pad_id
         self.dropout = dropout
+        self.causal = causal_option(cfg) if causal is None else bool(causal)
 
         self.src_emb = nn.Embedding(src_vocab, width, padding_idx=pad_id)
         nn.init.normal_(self.src_emb.weight, std=width**-0.5)
@@ -189,7 +221,10 @@ class EncoderDecoder(nn.Module):
         return loss
 
     # ----------------------------------------------------------------- decoder
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits at target positions 0 .. M-1, or with a ``cache`` (causal only) at the M positions
+        after the ``cache.length`` already decoded (the cache is then advanced)."""
         if cond is None:
             raise ValueError("the encdec backbone needs source ids as its condition (cond [B, S]); got None")
         if z.dim() != 3 or z.shape[-1] != self.embed_dim or z.shape[1] > self.seq_len:
@@ -198,11 +233,25 @@ class EncoderDecoder(nn.Module):
         if cond.shape[0] != B:
             raise ValueError(f"cond has {cond.shape[0]} rows, z has {B}")
         t = t.expand(B) if t.dim() == 0 else t
-        enc, keep = self.encode(cond)
+        start = 0
+        if cache is None:
+            enc, keep = self.encode(cond)
+        else:
+            if not self.causal:
+                raise ValueError("incremental decoding with a KV cache needs a causal EncoderDecoder")
+            start = cache.length
+            if start + M > self.seq_len:
+                raise ValueError(f"positions {start}..{start + M - 1} exceed the model's seq_len={self.seq_len}")
+            enc = None  # the blocks keep the source's keys and values from the first call
+            if "keep" not in cache.fixed:
+                enc, cache.fixed["keep"] = self.encode(cond)
+            keep = cache.fixed["keep"]
         c_act = F.silu(self.time_mlp(sinusoidal(t * 1000.0, self.width)))
-        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[:M]
-        for block in self.dec_blocks:
-            h = block(h, c_act, enc, keep, self.rot)
+        h = self.in_proj(z) if self.pos is None else self.in_proj(z) + self.pos[start : start + M]
+        for i, block in enumerate(self.dec_blocks):
+            h = block(h, c_act, enc, keep, self.rot, self.causal, cache, f"{i}")
+        if cache is not None:
+            cache.length += M
         scale1, shift = modulation(self.norm_out_mod, c_act, 1)
         return self.head(self.norm_out(h, scale1, shift)).float()
 
