@@ -254,9 +254,12 @@ def test_catdm_memorises_a_small_corpus(tmp_path, monkeypatch):
     assert m["length_accuracy"] >= 0.9 and m["bleu_tokenized"] > 80 and m["sacrebleu"] > 80, m
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fairseq") is None, reason="fairseq not installed (extra 'fairseq')")
+@pytest.mark.interop
+@pytest.mark.skipif(importlib.util.find_spec("fairseq") is None,
+                    reason="fairseq not installed (extra 'fairseq'; make test-interop installs it)")
 def test_fairseq_data_bin(tmp_path):
-    """Binarize with fairseq's own writer, read back through the task."""
+    """Binarize with fairseq's own writer, read back with the native reader (the data_bin path;
+    tests/test_fairseq_bin.py has the rest of the fairseq comparison)."""
     from fairseq.data import Dictionary, indexed_dataset
 
     from catdiff_translate.data import read_data_bin

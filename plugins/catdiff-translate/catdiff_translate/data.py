@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fairseq_bin import IndexedDataset
+
 SPLIT_FILES = {"train": "train", "valid": "valid", "test": "test"}
 
 TEXT_LAYOUT = (
@@ -42,31 +44,17 @@ def pad_rows(seqs: list[list[int]] | list[np.ndarray], length: int, pad_id: int)
 
 
 # ----------------------------------------------------------------------------- fairseq data-bin
-def _has_fairseq() -> bool:
-    try:
-        import fairseq.data.indexed_dataset  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
-        return False
-    return True
-
-
 def read_data_bin(data_bin: Path, split: str, src: str, tgt: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Sentences (id arrays, trailing ``</s>`` kept as fairseq stores it) of a ``fairseq-preprocess``
-    output: ``{split}.{src}-{tgt}.{lang}.bin/.idx`` in ``data_bin``, read with fairseq's
-    MMapIndexedDataset (install the ``fairseq`` extra)."""
-    if not _has_fairseq():
-        raise RuntimeError("reading a fairseq data-bin needs fairseq: pip install 'catdiff-translate[fairseq]' "
-                           "(fairseq-fixed==0.12.3.1)")
-    from fairseq.data.indexed_dataset import MMapIndexedDataset
-
+    output: ``{split}.{src}-{tgt}.{lang}.bin/.idx`` in ``data_bin``, read natively (fairseq_bin.py)."""
     out = []
     for lang in (src, tgt):
         prefix = data_bin / f"{split}.{src}-{tgt}.{lang}"
-        if not (Path(str(prefix) + ".idx").is_file() and Path(str(prefix) + ".bin").is_file()):
-            raise FileNotFoundError(f"{prefix}.bin/.idx not found (fairseq-preprocess --source-lang {src} "
-                                    f"--target-lang {tgt} --destdir {data_bin} writes them)")
-        ds = MMapIndexedDataset(str(prefix))
-        out.append([np.asarray(ds[i], dtype=np.int64) for i in range(len(ds))])
+        try:
+            out.append(IndexedDataset(prefix).items())
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} (fairseq-preprocess --source-lang {src} --target-lang {tgt} "
+                                    f"--destdir {data_bin} writes {prefix}.bin/.idx)") from None
     if len(out[0]) != len(out[1]):
         raise ValueError(f"{data_bin}: split {split} has {len(out[0])} source but {len(out[1])} target sentences")
     return out[0], out[1]
