@@ -13,7 +13,7 @@ from catdiff import Engine
 from catdiff.backbones.encoder import EncoderTransformer, KVCache
 from catdiff.cli import main as cli_main
 from catdiff.config import Config
-from catdiff.methods.ar import filtered_log_probs, inputs
+from catdiff.methods.ar import filtered_log_probs, shift_right
 from catdiff.task import TokenData
 from toytask import ToyCondTask, ToyTask, progressions
 
@@ -127,7 +127,7 @@ def test_nll_is_the_summed_cross_entropy_of_every_prefix(trained):
     exact = torch.zeros(8, dtype=torch.float64)
     with torch.no_grad():
         for i in range(x.shape[1]):
-            z = model.codebook(inputs(x, model.codebook.mask_id)[:, : i + 1])
+            z = model.codebook(shift_right(x, model.codebook.mask_id)[:, : i + 1])
             logp = F.log_softmax(model.net(z, torch.zeros(8), cond)[:, -1].double(), -1)
             exact -= logp.gather(1, x[:, i : i + 1]).squeeze(1)
     for t in (torch.zeros(8), torch.rand(8)):  # t is ignored
@@ -157,7 +157,7 @@ def test_beam_size_1_and_top_k_1_equal_greedy(trained):
     # greedy is the argmax of the full (uncached) recomputation at every free position
     model, x = eng.ema_eval, greedy
     with torch.no_grad():
-        logits = model.logits(model.codebook(inputs(x, model.codebook.mask_id)), torch.zeros(n), labels)
+        logits = model.logits(model.codebook(shift_right(x, model.codebook.mask_id)), torch.zeros(n), labels)
     assert torch.equal(logits.argmax(-1)[~mask], x[~mask]) and torch.equal(x[mask], known[mask])
     plain = eng.sample(n, sampler="sample", labels=labels, seed=7)
     assert not torch.equal(plain, eng.sample(n, sampler="greedy", labels=labels))  # sampling does sample

@@ -45,7 +45,7 @@ from ..method import Method
 from .common import check_sampling, gumbel
 
 
-def inputs(x: torch.Tensor, start_id: int) -> torch.Tensor:
+def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
     """Teacher-forcing inputs [B, M]: the start token, then x_0 .. x_{M-2}."""
     return torch.cat([torch.full_like(x[:, :1], start_id), x[:, :-1]], 1)
 
@@ -103,6 +103,8 @@ class Stream:
 
 
 class AR(Method):
+    """Next-token cross-entropy on a causal backbone; exact NLL; KV-cache samplers (module doc)."""
+
     name = "ar"
     continuous = False
     samplers = ("sample", "greedy", "beam")
@@ -121,14 +123,14 @@ class AR(Method):
     def token_nll(self, model, x, cond) -> torch.Tensor:
         """-log p(x_i | x_<i, y) [B, M] by teacher forcing, through the Denoiser's ``logits``."""
         check_causal(model.net)
-        z = model.codebook(inputs(x, model.codebook.mask_id))
+        z = model.codebook(shift_right(x, model.codebook.mask_id))
         logits = model.logits(z, torch.zeros(len(x), device=x.device), cond)
         return F.cross_entropy(logits.float().transpose(1, 2), x, reduction="none")
 
     def loss(self, model, target, x, cond):
         check_causal(target.net)  # target: the unwrapped EMA copy (same architecture)
         t = torch.zeros(len(x), device=x.device)
-        logits, _, _, _, aux = model(inputs(x, target.codebook.mask_id), None, None, None, t, cond, targets=x)
+        logits, _, _, _, aux = model(shift_right(x, target.codebook.mask_id), None, None, None, t, cond, targets=x)
         loss = F.cross_entropy(logits.float().transpose(1, 2), x)
         logs = {"l_ce": loss}
         if aux is not None:
