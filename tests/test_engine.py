@@ -166,7 +166,7 @@ def test_task_options_are_config_keys_with_types_and_survive_checkpoints(tmp_pat
 
 
 def test_unknown_method_and_sampler_are_named(toy):
-    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: catdm"):
+    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: ar, catdm"):
         Engine(toy, method="nope")
     with pytest.raises(ValueError, match="samplers .*ancestral.*not 'maskgit'"):
         Engine(toy, sampler="maskgit")
