@@ -1,0 +1,52 @@
+"""The exceptions that say "the user asked for something wrong", as opposed to a bug.
+
+The CLI prints a :class:`UserError` as one line ``catdiff: error: ...`` and exits 2; any
+other exception is a bug (in catdiff or in a plugin) and is shown with its traceback.
+Plugins raise :class:`UserError` (or an ``OSError`` naming the file) for a mistake of the
+user: missing or malformed data, a bad option value, a file that does not fit.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+
+class UserError(ValueError):
+    """A mistake in the user's input; the message says what is wrong and what to provide.
+    A ValueError, so code that catches ValueError for bad values keeps working."""
+
+
+class UnknownName(UserError, KeyError):
+    """A task, method, backbone, ... name that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped training after a step; ``checkpoint`` holds that step (or None
+    without an output directory). A KeyboardInterrupt, so ``except Exception`` lets it pass."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = f"; checkpoint {checkpoint}; rerun the same command to resume" if checkpoint else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}{where}")
+
+
+class Aborted(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: stop at once (the last complete checkpoint is kept)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"aborted by a second {signal.Signals(signum).name}; the last complete checkpoint is kept")
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """``path`` as UTF-8 text; a non-UTF-8 file is a UserError naming the file and byte offset."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text: byte {e.start} is {data[e.start:e.start + 1]!r} "
+                        f"({e.reason}); convert it to UTF-8 (e.g. iconv -t utf-8)") from None
