@@ -90,7 +90,7 @@ class IndexedDataset:
     def _dtype(self, code: int) -> np.dtype:
         if code not in DTYPES:
             raise DataBinError(f"{self.idx_path}: unknown dtype code {code} (fairseq defines {sorted(DTYPES)})")
-        return np.dtype(DTYPES[code])
+        return np.dtype(DTYPES[code]).newbyteorder("<")
 
     def _version(self, head: bytes, at: int) -> None:
         (version,) = struct.unpack_from("<Q", head, at)
@@ -104,8 +104,8 @@ class IndexedDataset:
         self.dtype = self._dtype(head[17])
         (n,) = struct.unpack_from("<Q", head, 18)
         self._check(head, 26 + 12 * n, f"an mmap index of {n} items")
-        self.sizes = np.frombuffer(head, np.int32, n, 26).astype(np.int64)
-        self._offsets = np.frombuffer(head, np.int64, n, 26 + 4 * n)
+        self.sizes = np.frombuffer(head, "<i4", n, 26).astype(np.int64)
+        self._offsets = np.frombuffer(head, "<i8", n, 26 + 4 * n)
         if (self.sizes < 0).any():
             raise DataBinError(f"{self.idx_path}: negative item sizes")
 
@@ -116,9 +116,9 @@ class IndexedDataset:
         code, element_size, n, s = struct.unpack_from("<QQQQ", head, 16)
         self.dtype = self._dtype(code)
         self._check(head, 48 + 16 * (n + 1) + 8 * s, f"a lazy/cached index of {n} items")
-        dim_offsets = np.frombuffer(head, np.int64, n + 1, 48)
-        data_offsets = np.frombuffer(head, np.int64, n + 1, 48 + 8 * (n + 1))
-        shapes = np.frombuffer(head, np.int64, s, 48 + 16 * (n + 1))
+        dim_offsets = np.frombuffer(head, "<i8", n + 1, 48)
+        data_offsets = np.frombuffer(head, "<i8", n + 1, 48 + 8 * (n + 1))
+        shapes = np.frombuffer(head, "<i8", s, 48 + 16 * (n + 1))
         if (np.diff(dim_offsets) < 0).any() or dim_offsets[0] < 0 or dim_offsets[-1] > s or (shapes < 0).any():
             raise DataBinError(f"{self.idx_path}: inconsistent dimension offsets or sizes")
         if (np.diff(dim_offsets) == 1).all():  # one axis per item, as fairseq-preprocess writes
