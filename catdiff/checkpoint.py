@@ -1,24 +1,31 @@
 """Checkpoints: one file holding config, step, weights, both EMAs, optimizer and RNG state.
 
 Written atomically (temp file in the same directory, fsync, rename), so an interrupted
-write never leaves a half-written checkpoint behind the final name.
+write never leaves a half-written checkpoint behind the final name. They hold only tensors
+and plain Python values and are read with ``torch.load(weights_only=True)``: a file whose
+pickle asks for anything else (a class, a function) is refused, and nothing in it runs.
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import UserError
+
 FORMAT = "catdiff-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or written; the message says what to do."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -35,39 +42,80 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(payload: dict[str, Any], path: str | Path) -> Path:
+def write_atomic(data: bytes, path: str | Path, what: str = "file") -> Path:
+    """Write ``data`` to ``path`` through a fsynced temp file and a rename. An OS error (disk
+    full, read-only or missing directory) is a CheckpointError naming the path and the reason;
+    whatever ``path`` held before is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        before = f"the previous {what} {path} is intact" if path.exists() else f"no {what} was written"
+        raise CheckpointError(f"cannot write {what} {path}: {e.strerror or e}; {before}. "
+                              f"Free space or pass a writable --out directory") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return path
+
+
+def save(payload: dict[str, Any], path: str | Path) -> Path:
+    """Serialise in memory first, so that an OS error while writing surfaces as itself (torch's
+    zip writer reports a full disk as "unexpected pos") and no partial file is ever renamed."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
+    return write_atomic(buf.getbuffer(), path, "checkpoint")
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete ``*.tmp`` files of :func:`write_atomic` that a killed process left in ``directory``
+    (call it only while holding the directory's run lock)."""
+    stale = [p for p in Path(directory).glob("*.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir() and (path / "last.pt").is_file():  # a run directory stands for its checkpoint
+        path = path / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; train one with `catdiff run TASK --out DIR` "
             f"(it writes DIR/last.pt) and pass that file"
         )
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL\s+([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if "Weights only load failed" in str(e) and found:
+            raise CheckpointError(
+                f"refused to load {path}: its pickle asks for `{found.group(1) or found.group(2)}`, which a catdiff "
+                f"checkpoint never holds (only tensors and plain values); nothing in it was run. Use a checkpoint "
+                f"written by catdiff") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({str(e).splitlines()[-1][:200]}). "
+                              f"It was left untouched; delete it (or the --out directory) to start fresh, or pass "
+                              f"another checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {e}). "
+            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             f"It was left untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a catdiff checkpoint (no '{FORMAT}' header)")
-    if payload.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload['version']}; this catdiff reads <= {VERSION}")
+    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')!r}; "
+                              f"this catdiff reads <= {VERSION}: upgrade catdiff")
+    missing = [k for k in ("config", "task", "step", "model", "ema_cm", "ema_eval", "optimizer", "rng")
+               if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete catdiff checkpoint (no {', '.join(missing)})")
     return payload

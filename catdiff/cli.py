@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import errno
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from .config import parse_sets
+from .errors import Aborted, TrainingInterrupted, UserError
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -30,6 +33,10 @@ def cmd_list(args) -> int:
             if kind == "tasks":
                 desc = getattr(c.factory, "description", "") or ""
             print(f"  {name:<24} from {c.source}" + (f"  - {desc}" if desc else ""))
+            if (kind, name) in reg.shadowed:
+                print(f"  {'':<24} shadows the same name from {', '.join(reg.shadowed[(kind, name)])}")
+    for note in reg.notes:
+        print(f"note: {note}")
     if reg.failed:
         print("plugins that failed to load:")
         for name, err in reg.failed.items():
@@ -45,9 +52,11 @@ def cmd_run(args) -> int:
         overrides["steps"] = args.steps
     out = Path(args.out or f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
-    eng.fit()
-    metrics = eng.evaluate(out=out)
-    _print_metrics(metrics)
+    with eng.writing():
+        eng.fit()
+        if eng.rank != 0:  # evaluation runs once, on rank 0
+            return 0
+        eng.evaluate(out=out, on_metrics=_print_metrics)
     print(f"\nrun directory: {out.resolve()}")
     for name in ("metrics.json", "samples.png", "collapse.png", "last.pt", "config.json", "train_log.csv"):
         if (out / name).exists():
@@ -75,19 +84,50 @@ def _print_metrics(metrics: dict) -> None:
         print(f"  {k:<{width}}  {v:.5g}")
 
 
-def _parse_infill(spec: str, seq_len: int):
+def _parse_infill(spec: str, seq_len: int, vocab_size: int):
     """``"0:3,5:1"`` -> (known [1, M], mask [1, M]): position:token pairs kept fixed."""
     import torch
 
     known = torch.zeros(1, seq_len, dtype=torch.long)
     mask = torch.zeros(1, seq_len, dtype=torch.bool)
-    for pair in filter(None, spec.split(",")):
-        pos, _, tok = pair.partition(":")
-        pos, tok = int(pos), int(tok)
+    for pair in spec.split(","):
+        pos, sep, tok = pair.strip().partition(":")
+        try:
+            pos, tok = int(pos), int(tok)
+        except ValueError:
+            raise UserError(f"--infill expects position:token pairs separated by commas, got {pair!r}") from None
+        if not sep:
+            raise UserError(f"--infill expects position:token pairs, got {pair!r}")
         if not 0 <= pos < seq_len:
-            raise ValueError(f"--infill position {pos} outside [0, {seq_len})")
+            raise UserError(f"--infill position {pos} outside [0, {seq_len - 1}] (seq_len={seq_len})")
+        if not 0 <= tok < vocab_size:
+            raise UserError(f"--infill token {tok} at position {pos} outside the data vocabulary [0, {vocab_size - 1}]")
         known[0, pos], mask[0, pos] = tok, True
     return known, mask
+
+
+def _check_known(known, mask, vocab_size: int, seq_len: int, source: str) -> None:
+    """A task's parsed prompt: shape [M] and data token ids only (never [mask] / [null])."""
+    if tuple(known.shape) != (seq_len,) or tuple(mask.shape) != (seq_len,):
+        raise RuntimeError(f"{source} returned shapes {tuple(known.shape)}, {tuple(mask.shape)}; expected [{seq_len}]")
+    bad = mask & ((known < 0) | (known >= vocab_size))
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise UserError(f"--prompt: position {i} holds id {int(known[i])}, outside the data vocabulary [0, {vocab_size - 1}]")
+
+
+def _check_sample_args(args, eng) -> None:
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.guidance is not None and (args.guidance < 0 or not eng.task.num_classes and args.guidance > 0):
+        raise UserError(f"--guidance {args.guidance}: needs >= 0, and > 0 only on a class-conditional task")
+    if args.label is not None and not 0 <= args.label < eng.task.num_classes:
+        have = f"classes 0..{eng.task.num_classes - 1}" if eng.task.num_classes else "no classes"
+        raise UserError(f"--label {args.label}: task {eng.task.name!r} has {have}")
+    if args.infill and args.prompt is not None:
+        raise UserError("give either --infill or --prompt, not both")
 
 
 def cmd_sample(args) -> int:
@@ -96,13 +136,14 @@ def cmd_sample(args) -> int:
     from .engine import Engine
 
     eng = Engine.from_checkpoint(args.ckpt, **parse_sets(args.sets))
+    _check_sample_args(args, eng)
     known = mask = None
-    if args.infill and args.prompt is not None:
-        raise ValueError("give either --infill or --prompt, not both")
     if args.infill:
-        known, mask = _parse_infill(args.infill, eng.task.seq_len)
+        known, mask = _parse_infill(args.infill, eng.task.seq_len, eng.task.vocab_size)
     elif args.prompt is not None:
-        known, mask = (v[None] for v in eng.task.parse_prompt(args.prompt))
+        known, mask = eng.task.parse_prompt(args.prompt)
+        _check_known(known, mask, eng.task.vocab_size, eng.task.seq_len, f"task {eng.task.name!r} parse_prompt")
+        known, mask = known[None], mask[None]
     if known is not None:
         known, mask = known.expand(args.n, -1), mask.expand(args.n, -1)
     labels = torch.full((args.n,), args.label) if args.label is not None else None
@@ -119,16 +160,18 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .engine import Engine
 
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
     eng = Engine.from_checkpoint(args.ckpt, **parse_sets(args.sets))
     out = Path(args.out) if args.out else Path(args.ckpt).parent
-    metrics = eng.evaluate(n_samples=args.n, out=out)
-    _print_metrics(metrics)
+    eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="catdiff", description="Diffusion models for categorical data (CATDM).")
+    p.add_argument("--debug", action="store_true", help="show the traceback of every error (or CATDIFF_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("list", help="show every task, tokenizer, backbone and metric, and which package gave it")
@@ -169,18 +212,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# OS errors that are the user's environment (a path, a permission, a full disk), not a bug
+USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+               errno.EEXIST, errno.ENOTEMPTY, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+USER_OSERRORS = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+def _origin(exc: BaseException) -> str:
+    """Where a bug was raised: the plugin distribution (or catdiff) of the innermost frame
+    that belongs to catdiff or a package registered in its entry-point group."""
+    import importlib.metadata as md
+
+    owners = {"catdiff": "catdiff"}
+    try:
+        for ep in md.entry_points(group="catdiff"):
+            top = ep.value.split(":")[0].split(".")[0]
+            owners[top] = f"plugin {ep.dist.name} {ep.dist.version}" if ep.dist else f"plugin {top}"
+    except Exception:  # noqa: BLE001 - the report must not fail
+        pass
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for top, owner in owners.items():
+            if f"{os.sep}{top}{os.sep}" in frame.filename or frame.filename.endswith(f"{os.sep}{top}.py"):
+                return f"{owner} ({Path(frame.filename).name}:{frame.lineno})"
+    return "catdiff"
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
+    debug = args.debug or os.environ.get("CATDIFF_DEBUG", "") not in ("", "0")
     try:
         if args.fn is cmd_prepare:
             return cmd_prepare(args, rest)
         if rest:
             build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
         return args.fn(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, NotImplementedError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except TrainingInterrupted as e:
+        print(f"catdiff: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except Aborted as e:
+        print(f"catdiff: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("catdiff: interrupted; files already written are complete (checkpoints are written atomically)",
+              file=sys.stderr)
+        return 130
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"catdiff: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not (isinstance(e, USER_OSERRORS) or e.errno in USER_ERRNOS):
+            return _bug(e)
+        if debug:
+            traceback.print_exc()
+        msg = f"{e.filename + ': ' if e.filename else ''}{e.strerror}" if e.strerror else str(e)
         print(f"catdiff: error: {msg}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional dependency the plugin names how to install
+        if "pip install" not in str(e):
+            return _bug(e)
+        print(f"catdiff: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug: show everything
+        return _bug(e)
+
+
+def _bug(e: BaseException) -> int:
+    traceback.print_exc()
+    print(f"catdiff: internal error ({type(e).__name__}) raised in {_origin(e)}. This is a bug, not a "
+          f"problem with your input; please report it with the traceback above", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

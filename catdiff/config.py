@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import UserError
+
 
 @dataclass
 class Config:
@@ -53,21 +55,22 @@ class Config:
     mask_temperature: float = 4.5  # maskgit: Gumbel temperature of the confidence order, annealed to 0
 
     # optimisation
-    steps: int = 2000
+    steps: int = 2000              # 0 = no training: checkpoint and evaluate the initial (or resumed) model
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 100
     grad_clip: float = 1.0
-    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    device: str = "auto"           # auto | cpu | cuda | cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)
     precision: str = "auto"        # auto (bf16 on CUDA) | fp32 | bf16
     compile: bool = False
     threads: int = 0               # torch threads on CPU; 0 = torch default
+    dist_timeout: float = 600.0    # seconds a DDP rank waits for its peers before failing with an error
 
     # bookkeeping
     log_every: int = 50
     ckpt_every: int = 500
-    resume: bool = True
+    resume: bool = True            # false: start over in --out, moving the old run's files aside
 
     # sampling and evaluation
     sampler: str = ""              # "" = the method's default (catdm: ancestral | ddim)
@@ -89,19 +92,29 @@ class Config:
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
-    if not isinstance(value, str):
-        return kind(value) if kind is not bool else bool(value)
-    if kind is bool:
-        low = value.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config {name}: expected true/false, got {value!r}")
-    try:
+    if isinstance(value, str):
+        if kind is bool:
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise UserError(f"config {name}: expected true/false, got {value!r}")
+        if kind is str:
+            return value
+        try:
+            value = float(value) if kind is int and "e" in value.lower() and "x" not in value.lower() else kind(value)
+        except ValueError:
+            raise UserError(f"config {name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
+        return value
+    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind is int and value != int(value):
+            raise UserError(f"config {name}: expected an integer, got {value!r}")
         return kind(value)
-    except ValueError:
-        raise ValueError(f"config {name}: expected {kind.__name__}, got {value!r}") from None
+    if not isinstance(value, (dict, list, tuple)) and kind not in (int, float, bool, str):
+        return kind(value)
+    raise UserError(f"config {name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
 _TYPES = {f.name: type(f.default) for f in fields(Config) if f.name != "task_options"}
@@ -127,7 +140,7 @@ def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None
                 options[key] = _coerce(key, value, types[key])
             else:
                 known = sorted(_TYPES) + sorted(types)
-                raise ValueError(f"unknown config key {key!r}. Known keys: {', '.join(known)}")
+                raise UserError(f"unknown config key {key!r}. Known keys: {', '.join(known)}")
     return Config(**values, task_options=options)
 
 
@@ -173,18 +186,124 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise UserError(f"--set expects key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
+CONFIG_FORMATS = (".json", ".toml")
 
-        return tomllib.loads(text)
-    return json.loads(text)
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or TOML file of config values (a table of key = value); errors name the file and line."""
+    from .errors import read_text
+
+    path = Path(path)
+    if path.suffix not in CONFIG_FORMATS:
+        raise UserError(f"config file {path}: unknown format {path.suffix or '(no extension)'!r}; "
+                        f"use one of {', '.join(CONFIG_FORMATS)}")
+    if not path.is_file():
+        raise UserError(f"config file {path} not found")
+    text = read_text(path, "config file")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"config file {path}, line {e.lineno} column {e.colno}: {e.msg} (invalid JSON)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path}: {e} (invalid TOML)") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a table of key: value pairs, got a {type(values).__name__}")
+    return values
+
+
+# ----------------------------------------------------------------------------- validation
+CHOICES = {
+    "positions": ("sinusoidal", "rotary"),
+    "objective": ("catdm", "csdm", "csdm_l2", "ce"),
+    "drop": ("rand", "linear", "rand_ratio", "none"),
+    "precision": ("auto", "fp32", "bf16"),
+    "final": ("argmax", "sample"),
+}
+AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "log_every", "ckpt_every",
+              "sample_steps", "n_samples", "eval_batches")
+AT_LEAST_0 = ("steps", "warmup", "threads", "discrete_steps", "conv_kernel", "weight_decay", "beta_dm",
+              "beta_cm", "l2_weight", "guidance", "mask_temperature", "pos_scale")
+FRACTIONS = ("dropout", "drop_ratio", "ema_cm", "ema_eval", "cond_drop")  # in [0, 1]
+POSITIVE = ("lr", "grad_clip", "mlp_ratio", "purity_scale", "dist_timeout")
+
+
+def validate(cfg: Config) -> None:
+    """Check every core value (ranges, names, combinations that need no task); a UserError
+    names the key, the value and what is allowed. Called when the Engine is built."""
+    import math
+    import re
+
+    def bad(key: str, need: str) -> UserError:
+        return UserError(f"config {key}={getattr(cfg, key)!r}: {need}")
+
+    for key, names in CHOICES.items():
+        if getattr(cfg, key) not in names:
+            raise bad(key, f"must be one of {', '.join(names)}")
+    for f in fields(Config):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad(f.name, "must be a finite number")
+    for key in AT_LEAST_1:
+        if getattr(cfg, key) < 1:
+            raise bad(key, "must be >= 1")
+    for key in AT_LEAST_0:
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must be >= 0")
+    for key in FRACTIONS:
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise bad(key, "must lie in [0, 1]")
+    for key in POSITIVE:
+        if getattr(cfg, key) <= 0:
+            raise bad(key, "must be > 0")
+    if cfg.drop_l0 > 1:
+        raise bad("drop_l0", "must be < 0 (the strategy's) or in [0, 1]")
+    if cfg.width % cfg.heads:
+        raise bad("width", f"must be a multiple of heads={cfg.heads}")
+    if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
+        raise bad("conv_kernel", "must be 0 (off) or odd")
+    if cfg.token_grid and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", cfg.token_grid):
+        raise bad("token_grid", "must be HxW (e.g. 8x8) or empty")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise bad("device", "must be auto, cpu, cuda, cuda:N or mps")
+    if cfg.logsnr_min >= cfg.logsnr_max:
+        raise UserError(f"config logsnr_min={cfg.logsnr_min} must be < logsnr_max={cfg.logsnr_max}")
+
+
+# ----------------------------------------------------------------------------- resuming
+# Keys that may differ between a checkpoint and the run that resumes it: the budget, the
+# optimisation, sampling / evaluation, bookkeeping and the machine. Every other core key
+# (task, method, objective and its switches, backbone and sizes, embed_dim, ...) defines
+# what is trained and must match; task and method options must match unless their plugin
+# lists them in ``mutable_options``.
+MUTABLE_KEYS = frozenset({
+    "seed", "steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_eval",
+    "device", "precision", "compile", "threads", "dist_timeout", "log_every", "ckpt_every", "resume",
+    "sampler", "sample_steps", "final", "guidance", "n_samples", "eval_batches", "purity_scale",
+    "mask_temperature",
+})
+
+
+def resume_differences(saved: Mapping[str, Any], requested: Config, mutable_options=()) -> tuple[list, list]:
+    """(fixed, changed): lists of (key, saved value, requested value) between a checkpoint's
+    config and the requested one; ``fixed`` differences forbid resuming. Keys the checkpoint
+    does not record (older catdiff) are not compared."""
+    fixed, changed = [], []
+    now = requested.to_dict()
+    pairs = [(k, saved[k], now[k]) for k in now if k != "task_options" and k in saved]
+    old_opts, new_opts = dict(saved.get("task_options") or {}), now["task_options"]
+    pairs += [(k, old_opts[k], new_opts[k]) for k in new_opts if k in old_opts]
+    for key, old, new in pairs:
+        if old != new:
+            mutable = key in MUTABLE_KEYS or key in mutable_options
+            (changed if mutable else fixed).append((key, old, new))
+    return fixed, changed

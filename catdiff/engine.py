@@ -13,9 +13,13 @@ share of the global batch; rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,23 +30,36 @@ import torch.distributed as dist
 from . import checkpoint, config as config_mod
 from .config import Config
 from .diagnostics import collapse_report
+from .errors import TrainingInterrupted, UserError
 from .hooks import registry
+from .interrupts import DeferredSignals
 from .method import Method
 from .model import Codebook, Denoiser, ema_copy, ema_update
+from .runlock import RunLock
 from .task import LazyTokenData, Task, TokenData
 from .trainlog import TrainLog
 
 CKPT_NAME = "last.pt"
+# What a run writes into --out; `resume=false` moves these aside (into DIR/previous-<time>/).
+RUN_FILES = (CKPT_NAME, "config.json", "train_log.csv", "metrics.json", "tensorboard", "samples.*", "collapse.*")
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU. ``auto`` and a bare ``cuda`` take the GPU of
+    ``LOCAL_RANK`` (torchrun's one GPU per process)."""
+    if name in ("auto", "cuda") and (name == "cuda" or torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda requested but CUDA is not available; use device=cpu or auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local)
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
+        if torch.device(name).index >= torch.cuda.device_count():
+            raise UserError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps requested but MPS is not available; use device=cpu or auto")
     return torch.device(name)
 
 
@@ -63,16 +80,16 @@ def check_token_range(tokens: torch.Tensor, task: Task, split: str, seq_len: int
     """Sequence length and id range of ``tokens`` (or of the declared ``seq_len``) against the task."""
     length = tokens.shape[-1] if seq_len is None else seq_len
     if length != task.seq_len:
-        raise ValueError(f"task {task.name!r} split {split!r}: sequences have length {length}, "
+        raise UserError(f"task {task.name!r} split {split!r}: sequences have length {length}, "
                          f"the task declares seq_len={task.seq_len}")
     if tokens.dim() != 2 or tokens.shape[1] != length:
-        raise ValueError(f"task {task.name!r} split {split!r}: rows have shape {tuple(tokens.shape[1:])}, "
+        raise UserError(f"task {task.name!r} split {split!r}: rows have shape {tuple(tokens.shape[1:])}, "
                          f"expected [{length}] (seq_len)")
     if tokens.numel() == 0:
         return
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= task.vocab_size:
-        raise ValueError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
+        raise UserError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
                          f"vocab_size={task.vocab_size} (ids must be in [0, {task.vocab_size - 1}])")
 
 
@@ -81,18 +98,20 @@ def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> Non
     spread over the split (each training batch is range-checked when gathered)."""
     if isinstance(data, LazyTokenData):
         if data.vocab_size > task.vocab_size:
-            raise ValueError(f"task {task.name!r} split {split!r}: the data declares vocab_size={data.vocab_size} but "
+            raise UserError(f"task {task.name!r} split {split!r}: the data declares vocab_size={data.vocab_size} but "
                              f"the task declares vocab_size={task.vocab_size}")
         n = len(data)
         if n == 0:
-            raise ValueError(f"task {task.name!r} split {split!r} is empty")
+            raise UserError(f"task {task.name!r} split {split!r} is empty")
         tokens, labels = data.rows(torch.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).round().long())
         check_token_range(tokens, task, split, seq_len=data.seq_len)
     else:
         tokens, labels = data.tokens, data.labels
+        if len(tokens) == 0:
+            raise UserError(f"task {task.name!r} split {split!r} is empty")
         check_token_range(tokens, task, split)
     if (task.num_classes or task.conditional) and labels is None:
-        raise ValueError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
+        raise UserError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
 
 
 class Engine:
@@ -104,10 +123,14 @@ class Engine:
         else:
             self.task = reg.get("tasks", task).factory()
         self.cfg: Config = config_mod.for_task(self.task, config_file, overrides)
+        config_mod.validate(self.cfg)
         self.task.setup(self.cfg)
         self.out = Path(out) if out is not None else None
         self._setup_distributed()
         cfg = self.cfg
+        if cfg.guidance > 0 and not self.task.num_classes:
+            raise UserError(f"guidance={cfg.guidance} needs a class-conditional task; task {self.task.name!r} "
+                            f"has no classes (set guidance=0)")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -119,7 +142,7 @@ class Engine:
         self.task.init_codebook(codebook)
         for key in ("self_cond", "evidence"):
             if getattr(cfg, key) and not self.method.continuous:
-                raise ValueError(f"{key}=true needs a continuous method (catdm); method {cfg.method!r} is discrete")
+                raise UserError(f"{key}=true needs a continuous method (catdm); method {cfg.method!r} is discrete")
         schedule = self.method.schedule if cfg.evidence else None
         self.model = Denoiser(codebook, backbone, self_cond=cfg.self_cond, schedule=schedule).to(self.device)
         self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
@@ -128,26 +151,47 @@ class Engine:
         self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
         self.step = 0
         self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
-        if self.out is not None and cfg.resume and (self.out / CKPT_NAME).exists():
-            self.load_state(checkpoint.load(self.out / CKPT_NAME))
+        self._lock = RunLock(self.out) if self.out is not None else None
+        self._start_over = False  # resume=false on a run directory: move its files aside in fit()
+        if self.out is not None and (self.out / CKPT_NAME).exists():
+            if cfg.resume:
+                payload = checkpoint.load(self.out / CKPT_NAME)
+                self._check_resume(payload["config"])
+                self.load_state(payload, self.out / CKPT_NAME)
+            else:
+                self._start_over = True
 
     # ----------------------------------------------------------------- setup
+    def _check_resume(self, saved: dict[str, Any]) -> None:
+        """Stop unless the checkpoint in ``out`` trains the same model (config.resume_differences);
+        print the keys that may change and did (they are stored with the next checkpoint)."""
+        mutable = set(getattr(self.task, "mutable_options", ())) | set(getattr(self.method, "mutable_options", ()))
+        fixed, changed = config_mod.resume_differences(saved, self.cfg, mutable)
+        fmt = lambda diffs: "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)  # noqa: E731
+        if fixed:
+            raise UserError(f"{self.out / CKPT_NAME} trained another model than the one requested ({fmt(fixed)}). "
+                            f"Pass a new --out to train this one, or --set resume=false to start over in "
+                            f"{self.out} (the old run's files are moved aside, not deleted)")
+        if changed and self.rank == 0:
+            print(f"catdiff: resuming {self.out / CKPT_NAME} with changed settings: {fmt(changed)}", file=sys.stderr)
+
     def _setup_distributed(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rank = int(os.environ.get("RANK", 0))
         self.device = pick_device(self.cfg.device)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(seconds=self.cfg.dist_timeout))
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
         if self.cfg.batch_size % self.world:
-            raise ValueError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+            raise UserError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
 
     def sampler_name(self, name: str | None) -> str:
         """``name`` (or the config's, or the method's default) checked against the method's samplers."""
         name = name or self.cfg.sampler or self.method.samplers[0]
         if name not in self.method.samplers:
-            raise ValueError(f"method {self.cfg.method!r} has samplers {self.method.samplers}, not {name!r}")
+            raise UserError(f"method {self.cfg.method!r} has samplers {self.method.samplers}, not {name!r}")
         return name
 
     @property
@@ -158,8 +202,6 @@ class Engine:
     @property
     def autocast(self):
         prec = self.cfg.precision
-        if prec not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {prec!r}")
         bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -205,43 +247,101 @@ class Engine:
         return x, cond
 
     # ----------------------------------------------------------------- training
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold ``out``'s run lock (rank 0; re-entrant) and tidy the directory: remove temp files of
+        killed writes and, after ``resume=false``, move the old run's files aside."""
+        if self._lock is None or self.rank != 0:
+            yield
+            return
+        with self._lock:
+            checkpoint.remove_stale_temps(self.out)
+            if self._start_over:
+                self._move_aside()
+            yield
+
+    def _move_aside(self) -> None:
+        old = [p for pattern in RUN_FILES for p in sorted(self.out.glob(pattern))]
+        dest = self.out / time.strftime("previous-%Y%m%d-%H%M%S")
+        while dest.exists():
+            dest = dest.with_name(dest.name + "x")
+        dest.mkdir()
+        for p in old:
+            shutil.move(str(p), str(dest / p.name))
+        self._start_over = False
+        print(f"catdiff: resume=false: moved the previous run's files to {dest}", file=sys.stderr)
+
     def fit(self, until: int | None = None) -> "Engine":
-        """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``."""
+        """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``.
+
+        SIGINT / SIGTERM end the current step, write a checkpoint and raise
+        :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
+        with self.writing(), DeferredSignals() as signals:
+            try:
+                return self._fit(until, signals)
+            except RuntimeError as e:
+                if self.world > 1 and isinstance(e, dist.DistError):
+                    raise UserError(
+                        f"rank {self.rank}: the other processes did not answer within dist_timeout="
+                        f"{self.cfg.dist_timeout:g}s at step {self.step} (a peer stalled or died): "
+                        f"{str(e).splitlines()[0][:200]}. The last checkpoint is intact; rerun to resume") from None
+                raise
+
+    def _fit(self, until: int | None, signals: DeferredSignals) -> "Engine":
         cfg = self.cfg
         data = self.data("train")
+        self.data("test")  # checked before training, not after it
         stop = min(cfg.steps, until) if until is not None else cfg.steps
         model = self.model
         if self.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(model)
         if cfg.compile:
             model = torch.compile(model)
-        log = TrainLog(self.out if self.rank == 0 else None, total=stop, start=self.step, quiet=self.rank != 0)
+        log = TrainLog(self.out if self.rank == 0 else None, total=stop, start=self.step, every=cfg.log_every,
+                       quiet=self.rank != 0)
         model.train()
-        while self.step < stop:
-            step = self.step
-            torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
-            x, cond = self._batch(data, step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(step)
-            with self.autocast:
-                loss, logs = self.method.loss(model, self.ema_cm, x, cond)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            if self.method.uses_target_ema:
-                ema_update(self.ema_cm, self.model, cfg.ema_cm)
-            ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
-            self.step += 1
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")
-            log.update(self.step, logs, lr=self.lr_at(step), grad_norm=grad_norm, batch=cfg.batch_size)
-            if self.out is not None and self.rank == 0 and self.step % cfg.ckpt_every == 0:
-                self.save()
+        try:
+            while self.step < stop:
+                step = self.step
+                torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
+                x, cond = self._batch(data, step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(step)
+                with self.autocast:
+                    loss, logs = self.method.loss(model, self.ema_cm, x, cond)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if self.method.uses_target_ema:
+                    ema_update(self.ema_cm, self.model, cfg.ema_cm)
+                ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
+                self.step += 1
+                if not torch.isfinite(loss):
+                    raise UserError(f"training diverged: the loss became {loss.item()} at step {step}; the last "
+                                    f"checkpoint is intact. Lower lr or check the data")
+                log.update(self.step, logs, lr=self.lr_at(step), grad_norm=grad_norm, batch=cfg.batch_size)
+                signum = self._stop_signal(signals)
+                if signum:
+                    path = self.save() if self.out is not None and self.rank == 0 else None
+                    raise TrainingInterrupted(signum, self.step, path)
+                if self.out is not None and self.rank == 0 and self.step % cfg.ckpt_every == 0:
+                    self.save()
+        finally:
+            log.close()
         if self.out is not None and self.rank == 0:
             self.save()
-        log.close()
         return self
+
+    def _stop_signal(self, signals: DeferredSignals) -> int:
+        """The signal that asks to stop after this step (0: none); under DDP every rank stops
+        at the same step when any rank was signalled."""
+        signum = signals.received or 0
+        if self.world > 1:
+            flag = torch.tensor([signum], device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
 
     # ----------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -280,9 +380,9 @@ class Engine:
     def save(self, path: str | Path | None = None) -> Path:
         if path is None:
             if self.out is None:
-                raise ValueError("Engine has no `out` directory; pass a path to save()")
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.out / "config.json")
+                raise UserError("Engine has no `out` directory; pass a path to save()")
+            checkpoint.write_atomic((json.dumps(self.cfg.to_dict(), indent=2) + "\n").encode(),
+                                    self.out / "config.json", "config")
             path = self.out / CKPT_NAME
         return checkpoint.save(self.state(), path)
 
@@ -319,7 +419,7 @@ class Engine:
         if labels is None:
             labels = self.default_labels(n)
         elif not self.conditional:
-            raise ValueError(f"task {self.task.name!r} is unconditional; labels are not accepted")
+            raise UserError(f"task {self.task.name!r} is unconditional; labels are not accepted")
         sampler = self.sampler_name(sampler)
         gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
         out = []
@@ -346,7 +446,7 @@ class Engine:
         rows of a batch take one sub-stratum each in random order (draws=1: stratified across
         rows). The standard error is that of the mean of the per-sequence estimates."""
         if draws < 1:
-            raise ValueError(f"likelihood draws must be >= 1, got {draws}")
+            raise UserError(f"likelihood draws must be >= 1, got {draws}")
         data = self.data(split)
         seed = self.cfg.seed if seed is None else seed
         gen = torch.Generator().manual_seed(seed + 99)
@@ -373,13 +473,17 @@ class Engine:
         res.update({f"nll_bound_{k}_per_token": v / (len(tot) * self.task.seq_len) for k, v in parts.items()})
         return res
 
-    def evaluate(self, n_samples: int | None = None, out: str | Path | None = None) -> dict[str, float]:
+    def evaluate(self, n_samples: int | None = None, out: str | Path | None = None,
+                 on_metrics=None) -> dict[str, float]:
         """Likelihood bound, collapse diagnostics and the task's sample metrics (EMA model).
 
-        With an output directory (``out`` or the engine's), also writes metrics.json, the
-        task's sample rendering and its diagnostics plot."""
+        With an output directory (``out`` or the engine's), also writes metrics.json and then the
+        task's sample rendering and its diagnostics plot; ``on_metrics(metrics)`` is called in
+        between, so a failing image write loses no metrics. Run it on one process (rank 0)."""
         out = Path(out) if out is not None else self.out
-        n = n_samples or self.cfg.n_samples
+        n = self.cfg.n_samples if n_samples is None else n_samples
+        if n < 1:
+            raise UserError(f"the number of samples must be >= 1, got {n}")
         metrics: dict[str, float] = {"step": float(self.step)}
         if self.method.has_bound:
             metrics.update(self.likelihood())
@@ -395,9 +499,11 @@ class Engine:
         metrics["sample_seconds"] = time.perf_counter() - t0
         metrics.update(self.task.evaluate(tokens, labels, out))
         if out is not None and self.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json", "metrics")
+        if on_metrics is not None:
+            on_metrics(metrics)
+        if out is not None and self.rank == 0:
             self.task.save_samples(tokens, labels, out)
             if report is not None:
                 self.task.diagnostics(report, out)
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics

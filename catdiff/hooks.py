@@ -7,14 +7,19 @@ through the same five hooks. Third-party packages declare an entry point in the 
 from __future__ import annotations
 
 import importlib.metadata as md
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pluggy
 
+from .errors import UnknownName
+
 GROUP = "catdiff"
 KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
+# Distributions whose components win over a third-party one of the same name (after the built-ins).
+FIRST_PARTY = ("catdiff-vision", "catdiff-text", "catdiff-translate", "catdiff-tokens")
 
 hookspec = pluggy.HookspecMarker(GROUP)
 hookimpl = pluggy.HookimplMarker(GROUP)
@@ -57,6 +62,10 @@ class Component:
 class Registry:
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
     failed: dict[str, str] = field(default_factory=dict)  # plugin name -> error message
+    # (kind, name) -> the sources that also provide it and were shadowed by the winner
+    shadowed: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # plugins loaded under another name, ...
+    _warned: set = field(default_factory=set)
 
     def get(self, kind: str, name: str) -> Component:
         known = self.components[kind]
@@ -66,8 +75,17 @@ class Registry:
             hint = ""
             if self.failed:
                 hint = "\nPlugins that failed to load: " + "; ".join(f"{n}: {e}" for n, e in self.failed.items())
-            raise KeyError(f"unknown {singular} {name!r}. Known {kind}: {listing}.{hint}")
-        return known[name]
+            raise UnknownName(f"unknown {singular} {name!r}. Known {kind}: {listing}.{hint}")
+        comp = known[name]
+        if (kind, name) in self.shadowed and (kind, name) not in self._warned:
+            self._warned.add((kind, name))
+            print(f"catdiff: warning: {self.shadow_note(kind, name)}", file=sys.stderr)
+        return comp
+
+    def shadow_note(self, kind: str, name: str) -> str:
+        others = ", ".join(self.shadowed[(kind, name)])
+        return (f"{kind[:-1]} {name!r} is provided by {self.components[kind][name].source} and also by {others}; "
+                f"using {self.components[kind][name].source}")
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
@@ -79,11 +97,20 @@ def _plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+def _rank(source: str) -> int:
+    """Precedence of a source: built-ins, then first-party plugins, then third-party ones."""
+    dist = source.split(" ")[0]
+    return 0 if source == "catdiff" else 1 if dist in FIRST_PARTY else 2
+
+
 def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
     """Load built-ins and every plugin of the ``catdiff`` entry-point group.
 
     A plugin that fails to import (or whose hook raises) is recorded in ``registry.failed``
-    with its error and skipped; the others still load.
+    with its error and skipped; the others still load. When several plugins provide one name,
+    the built-in wins, then a first-party plugin, then the third-party plugin found first
+    (entry points sorted by distribution and name); the others are listed in
+    ``registry.shadowed``, and ``catdiff list`` and the first use of the name say so.
     """
     from catdiff import builtins
 
@@ -93,26 +120,41 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
     sources = {"catdiff": "catdiff"}
     if entry_points is None:
         entry_points = list(md.entry_points(group=GROUP))
-    for ep in entry_points:
-        dist = f"{ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ep.value
+    dist_of = lambda ep: f"{ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ep.value  # noqa: E731
+    for ep in sorted(entry_points, key=lambda ep: (_rank(dist_of(ep)), dist_of(ep), ep.name)):
+        dist = dist_of(ep)
         try:
             plugin = ep.load()
-            pm.register(plugin, name=ep.name)
         except Exception as e:  # noqa: BLE001 - any import error is reported, not raised
             registry.failed[ep.name] = f"{type(e).__name__}: {e} (from {dist})"
             continue
-        sources[ep.name] = dist
+        if pm.is_registered(plugin):
+            registry.notes.append(f"entry point {ep.name!r} of {dist} names module {ep.value!r}, "
+                                  f"already loaded as plugin {pm.get_name(plugin)!r}; loaded once")
+            continue
+        name = ep.name
+        if pm.has_plugin(name):
+            name = f"{ep.name} ({dist})"
+            registry.notes.append(f"entry point name {ep.name!r} of {dist} is already taken by "
+                                  f"{sources[ep.name]}; loaded as plugin {name!r}")
+        pm.register(plugin, name=name)
+        sources[name] = dist
+    order = list(sources)  # registration order: built-ins, first-party, third-party
     for kind in KINDS:
         hook = getattr(pm.hook, f"catdiff_{kind}")
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in sorted(hook.get_hookimpls(), key=lambda impl: order.index(impl.plugin_name)):
             try:
                 provided = impl.function() or {}
             except Exception as e:  # noqa: BLE001
                 registry.failed[impl.plugin_name] = f"{type(e).__name__} in catdiff_{kind}: {e}"
                 traceback.print_exc()
                 continue
+            source = sources[impl.plugin_name]
             for name, factory in provided.items():
-                registry.components[kind][name] = Component(kind, name, factory, sources[impl.plugin_name])
+                if name in registry.components[kind]:  # an earlier (higher-precedence) source won
+                    registry.shadowed.setdefault((kind, name), []).append(source)
+                else:
+                    registry.components[kind][name] = Component(kind, name, factory, source)
     return registry
 
 

@@ -142,7 +142,7 @@ def test_cli_sample_and_eval_from_checkpoint(tmp_path, toy, monkeypatch, capsys)
     assert cli.main(["eval", ckpt, "--n", "4", "--set", "sample_steps=2"]) == 0
     assert "progression_frac" in json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert cli.main(["sample", ckpt, "--infill", "99:1"]) == 2
-    assert "outside [0, 12)" in capsys.readouterr().err
+    assert "position 99 outside [0, 11]" in capsys.readouterr().err
 
 
 class OptionTask(ToyTask):
@@ -201,7 +201,8 @@ class RowSource:
 
 class LazyToyCond(ToyCondTask):
     def load(self, split):
-        self.source = RowSource(super().load(split), self.vocab_size)
+        self.sources = getattr(self, "sources", {})
+        self.sources[split] = self.source = RowSource(super().load(split), self.vocab_size)
         return LazyTokenData(self.source)
 
 
@@ -211,7 +212,8 @@ def test_lazy_split_trains_like_the_in_memory_one_and_checks_gathered_batches(to
     assert isinstance(eng.data("train"), LazyTokenData) and eng.data("train").source.tokens.device.type == "cpu"
     eng.fit()
     assert same_weights(Engine(toy_cond, steps=3).fit(), eng)  # same batches, bit for bit
-    assert eng.task.source.served < len(eng.task.source)  # spot check + 3 batches of 16, never the whole split
+    train = eng.task.sources["train"]
+    assert train.served < len(train)  # spot check + 3 batches of 16, never the whole split
     assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))
     # an out-of-range id the spot check did not see is caught when its batch is gathered
     bad = Engine(LazyToyCond(), steps=2)
