@@ -5,8 +5,9 @@ from catdiff.hooks import hookimpl
 @hookimpl
 def catdiff_tasks():
     from .tasks import TdavidTask, Text8Task
+    from .text_file import TextFileTask
 
-    return {"text8": Text8Task, "text-tdavid": TdavidTask}
+    return {"text8": Text8Task, "text-tdavid": TdavidTask, "text-file": TextFileTask}
 
 
 @hookimpl
