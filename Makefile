@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 INTEROP_STAMP := $(VENV)/.installed-interop
-PLUGINS := plugins/catdiff-vision plugins/catdiff-text plugins/catdiff-translate
+PLUGINS := plugins/catdiff-vision plugins/catdiff-text plugins/catdiff-translate plugins/catdiff-tokens
 # torch is pinned here (pyproject declares ranges); pip takes these from local disk
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
