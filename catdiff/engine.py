@@ -280,7 +280,9 @@ class Engine:
             try:
                 return self._fit(until, signals)
             except RuntimeError as e:
-                if self.world > 1 and isinstance(e, dist.DistError):
+                peer_lost = isinstance(e, dist.DistError) or any(
+                    m in str(e) for m in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
+                if self.world > 1 and peer_lost:
                     raise UserError(
                         f"rank {self.rank}: the other processes did not answer within dist_timeout="
                         f"{self.cfg.dist_timeout:g}s at step {self.step} (a peer stalled or died): "

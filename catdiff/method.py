@@ -31,6 +31,8 @@ class Method:
       options         the method's own config keys with defaults (types follow them); accepted
                       when the run uses this method (``--set method=NAME --set my_key=...``),
                       read as ``self.option("my_key")``
+      mutable_options the options that may change when a run is resumed (sampling settings);
+                      the others must match the checkpoint's
     """
 
     name: str = ""
@@ -38,6 +40,7 @@ class Method:
     uses_target_ema: bool = False
     samplers: tuple[str, ...] = ()
     options: Mapping[str, Any] = {}
+    mutable_options: tuple[str, ...] = ()
     cfg: Any = None
 
     def __init__(self, cfg):

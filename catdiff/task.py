@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .errors import UserError
+
 
 @dataclass
 class TokenData:
@@ -76,6 +78,8 @@ class Task:
       defaults     config overrides applied before the user's (model size, budget, ...)
       options      the task's own config keys with defaults (data paths, ...); set them like
                    any key (``--set data_dir=...``), read them as ``self.option("data_dir")``
+      mutable_options  the options that may change when a run is resumed (evaluation paths,
+                   sampling settings); every other option must match the checkpoint's
       description  one line for ``catdiff list``
 
     The engine calls ``setup(cfg)`` before anything else, so ``self.cfg`` is the resolved config.
@@ -88,6 +92,7 @@ class Task:
     conditional: bool = False
     defaults: Mapping[str, Any] = {}
     options: Mapping[str, Any] = {}
+    mutable_options: tuple[str, ...] = ()
     description: str = ""
     cfg: Any = None
 
@@ -125,7 +130,7 @@ class Task:
 
     def parse_prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``catdiff sample --prompt TEXT``: (known [M], known_mask [M]) of the tokens to keep fixed."""
-        raise NotImplementedError(f"task {self.name!r} does not read --prompt; use --infill pos:token,...")
+        raise UserError(f"task {self.name!r} does not read --prompt; use --infill pos:token,...")
 
     def init_codebook(self, codebook) -> None:
         """Optional: initialise the diffusion codebook (e.g. from a VQ tokenizer's codes, the
@@ -136,7 +141,7 @@ class Task:
 
     def prepare(self, args) -> None:
         """One-off preparation (tokenizer training, token extraction) for ``catdiff prepare``."""
-        raise NotImplementedError(f"task {self.name!r} needs no preparation")
+        raise UserError(f"task {self.name!r} needs no preparation")
 
     def diagnostics(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """Optional: render the engine's collapse diagnostics (see ``catdiff.diagnostics``)."""

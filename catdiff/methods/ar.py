@@ -109,6 +109,7 @@ class AR(Method):
     continuous = False
     samplers = ("sample", "greedy", "beam")
     options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "beam_size": 4}
+    mutable_options = ("temperature", "top_k", "top_p", "beam_size")
 
     def __init__(self, cfg):
         super().__init__(cfg)

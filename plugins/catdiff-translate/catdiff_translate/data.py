@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from catdiff.errors import UserError
+
 from .fairseq_bin import IndexedDataset
 
 SPLIT_FILES = {"train": "train", "valid": "valid", "test": "test"}
@@ -28,7 +30,7 @@ def read_parallel(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[
             raise FileNotFoundError(str(p))
     src_lines, tgt_lines = (p.read_text(encoding="utf-8").splitlines() for p in paths)
     if len(src_lines) != len(tgt_lines):
-        raise ValueError(f"{paths[0]} has {len(src_lines)} lines but {paths[1]} has {len(tgt_lines)}; "
+        raise UserError(f"{paths[0]} has {len(src_lines)} lines but {paths[1]} has {len(tgt_lines)}; "
                          f"they must be line-aligned translations")
     return src_lines, tgt_lines
 
@@ -56,7 +58,7 @@ def read_data_bin(data_bin: Path, split: str, src: str, tgt: str) -> tuple[list[
             raise FileNotFoundError(f"{e} (fairseq-preprocess --source-lang {src} --target-lang {tgt} "
                                     f"--destdir {data_bin} writes {prefix}.bin/.idx)") from None
     if len(out[0]) != len(out[1]):
-        raise ValueError(f"{data_bin}: split {split} has {len(out[0])} source but {len(out[1])} target sentences")
+        raise UserError(f"{data_bin}: split {split} has {len(out[0])} source but {len(out[1])} target sentences")
     return out[0], out[1]
 
 

@@ -15,6 +15,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from catdiff.errors import UserError
+
 from .data import DING_FILE, ding_pairs, hash_split
 from .task import COMMON_OPTIONS, TranslationTask, cache_root
 from .vocab import SentencePieceVocab, train_sentencepiece
@@ -63,7 +65,7 @@ class DingDeEn(TranslationTask):
 
     def bpe_mode(self) -> str:
         if self.option("bpe") != "sentencepiece" or self.option("data_bin"):
-            raise ValueError(f"task {self.name} uses sentencepiece BPE on the Ding text (bpe=sentencepiece, no data_bin)")
+            raise UserError(f"task {self.name} uses sentencepiece BPE on the Ding text (bpe=sentencepiece, no data_bin)")
         return "sentencepiece"
 
     def bpe_training_text(self) -> list[str]:

@@ -1,6 +1,6 @@
 """catdiff hook implementations of catdiff-translate (entry point ``catdiff: translate``).
 
-sentencepiece, sacrebleu, sacremoses and fairseq are imported only when used.
+sentencepiece, sacrebleu and sacremoses are imported only when used.
 """
 from catdiff.hooks import hookimpl
 

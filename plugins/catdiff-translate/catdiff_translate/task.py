@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from catdiff.errors import UserError
 from catdiff.task import Task, TokenData
 
 from .backbone import PRESETS
@@ -52,7 +53,7 @@ def cache_root() -> Path:
 
 COMMON_OPTIONS = {
     "data_dir": "",        # text corpus directory (see TEXT_LAYOUT); "" = the task's env var
-    "data_bin": "",        # a fairseq-preprocess output directory (needs the fairseq extra)
+    "data_bin": "",        # a fairseq-preprocess output directory (read natively; fairseq not needed)
     "bpe": "auto",         # auto | sentencepiece | marked
     "bpe_vocab": 10000,    # sentencepiece vocabulary size
     "spm_model": "",       # sentencepiece model path; "" = in the cache
@@ -75,6 +76,7 @@ class TranslationTask(Task):
     prepare_script = ""
     data_subdir = ""
     options = COMMON_OPTIONS
+    mutable_options = ("length_beam", "noise_beam", "rerank_draws")
 
     def __init__(self):
         self._vocabs = None
@@ -94,15 +96,15 @@ class TranslationTask(Task):
         super().setup(cfg)
         self._vocabs = None
         if self.option("bpe") not in ("auto", "sentencepiece", "marked"):
-            raise ValueError(f"task {self.name}: option bpe must be auto, sentencepiece or marked, got {self.option('bpe')!r}")
+            raise UserError(f"task {self.name}: option bpe must be auto, sentencepiece or marked, got {self.option('bpe')!r}")
         if self.option("text") not in ("tokenized", "raw"):
-            raise ValueError(f"task {self.name}: option text must be tokenized or raw, got {self.option('text')!r}")
+            raise UserError(f"task {self.name}: option text must be tokenized or raw, got {self.option('text')!r}")
         try:
             src, tgt = self.vocabs()
         except FileNotFoundError:
             return  # `catdiff prepare` creates it; anything else fails on vocab_size with the message
         if src.pad_id != tgt.pad_id:
-            raise ValueError(f"source and target vocabularies have different pad ids ({src.pad_id}, {tgt.pad_id})")
+            raise UserError(f"source and target vocabularies have different pad ids ({src.pad_id}, {tgt.pad_id})")
         cfg.task_options.update(src_vocab=src.size, pad_id=tgt.pad_id)
 
     def data_dir(self) -> Path:
@@ -213,7 +215,7 @@ class TranslationTask(Task):
         if split == "train":
             keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids)) if 0 < len(s) <= M and 0 < len(t) <= M]
             if not keep:
-                raise ValueError(f"task {self.name}: no training pair has 1..{M} tokens on both sides (max_len={M})")
+                raise UserError(f"task {self.name}: no training pair has 1..{M} tokens on both sides (max_len={M})")
             src_ids, tgt_ids, refs = ([x[i] for i in keep] for x in (src_ids, tgt_ids, refs))
         self._refs[split] = refs
         pad = tgt_vocab.pad_id
@@ -228,7 +230,7 @@ class TranslationTask(Task):
         src, ref_tokens = test.labels[:n], test.tokens[:n]
         net, pad, M = engine.ema_eval.net, self.option("pad_id"), self.seq_len
         if not hasattr(net, "length_logits"):
-            raise ValueError(f"task {self.name} needs a backbone with a length head (backbone=encdec)")
+            raise UserError(f"task {self.name} needs a backbone with a length head (backbone=encdec)")
         k = max(1, min(int(self.option("length_beam")), M))
         d = max(1, int(self.option("noise_beam")))
         with engine.autocast:

@@ -13,6 +13,8 @@ import collections
 from pathlib import Path
 from typing import Iterable
 
+from catdiff.errors import UserError
+
 # fairseq.data.Dictionary's fixed specials, in this order
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
@@ -34,7 +36,7 @@ class SentencePieceVocab:
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         self.pad_id = self.sp.pad_id()
         if self.pad_id < 0:
-            raise ValueError(f"{self.path} has no pad piece; train it with train_sentencepiece (pad_id=0)")
+            raise UserError(f"{self.path} has no pad piece; train it with train_sentencepiece (pad_id=0)")
         self.size = self.sp.get_piece_size()
 
     def encode(self, line: str) -> list[int]:
@@ -92,9 +94,9 @@ class FairseqDictionary:
             if overwrite:  # fairseq then appends the symbol again under a new id
                 word, _, field = word.rpartition(" ")
             if not word or not field.lstrip("-").isdigit():
-                raise ValueError(f"{path}:{n}: expected 'symbol count' (fairseq dictionary format), got {line!r}")
+                raise UserError(f"{path}:{n}: expected 'symbol count' (fairseq dictionary format), got {line!r}")
             if word in symbols and not overwrite:
-                raise ValueError(f"{path}:{n}: duplicate symbol {word!r} (add '#fairseq:overwrite' to allow it)")
+                raise UserError(f"{path}:{n}: duplicate symbol {word!r} (add '#fairseq:overwrite' to allow it)")
             symbols.append(word)
         return cls(symbols)
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catdiff.errors import UserError
+
 from .classifier import single_thread
 
 EXTRACTOR_NAME = "fashion-classifier"
@@ -117,7 +119,7 @@ def _extractor_class():
         @staticmethod
         def load_model(weights_path):
             if weights_path is None:
-                raise ValueError(f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (see fashion_classifier.weights_path)")
+                raise UserError(f"{EXTRACTOR_NAME} needs feature_extractor_weights_path (see fashion_classifier.weights_path)")
             return load(weights_path)
 
         @staticmethod
@@ -151,7 +153,7 @@ def metrics(generated: torch.Tensor, reference: torch.Tensor, weights: str | Pat
     ensure_registered()
     for name, t in (("generated", generated), ("reference", reference)):
         if len(t) < 2:
-            raise ValueError(f"metrics need at least 2 images per set; {name} has {len(t)}")
+            raise UserError(f"metrics need at least 2 images per set; {name} has {len(t)}")
     with single_thread():
         m = torch_fidelity.calculate_metrics(
             input1=UInt8Images(generated.cpu()), input2=UInt8Images(reference.cpu()), fid=fid, isc=isc, prc=prc,

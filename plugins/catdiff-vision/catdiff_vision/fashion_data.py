@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from catdiff.errors import UserError
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -36,7 +38,7 @@ def _idx(path: Path, ndim: int) -> np.ndarray:
         raw = fh.read()
     magic = int.from_bytes(raw[:4], "big")
     if magic != 0x800 + ndim:
-        raise ValueError(f"{path}: not an idx{ndim} ubyte file (magic {magic:#x})")
+        raise UserError(f"{path}: not an idx{ndim} ubyte file (magic {magic:#x})")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
@@ -54,5 +56,5 @@ def load(split: str, explicit: str | None = None) -> tuple[torch.Tensor, torch.T
                                     "data_dir / env CATDIFF_FASHION_MNIST at a directory with the four *-ubyte.gz files")
     images, labels = _idx(paths[0], 3), _idx(paths[1], 1)
     if len(images) != len(labels) or images.shape[1:] != (28, 28):
-        raise ValueError(f"{d}: unexpected Fashion-MNIST shapes {images.shape}, {labels.shape}")
+        raise UserError(f"{d}: unexpected Fashion-MNIST shapes {images.shape}, {labels.shape}")
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))

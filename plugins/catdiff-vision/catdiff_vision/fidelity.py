@@ -23,6 +23,8 @@ import functools
 
 import torch
 
+from catdiff.errors import UserError
+
 from . import classifier, data
 
 FID_FEATURE_LAYER = "penultimate"
@@ -37,7 +39,7 @@ def fid(tokens_a: torch.Tensor, tokens_b: torch.Tensor, feature_layer: str = FID
     ensure_registered()
     for name, t in (("first", tokens_a), ("second", tokens_b)):
         if len(t) < 2:
-            raise ValueError(f"FID needs at least 2 samples in each set; the {name} set has {len(t)}")
+            raise UserError(f"FID needs at least 2 samples in each set; the {name} set has {len(t)}")
     with classifier.single_thread():
         metrics = torch_fidelity.calculate_metrics(
             input1=UInt8Images(tokens_to_uint8(tokens_a)),

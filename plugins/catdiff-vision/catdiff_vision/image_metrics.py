@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from catdiff.errors import UserError
+
 ENV = {"inception": "CATDIFF_INCEPTION_WEIGHTS", "vgg16": "CATDIFF_VGG16_WEIGHTS"}
 OPTION = {"inception": "inception_weights", "vgg16": "vgg16_weights"}
 EXTRACTOR = {"inception": "inception-v3-compat", "vgg16": "vgg16"}
@@ -34,7 +36,7 @@ def expected_url(kind: str) -> str:
         import torchvision
 
         return torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
-    raise ValueError(f"unknown feature network {kind!r}; expected inception or vgg16")
+    raise UserError(f"unknown feature network {kind!r}; expected inception or vgg16")
 
 
 def weights_file(kind: str, explicit: str | os.PathLike | None = None) -> Path:

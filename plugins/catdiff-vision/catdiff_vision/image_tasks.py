@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.errors import UserError
 from catdiff.task import LazyTokenData, Task, TokenData
 
 TEST_FALLBACK_ROWS = 1024
@@ -60,6 +61,7 @@ class ImageTask(Task):
     vocab_size = 1024
     seq_len = 256
     options = OPTIONS
+    mutable_options = ("trust_checkpoint", "fid_reference", "inception_weights", "vgg16_weights", "precision_recall")
     classes = False  # source layout: class folders (ImageNet) or a flat tree
     source_hint = "a directory of images"
 
@@ -93,7 +95,7 @@ class ImageTask(Task):
     def _check_vqgan(self, model) -> None:
         grid = self.option("image_size") // model.factor
         if model.n_embed != self.vocab_size or grid * grid != self.seq_len:
-            raise ValueError(f"task {self.name!r} expects {self.vocab_size} codes and {self.seq_len} tokens per image; "
+            raise UserError(f"task {self.name!r} expects {self.vocab_size} codes and {self.seq_len} tokens per image; "
                              f"the VQGAN has {model.n_embed} codes and gives {grid}x{grid} at image_size "
                              f"{self.option('image_size')}")
 
@@ -123,10 +125,10 @@ class ImageTask(Task):
                 f"{e}. Extract tokens first: `catdiff prepare {self.name} --split {split} --images DIR --tokenizer VQGAN` "
                 f"with DIR {self.source_hint}; tokens go to {directory} (task option data_dir or env CATDIFF_DATA)") from None
         if (shards.vocab_size, shards.seq_len) != (self.vocab_size, self.seq_len):
-            raise ValueError(f"{directory} holds {shards.seq_len} tokens of {shards.vocab_size} codes per image; task "
+            raise UserError(f"{directory} holds {shards.seq_len} tokens of {shards.vocab_size} codes per image; task "
                              f"{self.name!r} needs {self.seq_len} of {self.vocab_size}")
         if self.num_classes and not shards.has_labels:
-            raise ValueError(f"{directory} has no labels; extract from class folders ({self.source_hint})")
+            raise UserError(f"{directory} has no labels; extract from class folders ({self.source_hint})")
         return shards.lazy()
 
     def prepare_arguments(self, parser) -> None:

@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from catdiff.errors import UserError
+
 FORMAT = 1
 INDEX = "index.json"
 DTYPE = np.dtype("<u2")
@@ -59,9 +61,9 @@ def write_shards(out_dir: str | Path, items: Sequence[Any], encode: Callable[[Se
     ``stop_after`` shards ends early (for tests of the resume). Returns the index path.
     """
     if vocab_size > np.iinfo(DTYPE).max + 1:
-        raise ValueError(f"vocab_size {vocab_size} does not fit uint16 shards")
+        raise UserError(f"vocab_size {vocab_size} does not fit uint16 shards")
     if not items:
-        raise ValueError(f"nothing to extract into {out_dir}: the source list is empty")
+        raise UserError(f"nothing to extract into {out_dir}: the source list is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(settings or {}, seq_len=seq_len, vocab_size=vocab_size, shard_size=shard_size)
@@ -133,7 +135,7 @@ class ShardedTokens:
             raise FileNotFoundError(f"no token shards in {self.dir} (missing {INDEX})")
         self.index = json.loads(path.read_text())
         if self.index.get("format") != FORMAT:
-            raise ValueError(f"{path}: shard format {self.index.get('format')} != {FORMAT}")
+            raise UserError(f"{path}: shard format {self.index.get('format')} != {FORMAT}")
         if not self.index["complete"] and not allow_incomplete:
             raise FileNotFoundError(f"token extraction into {self.dir} is incomplete ({len(self.index['shards'])} shards "
                                     "written); rerun the same `catdiff prepare` command to resume it")

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catdiff.errors import UserError
+
 # The FFHQ / LSUN / ImageNet f16-1024 configuration (taming configs/*_vqgan.yaml).
 F16_1024 = {
     "n_embed": 1024,
@@ -211,7 +213,7 @@ class VQGAN(nn.Module):
         super().__init__()
         missing = [k for k in DDCONFIG_KEYS if k not in ddconfig]
         if missing:
-            raise ValueError(f"VQGAN ddconfig lacks {', '.join(missing)} (expected taming's model.params.ddconfig)")
+            raise UserError(f"VQGAN ddconfig lacks {', '.join(missing)} (expected taming's model.params.ddconfig)")
         self.ddconfig, self.n_embed, self.embed_dim = dict(ddconfig), int(n_embed), int(embed_dim)
         self.encoder = Encoder(**ddconfig)
         self.decoder = Decoder(**ddconfig)
@@ -266,12 +268,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
     model = doc.get("model", doc)
     target = model.get("target")
     if target is not None and target not in VQ_TARGETS:
-        raise ValueError(f"{path}: model.target is {target!r}; only {', '.join(VQ_TARGETS)} (VectorQuantizer2) "
+        raise UserError(f"{path}: model.target is {target!r}; only {', '.join(VQ_TARGETS)} (VectorQuantizer2) "
                          "checkpoints are supported (not GumbelVQ / EMA variants)")
     params = model.get("params", {})
     for key in ("ddconfig", "n_embed", "embed_dim"):
         if key not in params:
-            raise ValueError(f"{path}: model.params.{key} missing (expected a taming VQModel config)")
+            raise UserError(f"{path}: model.params.{key} missing (expected a taming VQModel config)")
     return {"ddconfig": dict(params["ddconfig"]), "n_embed": int(params["n_embed"]), "embed_dim": int(params["embed_dim"])}
 
 
@@ -377,7 +379,7 @@ def init_codebook(codebook, vqgan: VQGAN) -> None:
     codes = vqgan.codebook.detach().float()
     k, d = codebook.vocab_size, codebook.weight.shape[1]
     if codes.shape != (k, d):
-        raise ValueError(f"VQGAN codebook is {tuple(codes.shape)} but the diffusion codebook needs [{k}, {d}]: "
+        raise UserError(f"VQGAN codebook is {tuple(codes.shape)} but the diffusion codebook needs [{k}, {d}]: "
                          f"set embed_dim={codes.shape[1]} and use a task with vocab_size={codes.shape[0]}")
     target = codebook.weight.detach().pow(2).sum(1).mean()  # mean squared norm of the random init
     scale = (target / codes.pow(2).sum(1).mean().clamp_min(1e-12)).sqrt()
