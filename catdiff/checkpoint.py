@@ -101,12 +101,13 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
                 f"refused to load {path}: its pickle asks for `{found.group(1) or found.group(2)}`, which a catdiff "
                 f"checkpoint never holds (only tensors and plain values); nothing in it was run. Use a checkpoint "
                 f"written by catdiff") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({str(e).splitlines()[-1][:200]}). "
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason}). "
                               f"It was left untouched; delete it (or the --out directory) to start fresh, or pass "
                               f"another checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). "
             f"It was left untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

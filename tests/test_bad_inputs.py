@@ -1,0 +1,330 @@
+"""Bad inputs through the real CLI (``cli.main``): each gives exit 2, one line naming the
+problem and what to provide, no traceback, and leaves the run directory's files as they were."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from catdiff import cli
+from catdiff.engine import Engine
+from catdiff.errors import read_text
+from catdiff.hooks import Component, registry
+from catdiff.task import TokenData
+from toytask import ToyCondTask, ToyTask
+
+
+class EmptyTask(ToyTask):
+    name = "toy-empty"
+
+    def load(self, split):
+        return TokenData(torch.zeros(0, self.seq_len, dtype=torch.long))
+
+
+class OutOfRangeTestTask(ToyTask):
+    name = "toy-badtest"
+
+    def load(self, split):
+        data = super().load(split)
+        if split == "test":
+            data.tokens[5, 3] = 11
+        return data
+
+
+class MissingDataTask(ToyTask):
+    name = "toy-missing"
+
+    def load(self, split):
+        raise FileNotFoundError("toy data /nowhere/toy.txt not found; pass --set data=FILE")
+
+
+class TextFileTask(ToyTask):
+    """Reads its split from a file the test writes (here: not UTF-8)."""
+    name = "toy-text"
+    options = {"path": ""}
+
+    def load(self, split):
+        read_text(self.option("path"), "toy text")
+        return super().load(split)
+
+
+class BuggyTask(ToyTask):
+    name = "toy-buggy"
+
+    def evaluate(self, tokens, labels, out_dir):
+        return {"n": {}[21]}  # a plugin bug: KeyError 21
+
+
+TASKS = {t.name: t for t in (ToyTask, ToyCondTask, EmptyTask, OutOfRangeTestTask, MissingDataTask, TextFileTask,
+                             BuggyTask)}
+
+
+@pytest.fixture(autouse=True)
+def toy_tasks(monkeypatch):
+    for name, cls in TASKS.items():
+        monkeypatch.setitem(registry().components["tasks"], name, Component("tasks", name, cls, "tests"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A toy run directory (2 steps) and a toy-cond one, made once."""
+    root = tmp_path_factory.mktemp("trained")
+    Engine(ToyTask(), out=root / "toy", steps=2, threads=1).fit()
+    Engine(ToyCondTask(), out=root / "cond", steps=2, threads=1).fit()
+    return root
+
+
+@pytest.fixture
+def run(tmp_path, trained):
+    """A fresh copy of the toy run directory."""
+    shutil.copytree(trained / "toy", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".catdiff.lock"}
+
+
+def cli_run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write(path: Path, content) -> Path:
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path
+
+
+# (case id, argv after `run toy --out RUN`, expected message fragment)
+RUN_CASES = [
+    ("unknown-key", ["--set", "nosuch=1"], "unknown config key 'nosuch'"),
+    ("set-without-equals", ["--set", "lr"], "--set expects key=value"),
+    ("int-not-a-number", ["--set", "steps=abc"], "config steps: expected int"),
+    ("int-fraction", ["--set", "steps=2.5"], "config steps: expected int, got '2.5'"),
+    ("bool", ["--set", "compile=maybe"], "expected true/false"),
+    ("batch-size-0", ["--set", "batch_size=0"], "batch_size=0: must be >= 1"),
+    ("embed-dim-0", ["--set", "embed_dim=0"], "embed_dim=0: must be >= 1"),
+    ("ckpt-every-0", ["--set", "ckpt_every=0"], "ckpt_every=0: must be >= 1"),
+    ("log-every-0", ["--set", "log_every=0"], "log_every=0: must be >= 1"),
+    ("lr-0", ["--set", "lr=0"], "lr=0.0: must be > 0"),
+    ("lr-nan", ["--set", "lr=nan"], "lr=nan: must be a finite number"),
+    ("threads-negative", ["--set", "threads=-1"], "threads=-1: must be >= 0"),
+    ("steps-negative", ["--steps", "-5"], "steps=-5: must be >= 0"),
+    ("ema-above-1", ["--set", "ema_eval=1.5"], "ema_eval=1.5: must lie in [0, 1]"),
+    ("final-name", ["--set", "final=mode"], "final='mode': must be one of argmax, sample"),
+    ("sampler-name", ["--set", "sampler=nope"], "not 'nope'"),
+    ("precision-name", ["--set", "precision=fp8"], "precision='fp8': must be one of"),
+    ("device-name", ["--set", "device=gpu"], "device='gpu': must be auto, cpu"),
+    ("device-no-cuda", ["--set", "device=cuda"], "CUDA is not available"),
+    ("width-heads", ["--set", "heads=4", "--set", "width=30"], "multiple of heads"),
+    ("even-conv-kernel", ["--set", "conv_kernel=2"], "must be 0 (off) or odd"),
+    ("guidance-unconditional", ["--set", "guidance=2"], "needs a class-conditional task"),
+    ("unknown-method", ["--set", "method=nope"], "unknown method 'nope'. Known methods:"),
+    ("unknown-backbone", ["--set", "backbone=nope"], "unknown backbone 'nope'"),
+    ("resume-other-method", ["--set", "method=maskgit"], "method: 'catdm' -> 'maskgit'"),
+    ("resume-other-size", ["--set", "width=64"], "width: 32 -> 64"),
+    ("resume-other-objective", ["--set", "objective=csdm"], "--set resume=false"),
+]
+
+
+@pytest.mark.parametrize("argv, message", [c[1:] for c in RUN_CASES], ids=[c[0] for c in RUN_CASES])
+def test_bad_run_settings(capsys, run, argv, message):
+    before = digest(run)
+    code, out, err = cli_run(capsys, "run", "toy", "--out", run, *argv)
+    assert code == 2, err
+    assert message in err and err.startswith("catdiff: error: ") and "Traceback" not in err, err
+    assert digest(run) == before
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cfg.yaml", "lr: 1\n", "unknown format '.yaml'; use one of .json, .toml"),
+    ("cfg.json", '{"lr": 1e-3,\n "steps": }\n', "cfg.json, line 2 column"),
+    ("cfg.toml", "lr = 1e-3\nsteps = = 3\n", "line 2"),
+    ("cfg.json", b'{"seed": "\xff"}', "not UTF-8 text: byte 10"),
+    ("cfg.json", "[1, 2]", "must hold a table"),
+    ("cfg.json", '{"stepz": 3}', "unknown config key 'stepz'"),
+    ("cfg.toml", "steps = [1]\n", "config steps: expected int, got list"),
+    ("missing.json", None, "config file"),
+], ids=["yaml", "json-syntax", "toml-syntax", "not-utf8", "json-list", "unknown-key", "wrong-type", "missing"])
+def test_bad_config_files(capsys, tmp_path, run, name, content, message):
+    path = tmp_path / name if content is None else write(tmp_path / name, content)
+    before = digest(run)
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--config", path)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert digest(run) == before
+
+
+def malicious(path: Path, marker: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "catdiff-checkpoint", "version": 1, "payload": Evil()}, path)
+    return path
+
+
+def checkpoint_cases(tmp_path: Path, run: Path) -> dict[str, tuple[Path, str]]:
+    real = (run / "last.pt").read_bytes()
+    return {
+        "missing": (tmp_path / "nope.pt", "does not exist; train one"),
+        "random-bytes": (write(tmp_path / "r.pt", os.urandom(4096)), "corrupt or not a torch file"),
+        "truncated": (write(tmp_path / "t.pt", real[: len(real) // 2]), "corrupt or not a torch file"),
+        "empty": (write(tmp_path / "e.pt", b""), "corrupt or not a torch file"),
+        "not-catdiff": (tmp_path / "o.pt", "not a catdiff checkpoint"),
+        "future-version": (tmp_path / "v.pt", "checkpoint version 99"),
+        "incomplete": (tmp_path / "i.pt", "incomplete catdiff checkpoint (no config"),
+        "malicious": (malicious(tmp_path / "m.pt", tmp_path / "MARKER"), "refused to load"),
+        "directory-without-ckpt": (tmp_path, "does not exist"),
+    }
+
+
+@pytest.mark.parametrize("cmd", ["sample", "eval"])
+@pytest.mark.parametrize("case", ["missing", "random-bytes", "truncated", "empty", "not-catdiff", "future-version",
+                                  "incomplete", "malicious", "directory-without-ckpt"])
+def test_bad_checkpoints(capsys, tmp_path, run, cmd, case):
+    torch.save({"a": torch.ones(2)}, tmp_path / "o.pt")
+    torch.save({"format": "catdiff-checkpoint", "version": 99}, tmp_path / "v.pt")
+    torch.save({"format": "catdiff-checkpoint", "version": 1}, tmp_path / "i.pt")
+    path, message = checkpoint_cases(tmp_path, run)[case]
+    before = path.read_bytes() if path.is_file() else None
+    code, _, err = cli_run(capsys, cmd, path, "--out", tmp_path / "out")
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "MARKER").exists()  # nothing in the pickle ran
+    assert not (tmp_path / "out").exists()  # nothing written
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_another_tasks_checkpoint_is_refused_for_resuming(capsys, tmp_path, trained):
+    shutil.copytree(trained / "cond", tmp_path / "cond")
+    before = digest(tmp_path / "cond")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "cond")
+    assert code == 2 and "task: 'toy-cond' -> 'toy'" in err and "new --out" in err, err
+    assert digest(tmp_path / "cond") == before
+
+
+SAMPLE_CASES = [
+    ("infill-position", ["--infill", "99:1"], "position 99 outside [0, 11]"),
+    ("infill-token", ["--infill", "0:9"], "token 9 at position 0 outside the data vocabulary [0, 6]"),
+    ("infill-mask-id", ["--infill", "0:7"], "outside the data vocabulary"),  # 7 = [mask], never data
+    ("infill-negative", ["--infill", "0:-1"], "outside the data vocabulary"),
+    ("infill-syntax", ["--infill", "a:b"], "position:token pairs"),
+    ("infill-no-colon", ["--infill", "3"], "position:token pairs"),
+    ("infill-and-prompt", ["--infill", "0:1", "--prompt", "x"], "either --infill or --prompt"),
+    ("prompt-unsupported", ["--prompt", "abc"], "does not read --prompt"),
+    ("n-zero", ["--n", "0"], "--n must be >= 1"),
+    ("steps-zero", ["--steps", "0"], "--steps must be >= 1"),
+    ("label-unconditional", ["--label", "1"], "has no classes"),
+    ("guidance-unconditional", ["--guidance", "1"], "class-conditional"),
+    ("bad-set", ["--set", "sample_steps=0"], "sample_steps=0: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", [c[1:] for c in SAMPLE_CASES], ids=[c[0] for c in SAMPLE_CASES])
+def test_bad_sample_arguments(capsys, tmp_path, run, argv, message):
+    before = digest(run)
+    code, _, err = cli_run(capsys, "sample", run / "last.pt", "--out", tmp_path / "s", *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists() and digest(run) == before
+
+
+def test_label_outside_the_classes(capsys, tmp_path, trained):
+    code, _, err = cli_run(capsys, "sample", trained / "cond" / "last.pt", "--label", "3", "--out", tmp_path / "s")
+    assert code == 2 and "has classes 0..2" in err
+
+
+def test_eval_n_zero(capsys, run):
+    before = digest(run)
+    code, _, err = cli_run(capsys, "eval", run / "last.pt", "--n", "0")
+    assert code == 2 and "--n must be >= 1" in err and digest(run) == before
+
+
+@pytest.mark.parametrize("task, message", [
+    ("toy-empty", "split 'train' is empty"),
+    ("toy-badtest", "split 'test': token ids span [0, 11]"),
+    ("toy-missing", "toy data /nowhere/toy.txt not found; pass --set data=FILE"),
+    ("no-such-task", "unknown task 'no-such-task'. Known tasks:"),
+])
+def test_bad_data_fails_before_anything_is_written(capsys, tmp_path, task, message):
+    code, _, err = cli_run(capsys, "run", task, "--out", tmp_path / "r")
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "r" / "last.pt").exists() and not (tmp_path / "r" / "train_log.csv").exists()
+
+
+def test_non_utf8_data_names_the_file_and_byte(capsys, tmp_path):
+    data = write(tmp_path / "latin1.txt", "caf\xe9 au lait".encode("latin-1"))
+    code, _, err = cli_run(capsys, "run", "toy-text", "--out", tmp_path / "r", "--set", f"path={data}")
+    assert code == 2 and f"toy text {data} is not UTF-8 text: byte 3 is b'\\xe9'" in err, err
+
+
+def test_output_path_is_a_file(capsys, tmp_path):
+    write(tmp_path / "file", "mine")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "file")
+    assert code == 2 and "cannot use run directory" in err and "Traceback" not in err, err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def mount_tmpfs(target: Path, *options: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=8m",) + options), "tmpfs", str(target)],
+                         capture_output=True)
+    return res.returncode == 0
+
+
+def test_read_only_output_directory(capsys, tmp_path, trained):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if not mount_tmpfs(ro):
+        pytest.skip("needs root and mount to make a read-only file system")
+    try:
+        shutil.copytree(trained / "toy", ro / "run")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        before = digest(ro / "run")
+        code, _, err = cli_run(capsys, "run", "toy", "--out", ro / "run", "--steps", "4")
+        assert code == 2 and "Read-only file system" in err and "Traceback" not in err, err
+        assert digest(ro / "run") == before
+        code, _, err = cli_run(capsys, "eval", ro / "run" / "last.pt", "--n", "2")  # metrics.json cannot be written
+        assert code == 2 and "cannot write metrics" in err and "Read-only file system" in err, err
+    finally:
+        subprocess.run(["umount", str(ro)])
+
+
+def test_plugin_bug_shows_its_traceback_and_origin(capsys, tmp_path):
+    code, _, err = cli_run(capsys, "run", "toy-buggy", "--out", tmp_path / "r", "--steps", "1")
+    assert code == 1
+    assert "Traceback" in err and "KeyError: 21" in err
+    assert "This is a bug" in err and "test_bad_inputs.py" in err  # where it came from
+    assert (tmp_path / "r" / "last.pt").exists()  # the training before the bug is kept
+
+
+def test_debug_shows_tracebacks_of_user_errors(capsys, run, monkeypatch):
+    code, _, err = cli_run(capsys, "--debug", "run", "toy", "--out", run, "--set", "lr=0")
+    assert code == 2 and "Traceback" in err and "lr=0.0: must be > 0" in err
+    monkeypatch.setenv("CATDIFF_DEBUG", "1")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--set", "lr=0")
+    assert code == 2 and "Traceback" in err
+
+
+def test_resume_prints_changed_settings_once_and_stores_them(capsys, run):
+    code, out, err = cli_run(capsys, "run", "toy", "--out", run, "--steps", "4", "--set", "lr=2e-3")
+    assert code == 0, err
+    assert err.count("changed settings") == 1 and "steps: 2 -> 4" in err and "lr: 0.001 -> 0.002" in err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["lr"] == 2e-3
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["lr"] == 2e-3
+
+
+def test_resume_false_moves_the_old_run_aside(capsys, run):
+    before = digest(run)
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--set", "method=maskgit", "--set", "resume=false")
+    assert code == 0, err
+    (old,) = run.glob("previous-*")
+    assert digest(old) == before  # every file of the old run, byte for byte
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["method"] == "maskgit"
