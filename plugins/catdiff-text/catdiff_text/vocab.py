@@ -106,9 +106,12 @@ def train_bpe(text: str, vocab_size: int, unknown: str) -> bytes:
             user_defined_symbols=[REPLACEMENT] if unknown == "replace" else [], hard_vocab_limit=False,
             input_sentence_size=1_000_000, shuffle_input_sentence=True, num_threads=1, minloglevel=2)
     except RuntimeError as e:
-        raise UserError(f"sentencepiece could not train a BPE model of bpe_vocab={vocab_size} pieces on the "
-                        f"training text ({e}); raise bpe_vocab (it must exceed the number of distinct characters, "
-                        f"{len(set(text) - {chr(10)})}) or use tokenizer=chars") from None
+        chars = set(text) - {"\n"} | ({REPLACEMENT} if unknown == "replace" else set())
+        need = len(chars) + 1  # every character is a piece (coverage 1), plus <unk>
+        why = (f"it needs at least {need} (the {len(chars)} distinct characters and <unk>)"
+               if vocab_size < need else str(e))
+        raise UserError(f"sentencepiece cannot train a BPE model of bpe_vocab={vocab_size} pieces on the training "
+                        f"text: {why}; raise bpe_vocab or use tokenizer=chars") from None
     return model.getvalue()
 
 
