@@ -230,3 +230,10 @@ def test_bad_inputs_name_the_file(tmp_path):
         task_with(path=str(GPL3), tokenizer="bpe")
     with pytest.raises(UserError, match="bpe_vocab=20 .* needs at least 76"):
         task_with(path=str(GPL3), tokenizer="sentencepiece", bpe_vocab=20, cache_dir=str(tmp_path))
+
+
+def test_prepare_trains_the_bpe_model_into_the_cache(tmp_path, capsys):
+    sets = [f"path={GPL3}", "tokenizer=sentencepiece", "bpe_vocab=300", f"cache_dir={tmp_path}"]
+    assert cli_main(["prepare", "text-file"] + [a for s in sets for a in ("--set", s)]) == 0
+    (model,) = tmp_path.glob("spm-*.model")
+    assert f"sentencepiece BPE of 301 ids (with the newline id), cached at {model}" in capsys.readouterr().out
