@@ -31,7 +31,8 @@ def find_files(spec: str) -> list[Path]:
         if not files:
             raise UserError(f"text-file path {spec!r}: no file matches this glob")
     elif p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+        hidden = lambda f: any(part.startswith(".") for part in f.relative_to(p).parts)  # noqa: E731
+        files = [f for f in p.rglob("*") if f.is_file() and not hidden(f)]
         if not files:
             raise UserError(f"text-file path {p}: the folder holds no files; put UTF-8 text files in it")
     elif p.is_file():

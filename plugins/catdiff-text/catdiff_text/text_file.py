@@ -207,7 +207,10 @@ class TextFileTask(TextTask):
                 known += [0] * len(piece)
                 mask += [False] * len(piece)
             else:
-                piece = clean_text(piece) if self.option("clean") else piece.lower() if self.option("lowercase") else piece
+                if self.option("clean"):
+                    piece = clean_text(piece)
+                elif self.option("lowercase"):
+                    piece = piece.lower()
                 ids = self.tokenizer.encode(restrict(piece, self.chars.alphabet, self.option("unknown"))).tolist()
                 known += ids
                 mask += [True] * len(ids)
@@ -224,7 +227,8 @@ class TextFileTask(TextTask):
         """``catdiff prepare text-file --set path=... --set tokenizer=sentencepiece``: setup has
         trained (or found) the BPE model; say where it is and how large the vocabulary is."""
         if self.option("tokenizer") == "chars":
-            print(f"text-file: {self.vocab_size} characters {self.chars.alphabet!r}, derived at run time; nothing to prepare")
+            print(f"text-file: {self.vocab_size} characters {self.chars.alphabet!r}, derived at run time; "
+                  "nothing to prepare")
             return
         where = self.bpe_cache_path
         print(f"text-file: sentencepiece BPE of {self.vocab_size} ids (with the newline id)"

@@ -142,7 +142,8 @@ class TokensTask(Task):
         top = max(train.max_id, test.max_id)
         if vocab and top >= vocab:
             where = train.path if train.max_id >= vocab else test.path
-            raise UserError(f"task tokens: {where} holds token id {top}, outside [0, {vocab - 1}] of vocab_size={vocab}; "
+            raise UserError(f"task tokens: {where} holds token id {top}, outside [0, {vocab - 1}] of "
+                            f"vocab_size={vocab}; "
                             "raise vocab_size or leave it unset (0: max id + 1)")
         if (train.labels is None) != (test.labels is None):
             raise UserError(f"task tokens: {train.path if train.labels is None else test.path} has no labels but the "
@@ -190,7 +191,8 @@ class TokensTask(Task):
                 if (path / "test" / "index.json").is_file():
                     return train, _open_shards(path / "test")
                 return train
-            raise UserError(f"task tokens: {path} is a directory without token shards (index.json, or train/index.json); "
+            raise UserError(f"task tokens: {path} is a directory without token shards (index.json, or "
+                            "train/index.json); "
                             "give a .npy / .pt array or a shard directory written by `catdiff prepare`")
         tokens = check_tokens(read_array(path, "token array"), path)
         lab = None
@@ -247,7 +249,8 @@ class TokensTask(Task):
         files = [out_dir / "samples.npy", out_dir / "samples.txt"]
         np.save(files[0], tokens)
         lab = None if labels is None else torch.as_tensor(labels).cpu().numpy().astype(np.int64)
-        lines = [(f"{lab[i]}: " if lab is not None else "") + " ".join(map(str, row)) for i, row in enumerate(tokens.tolist())]
+        rows = [" ".join(map(str, row)) for row in tokens.tolist()]
+        lines = rows if lab is None else [f"{c}: {r}" for c, r in zip(lab.tolist(), rows)]
         files[1].write_text("\n".join(lines) + "\n")
         if lab is not None:
             files.append(out_dir / "sample_labels.npy")
