@@ -154,9 +154,12 @@ def test_train_sample_evaluate_resume_and_sample_from_checkpoint(tmp_path):
     assert m["bpc_chunks"] == len(eng.task.load("test"))
     text = (out / "samples.txt").read_text()
     assert text.count("=== sample ") == 4
-    resumed = Engine(TextFileTask(), out=out, path=str(data), **dict(SMALL, steps=5))
+    resumed = Engine(TextFileTask(), out=out, path=str(data), **dict(SMALL, steps=5, bpc_draws=2))
     assert resumed.step == 3
     assert resumed.fit().step == 5
+    data.write_text("\u00a7 " + GPL3.read_text())  # another alphabet: the same run cannot resume on it
+    with pytest.raises(UserError, match="trained another model .*alphabet"):
+        Engine(TextFileTask(), out=out, path=str(data), **SMALL)
     # the checkpoint carries the alphabet: sampling reads no data (the file is gone)
     data.unlink()
     ck = Engine.from_checkpoint(out / "last.pt")

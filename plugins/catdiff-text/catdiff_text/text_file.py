@@ -17,7 +17,8 @@ of ``seq_len`` tokens (non-overlapping, the remainder dropped) of the vocabulary
 What setup stores. The derived ``alphabet`` and the serialised BPE model (``spm_proto``,
 base64) are written into ``cfg.task_options``, so checkpoints carry their vocabulary and
 ``catdiff sample`` / ``eval`` rebuild the same ids without reading (or re-deriving from)
-the data. A run resumed with the same data and options derives the same vocabulary.
+the data. A run resumed with the same data and options derives the same vocabulary; one
+whose data now gives another vocabulary is refused by the engine's resume check.
 
 BPC. The likelihood bound gives bits per token of the test chunks; bits per character =
 bits per token * tokens / characters, the characters being those the evaluated chunks stand
@@ -70,6 +71,7 @@ class TextFileTask(TextTask):
     options: Mapping[str, Any] = dict(
         path="", seq_len=256, test_frac=0.05, lowercase=False, clean=False, alphabet="", unknown="replace",
         tokenizer="chars", bpe_vocab=1000, spm_proto="", cache_dir="", bpc_draws=1, bpc_chunks=0)
+    mutable_options = ("bpc_draws", "bpc_chunks", "cache_dir")  # a resume must match the rest (and the vocabulary)
     description = "any UTF-8 text file, folder or glob (--set path=...), characters or BPE, bits per character"
 
     def __init__(self):
