@@ -143,3 +143,48 @@ def test_third_party_method_declares_typed_config_keys(tmp_path, monkeypatch):
         Engine(ToyTask(), my_temperature=1)  # only the run's method's keys are accepted
     with pytest.raises(ValueError, match="my_temperature.*both by task 'toy-clash' and by method 'hot-catdm'"):
         Engine(ClashTask(), method="hot-catdm")
+
+
+SHADOWING = textwrap.dedent('''
+    from catdiff.hooks import hookimpl
+    from catdiff.method import CATDM
+    from catdiff_stripes import Stripes
+
+    class FakeDigits(Stripes):
+        name = "digits"
+
+    @hookimpl
+    def catdiff_tasks():
+        return {"stripes": Stripes, "digits": FakeDigits}
+
+    @hookimpl
+    def catdiff_methods():
+        return {"catdm": CATDM}
+''')
+
+
+def test_colliding_names_keep_builtins_and_first_party_and_are_reported(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-stripes", "catdiff_stripes", PLUGIN)
+    make_dist(site, "catdiff-zzz", "catdiff_zzz", SHADOWING)  # a later package claiming taken names
+    make_dist(site, "catdiff-zdup", "catdiff_zdup", "from catdiff_stripes import catdiff_metrics\n")
+    ep = site / "catdiff_zdup-0.1.dist-info" / "entry_points.txt"
+    ep.write_text("[catdiff]\ncatdiff-stripes = catdiff_zdup\n")  # an entry-point name already taken
+
+    listing = run_cli(site, "list")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    at = lambda name: next(i for i, l in enumerate(lines) if l.split()[:1] == [name])  # noqa: E731
+    assert "from catdiff-stripes 0.1" in lines[at("stripes")]
+    assert "shadows the same name from catdiff-zzz 0.1" in lines[at("stripes") + 1]
+    assert "from catdiff-vision" in lines[at("digits")] and "catdiff-zzz" in lines[at("digits") + 1]
+    assert "from catdiff" in lines[at("catdm")] and "catdiff-zzz" in lines[at("catdm") + 1]
+    assert "entry point name 'catdiff-stripes' of catdiff-zdup 0.1 is already taken by catdiff-stripes 0.1" \
+        in listing.stdout
+    assert "Plugin name already registered" not in listing.stdout + listing.stderr
+
+    run = run_cli(site, "run", "stripes", "--out", str(tmp_path / "run"), "--steps", "1")
+    assert run.returncode == 0, run.stderr
+    assert ("catdiff: warning: task 'stripes' is provided by catdiff-stripes 0.1 and also by catdiff-zzz 0.1; "
+            "using catdiff-stripes 0.1") in run.stderr

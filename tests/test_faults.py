@@ -1,0 +1,238 @@
+"""Faults during a run: signals mid-training and mid-write, two runs on one directory, a full
+disk, killed writes, a stalled DDP peer. Each must lose no work and resume bit-identically."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from catdiff import checkpoint, cli
+from catdiff.engine import Engine
+from catdiff.errors import Aborted, TrainingInterrupted, UserError
+from catdiff.hooks import Component, registry
+from test_bad_inputs import mount_tmpfs
+from test_engine import same_weights
+from toytask import ToyTask
+
+TOYCLI = str(Path(__file__).with_name("toycli.py"))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+RUN = ["--set", "threads=1", "--set", "ckpt_every=100000", "--set", "n_samples=4", "--set", "sample_steps=2"]
+
+
+def toycli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, TOYCLI, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, **kw)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def weights(path: Path) -> dict:
+    payload = torch.load(path, weights_only=True)
+    return {**{f"model.{k}": v for k, v in payload["model"].items()},
+            **{f"ema.{k}": v for k, v in payload["ema_eval"].items()}, "step": payload["step"]}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+def test_sigterm_mid_training_checkpoints_and_resumes_bit_identically(tmp_path):
+    steps = 600
+    full = toycli("run", "toy", "--out", tmp_path / "full", "--steps", steps, *RUN)
+    cut = toycli("run", "toy", "--out", tmp_path / "cut", "--steps", steps, *RUN)
+    wait_for(tmp_path / "cut" / "train_log.csv", cut)  # training has started
+    cut.send_signal(signal.SIGTERM)
+    _, err = cut.communicate(timeout=120)
+    assert cut.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("catdiff: interrupted by SIGTERM at step ") and "rerun the same command to resume" in line
+    stopped = int(line.split("at step ")[1].split(";")[0])
+    assert 0 < stopped < steps and torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == stopped
+    resumed = toycli("run", "toy", "--out", tmp_path / "cut", "--steps", steps, *RUN)
+    assert resumed.wait(timeout=300) == 0 and full.wait(timeout=300) == 0, resumed.communicate()
+    assert same(weights(tmp_path / "cut" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
+
+
+def signal_during_write(monkeypatch, engine: Engine, at_step: int, signum: int, times: int):
+    """Send ``signum`` to this process from inside the checkpoint writes made at ``at_step``
+    (after serialising, before the bytes reach the disk): the worst moment. ``times`` signals."""
+    real = checkpoint.write_atomic
+    sent = []
+
+    def write(data, path, what="file"):
+        if what == "checkpoint" and engine.step == at_step and len(sent) < times:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return real(data, path, what)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", write)
+    return sent
+
+
+def test_signal_mid_write_finishes_the_write_then_stops(tmp_path, toy, monkeypatch):
+    full = Engine(toy, steps=20, threads=1).fit()
+    eng = Engine(toy, out=tmp_path, steps=20, ckpt_every=5, threads=1)
+    signal_during_write(monkeypatch, eng, at_step=10, signum=signal.SIGINT, times=1)
+    with pytest.raises(TrainingInterrupted) as info:
+        eng.fit()
+    assert info.value.step == 11 and info.value.checkpoint == tmp_path / "last.pt"  # one more step, then saved
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 11 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    resumed = Engine(toy, out=tmp_path, steps=20, threads=1).fit()
+    assert same_weights(full, resumed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_second_signal_aborts_at_once_and_keeps_the_previous_checkpoint(tmp_path, toy, monkeypatch):
+    full = Engine(toy, steps=20, threads=1).fit()
+    eng = Engine(toy, out=tmp_path, steps=20, ckpt_every=4, threads=1)
+    real = eng.method.loss
+
+    def first_sigterm_at_6(*args):
+        if eng.step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(eng.method, "loss", first_sigterm_at_6)
+    signal_during_write(monkeypatch, eng, at_step=7, signum=signal.SIGTERM, times=1)  # the second, mid-write
+    with pytest.raises(Aborted):
+        eng.fit()
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 4 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    resumed = Engine(toy, out=tmp_path, steps=20, threads=1).fit()
+    assert same_weights(full, resumed)
+
+
+def test_two_runs_on_one_directory_and_a_dead_holders_lock(tmp_path, toy, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    Engine(toy, out=tmp_path, steps=2, threads=1).fit()
+    first = toycli("run", "toy", "--out", tmp_path, "--steps", 10**6, *RUN)  # resumes, then trains on
+    try:
+        lock = tmp_path / ".catdiff.lock"
+        while f'"pid": {first.pid},' not in (lock.read_text() if lock.exists() else ""):
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
+        before = (tmp_path / "last.pt").read_bytes()
+        code = cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"in use by another catdiff run (pid {first.pid} on " in err, err
+        assert "another --out" in err and (tmp_path / "last.pt").read_bytes() == before
+        assert cli.main(["sample", str(tmp_path / "last.pt"), "--n", "2", "--steps", "2",
+                         "--out", str(tmp_path / "s")]) == 0  # readers take no lock
+    finally:
+        first.kill()  # kill -9 leaves its lock file behind
+        first.wait()
+    assert (tmp_path / ".catdiff.lock").exists()
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3", "--set", "n_samples=2",
+                     "--set", "sample_steps=2"]) == 0  # the dead holder's lock is taken over
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path, toy):
+    Engine(toy, out=tmp_path, steps=2, threads=1).fit()
+    stale = [tmp_path / "last.pt.abc123.tmp", tmp_path / "config.json.x1.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("the user's")
+    Engine(toy, out=tmp_path, steps=3, threads=1).fit()
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, toy, capsys, monkeypatch):
+    size = len(Path(Engine(toy, out=tmp_path / "probe", steps=1, threads=1).fit().out / "last.pt").read_bytes())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not mount_tmpfs(disk, f"size={size + size // 2 + 65536}"):
+        pytest.skip("needs root and mount for a small tmpfs")
+    try:
+        eng = Engine(toy, out=disk, steps=10, ckpt_every=2, threads=1)
+        with pytest.raises(UserError) as info:
+            eng.fit()  # the step-2 checkpoint fits, the step-4 one does not
+        msg = str(info.value)
+        assert "cannot write checkpoint" in msg and "No space left on device" in msg, msg
+        assert f"the previous checkpoint {disk / 'last.pt'} is intact" in msg
+        assert checkpoint.load(disk / "last.pt")["step"] == 2 and not list(disk.glob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_injected_enospc_through_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "2", *RUN]) == 0
+    before = (tmp_path / "last.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    capsys.readouterr()
+    code = cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "4", *RUN])
+    err = capsys.readouterr().err
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert code == 2 and "No space left on device" in err and "is intact" in err and "Traceback" not in err, err
+    assert (tmp_path / "last.pt").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+class FailingRender(ToyTask):
+    name = "toy-render"
+
+    def save_samples(self, tokens, labels, out_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir / "samples.png"))
+
+
+def test_a_failing_image_write_loses_no_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy-render",
+                        Component("tasks", "toy-render", FailingRender, "tests"))
+    code = cli.main(["run", "toy-render", "--out", str(tmp_path), "--steps", "2", *RUN])
+    out, err = capsys.readouterr()
+    assert code == 2 and "samples.png: No space left on device" in err and "Traceback" not in err
+    assert "progression_frac" in (tmp_path / "metrics.json").read_text() and "progression_frac" in out
+
+
+STALL = '''
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from toytask import ToyTask
+from catdiff.engine import Engine
+from catdiff.errors import UserError
+eng = Engine(ToyTask(), steps=10_000, batch_size=8, threads=1, dist_timeout={timeout})
+real = eng.method.loss
+def loss(*a):
+    if eng.rank == 1 and eng.step == 3:
+        os.kill(os.getpid(), signal.SIGSTOP)  # a stalled peer
+    return real(*a)
+eng.method.loss = loss
+try:
+    eng.fit()
+except UserError as e:
+    print(f"catdiff: error: {{e}}", file=sys.stderr)
+    sys.exit(2)
+'''
+
+
+def test_a_stalled_ddp_peer_ends_the_others_within_the_timeout(tmp_path):
+    script = tmp_path / "stall.py"
+    script.write_text(STALL.format(tests=str(Path(__file__).parent), timeout=3))
+    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        _, err = ranks[0].communicate(timeout=120)
+        assert ranks[0].returncode == 2, err
+        assert "rank 0: the other processes did not answer within dist_timeout=3s at step 3" in err, err
+        assert "Traceback" not in err
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
