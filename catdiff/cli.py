@@ -54,6 +54,7 @@ def cmd_run(args) -> int:
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
     with eng.writing():
         eng.fit()
+        eng.leave_group()
         if eng.rank != 0:  # evaluation runs once, on rank 0
             return 0
         eng.evaluate(out=out, on_metrics=_print_metrics)

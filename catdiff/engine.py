@@ -335,6 +335,14 @@ class Engine:
             self.save()
         return self
 
+    def leave_group(self) -> None:
+        """End this process's part in a DDP run (all ranks call it): a barrier, then the process
+        group is destroyed, so no rank tears down gloo while a peer still talks to it (which
+        aborts with "terminate called without an active exception")."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def _stop_signal(self, signals: DeferredSignals) -> int:
         """The signal that asks to stop after this step (0: none); under DDP every rank stops
         at the same step when any rank was signalled."""
@@ -389,7 +397,7 @@ class Engine:
         return checkpoint.save(self.state(), path)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, out: str | Path | None = None, task: Task | None = None,
+    def from_checkpoint(cls, path: str | Path, /, out: str | Path | None = None, task: Task | None = None,
                         **overrides: Any) -> "Engine":
         """Rebuild an Engine from a checkpoint: its own config (``overrides`` for sampling/eval keys),
         its task by registry name unless a ``task`` instance is given."""

@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent('''
                     "ema_diff": (emas[0] - emas[1]).abs().max().item(),
                     "moved": (flat - start).abs().max().item()}},
                   open({out!r}, "w"))
-    dist.destroy_process_group()
+    eng.leave_group()
 ''')
 
 
@@ -47,3 +47,16 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     result = json.loads(out.read_text())
     assert result["moved"] > 0  # training happened, each rank on its own data and noise
     assert result["max_diff"] == 0.0 and result["ema_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_cli_run_under_torchrun_evaluates_once_and_writes_from_rank_0(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    toycli = Path(__file__).with_name("toycli.py")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(toycli), "run", "toy", "--out", str(tmp_path),
+           "--steps", "6", "--set", "batch_size=8", "--set", "threads=1", "--set", "n_samples=4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("progression_frac") == 1 and res.stdout.count("run directory:") == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 6.0
+    assert (tmp_path / "train_log.csv").read_text().count("\n") == 2  # header + one row (log_every 10), one writer
