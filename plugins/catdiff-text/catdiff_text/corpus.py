@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from catdiff.errors import UserError
+
 from .tokenizer import clean_text
 
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
@@ -42,7 +44,7 @@ def chunk(ids: torch.Tensor, length: int) -> torch.Tensor:
     """[T] -> [T // length, length]: consecutive non-overlapping chunks, the remainder dropped."""
     n = ids.numel() // length
     if n == 0:
-        raise ValueError(f"text of {ids.numel()} characters is shorter than one chunk of {length}")
+        raise UserError(f"text of {ids.numel()} characters is shorter than one chunk of {length}")
     return ids[: n * length].view(n, length)
 
 
@@ -74,7 +76,7 @@ def read_text8(path: Path) -> str:
     else:
         raw = Path(path).read_bytes()
     if re.search(rb"[^a-z ]", raw):
-        raise ValueError(f"{path} is not text8: it holds characters other than a-z and space")
+        raise UserError(f"{path} is not text8: it holds characters other than a-z and space")
     return raw.decode("ascii")
 
 
@@ -88,12 +90,12 @@ def read_sword_blocks(module_dir: Path, testament: str = "ot") -> str:
             raise FileNotFoundError(f"{f} not found")
     raw_index, blob = index.read_bytes(), data.read_bytes()
     if len(raw_index) % 12:
-        raise ValueError(f"{index}: size {len(raw_index)} is not a multiple of 12 (uint32 triples)")
+        raise UserError(f"{index}: size {len(raw_index)} is not a multiple of 12 (uint32 triples)")
     parts = []
     for offset, size, usize in struct.iter_unpack("<III", raw_index):
         block = zlib.decompressobj().decompress(blob[offset : offset + size])
         if len(block) != usize:
-            raise ValueError(f"{data}: block at {offset} inflates to {len(block)} bytes, index says {usize}")
+            raise UserError(f"{data}: block at {offset} inflates to {len(block)} bytes, index says {usize}")
         parts.append(block.decode("utf-8"))
     return "".join(parts)
 

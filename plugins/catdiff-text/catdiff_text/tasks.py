@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.errors import UserError
 from catdiff.task import Task, TokenData
 
 from . import corpus
@@ -41,6 +42,7 @@ class TextTask(Task):
     vocab_size = len(ALPHABET)
     seq_len = 256
     options: Mapping[str, Any] = dict(bpc_draws=4, bpc_chunks=0)
+    mutable_options = ("bpc_draws", "bpc_chunks")
 
     def __init__(self):
         self.tokenizer = CharTokenizer()
@@ -113,10 +115,10 @@ class TextTask(Task):
         ``"in the beginning"`` (prefix), ``"*and they lived"`` (suffix), ``"the ____ of *"``."""
         text = text.lower()
         if text.count(FILL) > 1:
-            raise ValueError(f"--prompt may hold at most one {FILL!r}, got {text.count(FILL)}")
+            raise UserError(f"--prompt may hold at most one {FILL!r}, got {text.count(FILL)}")
         fixed_len = len(text) - text.count(FILL)
         if fixed_len > self.seq_len:
-            raise ValueError(f"--prompt spans {fixed_len} characters, more than seq_len={self.seq_len}")
+            raise UserError(f"--prompt spans {fixed_len} characters, more than seq_len={self.seq_len}")
         pad = FREE * (self.seq_len - fixed_len)
         text = text.replace(FILL, pad) if FILL in text else text + pad
         mask = torch.tensor([c != FREE for c in text])

@@ -14,6 +14,8 @@ import unicodedata
 import numpy as np
 import torch
 
+from catdiff.errors import UserError
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 _OTHER = re.compile(r"[^a-z]+")
@@ -37,14 +39,14 @@ class CharTokenizer:
     space_id = _INDEX[" "]
 
     def encode(self, text: str, clean: bool = False) -> torch.Tensor:
-        """``text`` -> LongTensor [len]. Characters outside a-z and space raise ValueError
+        """``text`` -> LongTensor [len]. Characters outside a-z and space raise UserError
         unless ``clean=True``, which applies :func:`clean_text` first (changing the length)."""
         if clean:
             text = clean_text(text)
         ids = _LUT[np.frombuffer(text.encode("utf-8"), dtype=np.uint8)]  # vectorised: text8 is 100M chars
         if (ids == 255).any():
             pos = next(i for i, c in enumerate(text) if c not in _INDEX)
-            raise ValueError(
+            raise UserError(
                 f"character {text[pos]!r} at position {pos} is not in the text8 alphabet (a-z and space); "
                 "pass clean=True to lowercase it or turn runs of other characters into one space")
         return torch.from_numpy(ids.astype(np.int64))
