@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.encoder import KVCache
+from ..errors import UserError
 from ..method import Method
 from .common import check_sampling, gumbel
 
@@ -115,11 +116,11 @@ class AR(Method):
         super().__init__(cfg)
         cfg.task_options["causal"] = True  # read by the backbone the engine builds next
         if not self.option("temperature") > 0:
-            raise ValueError(f"temperature must be > 0, got {self.option('temperature')}")
+            raise UserError(f"temperature must be > 0, got {self.option('temperature')}")
         if self.option("top_k") < 0 or not 0 < self.option("top_p") <= 1:
-            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.option('top_k')}, {self.option('top_p')}")
+            raise UserError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.option('top_k')}, {self.option('top_p')}")
         if self.option("beam_size") < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.option('beam_size')}")
+            raise UserError(f"beam_size must be >= 1, got {self.option('beam_size')}")
 
     def token_nll(self, model, x, cond) -> torch.Tensor:
         """-log p(x_i | x_<i, y) [B, M] by teacher forcing, through the Denoiser's ``logits``."""
