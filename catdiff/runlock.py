@@ -26,6 +26,7 @@ class RunLock:
         self.path = Path(directory) / LOCK_NAME
         self._fd: int | None = None
         self._depth = 0
+        self._made_dir = False  # the directory did not exist: remove it again if the run wrote nothing
 
     def __enter__(self) -> "RunLock":
         if self._depth == 0:
@@ -39,9 +40,13 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            if self._made_dir and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()  # e.g. bad data: leave no empty run directory behind
+                self.path.parent.rmdir()
 
     def _acquire(self) -> None:
         try:
+            self._made_dir = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.errors import UserError, read_text
 
 from .fairseq_bin import IndexedDataset
 
@@ -28,7 +28,7 @@ def read_parallel(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(str(p))
-    src_lines, tgt_lines = (p.read_text(encoding="utf-8").splitlines() for p in paths)
+    src_lines, tgt_lines = (read_text(p, "corpus file").splitlines() for p in paths)
     if len(src_lines) != len(tgt_lines):
         raise UserError(f"{paths[0]} has {len(src_lines)} lines but {paths[1]} has {len(tgt_lines)}; "
                          f"they must be line-aligned translations")

@@ -129,7 +129,7 @@ class TranslationTask(Task):
     def bpe_mode(self) -> str:
         mode = self.option("bpe")
         if mode == "auto":
-            with open(self.data_dir() / f"train.{self.src_lang}", encoding="utf-8") as f:
+            with open(self.data_dir() / f"train.{self.src_lang}", encoding="utf-8", errors="replace") as f:  # a sniff
                 head = [line for _, line in zip(range(10_000), f)]
             mode = "marked" if any("@@ " in line for line in head) else "sentencepiece"
         return mode

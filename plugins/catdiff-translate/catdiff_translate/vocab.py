@@ -13,7 +13,7 @@ import collections
 from pathlib import Path
 from typing import Iterable
 
-from catdiff.errors import UserError
+from catdiff.errors import UserError, read_text
 
 # fairseq.data.Dictionary's fixed specials, in this order
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -88,7 +88,7 @@ class FairseqDictionary:
         if not path.is_file():
             raise FileNotFoundError(f"fairseq dictionary {path} not found")
         symbols = list(FAIRSEQ_SPECIALS)
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text(path, "fairseq dictionary").splitlines(), 1):
             word, _, field = line.rstrip().rpartition(" ")
             overwrite = field == "#fairseq:overwrite"
             if overwrite:  # fairseq then appends the symbol again under a new id
