@@ -1,8 +1,6 @@
 """catdiff: diffusion models for categorical data (CATDM: continuous diffusion in a jointly
 learned embedding space with consistency matching)."""
 from .config import Config
-from .method import Method
-from .task import Task, TokenData
 
 try:  # the one version source is pyproject.toml, via the installed distribution's metadata
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -12,10 +10,20 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 __all__ = ["Config", "Engine", "Method", "Task", "TokenData", "__version__"]
 
+# name -> submodule; imported on first access so that `import catdiff` (and `catdiff --help`)
+# does not import torch
+_LAZY = {"Engine": "engine", "Method": "method", "Task": "task", "TokenData": "task"}
 
-def __getattr__(name):  # lazy: `import catdiff` stays light
-    if name == "Engine":
-        from .engine import Engine
 
-        return Engine
-    raise AttributeError(name)
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

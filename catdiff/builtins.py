@@ -1,5 +1,5 @@
 """Components that ship with catdiff, registered through the same hooks as any plugin."""
-from .hooks import hookimpl
+from .markers import hookimpl
 
 
 @hookimpl

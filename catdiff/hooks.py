@@ -14,15 +14,15 @@ from typing import Any, Callable
 
 import pluggy
 
+from . import builtins
 from .errors import UnknownName
+from .markers import GROUP, hookimpl, hookspec
 
-GROUP = "catdiff"
 KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
 # Distributions whose components win over a third-party one of the same name (after the built-ins).
 FIRST_PARTY = ("catdiff-vision", "catdiff-text", "catdiff-translate", "catdiff-tokens")
 
-hookspec = pluggy.HookspecMarker(GROUP)
-hookimpl = pluggy.HookimplMarker(GROUP)
+__all__ = ["GROUP", "KINDS", "Component", "Registry", "build_registry", "hookimpl", "hookspec", "registry"]
 
 
 class Hookspecs:
@@ -112,8 +112,6 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
     (entry points sorted by distribution and name); the others are listed in
     ``registry.shadowed``, and ``catdiff list`` and the first use of the name say so.
     """
-    from catdiff import builtins
-
     pm = _plugin_manager()
     registry = Registry()
     pm.register(builtins, name="catdiff")

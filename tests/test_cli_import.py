@@ -1,0 +1,53 @@
+"""`catdiff --help` and the plugin registry's modules must not import torch (issue 20, part 3)."""
+import subprocess
+import sys
+
+import pytest
+
+CHECK = "import sys; {stmt}; bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); " \
+        "print('TORCH' if bad else 'CLEAN', bad[:5])"
+
+
+def _run(stmt: str) -> str:
+    out = subprocess.run([sys.executable, "-c", CHECK.format(stmt=stmt)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("stmt", [
+    "import catdiff",
+    "import catdiff.cli",
+    "import catdiff.hooks",
+    # the first-party plugin modules an entry point loads (their hooks import the components)
+    "import catdiff_vision.plugin, catdiff_text.plugin, catdiff_translate.plugin, catdiff_tokens.plugin",
+])
+def test_light_modules_do_not_import_torch(stmt):
+    assert _run(stmt).startswith("CLEAN"), _run(stmt)
+
+
+def test_help_does_not_import_torch():
+    """`python -m catdiff --help` under -X importtime: no torch module in the import log."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "catdiff", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert "catdiff.cli" in imported  # the log is real
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+
+
+def test_lazy_names_still_resolve():
+    import catdiff
+    from catdiff.hooks import GROUP, hookimpl, hookspec
+    from catdiff.markers import hookimpl as marker
+
+    assert hookimpl is marker and GROUP == "catdiff" and hookspec is not None
+    assert catdiff.Task.__name__ == "Task" and catdiff.TokenData.__name__ == "TokenData"
+    assert catdiff.Method.__name__ == "Method" and catdiff.Engine.__name__ == "Engine"
+    assert {"Engine", "Task"} <= set(dir(catdiff))
+    with pytest.raises(AttributeError):
+        catdiff.NoSuchThing
+    from catdiff_text import ALPHABET, CharTokenizer
+
+    assert len(ALPHABET) == CharTokenizer().vocab_size
