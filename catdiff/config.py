@@ -56,20 +56,25 @@ class Config:
 
     # optimisation
     steps: int = 2000              # 0 = no training: checkpoint and evaluate the initial (or resumed) model
-    batch_size: int = 64
+    batch_size: int = 64           # the global batch of one optimizer step (all processes, all micro-batches)
+    accum: int = 1                 # micro-batches per optimizer step (gradient accumulation)
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup: int = 100
     grad_clip: float = 1.0
     device: str = "auto"           # auto | cpu | cuda | cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)
-    precision: str = "auto"        # auto (bf16 on CUDA) | fp32 | bf16
-    compile: bool = False
+    precision: str = "auto"        # auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16
+    compile: bool = False          # torch.compile the training network and the one used for sampling
     threads: int = 0               # torch threads on CPU; 0 = torch default
     dist_timeout: float = 600.0    # seconds a DDP rank waits for its peers before failing with an error
 
     # bookkeeping
-    log_every: int = 50
+    log_every: int = 50            # steps between reads of the training curves (and the finite-loss check)
     ckpt_every: int = 500
+    keep_last: int = 0             # step-numbered checkpoints kept beside last.pt (step-00001000.pt, ...)
+    eval_every: int = 0            # steps between evaluations during training (bound + sample metrics); 0 = off
+    eval_samples: int = 64         # samples for the sample metrics of those evaluations
+    logger: str = "auto"           # csv (always written) plus: auto (TensorBoard when installed) | tensorboard | wandb
     resume: bool = True            # false: start over in --out, moving the old run's files aside
 
     # sampling and evaluation
@@ -226,13 +231,14 @@ CHOICES = {
     "positions": ("sinusoidal", "rotary"),
     "objective": ("catdm", "csdm", "csdm_l2", "ce"),
     "drop": ("rand", "linear", "rand_ratio", "none"),
-    "precision": ("auto", "fp32", "bf16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "logger": ("auto", "csv", "tensorboard", "wandb"),
     "final": ("argmax", "sample"),
 }
-AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "log_every", "ckpt_every",
-              "sample_steps", "n_samples", "eval_batches")
-AT_LEAST_0 = ("steps", "warmup", "threads", "discrete_steps", "conv_kernel", "weight_decay", "beta_dm",
-              "beta_cm", "l2_weight", "guidance", "mask_temperature", "pos_scale")
+AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "accum", "log_every", "ckpt_every",
+              "eval_samples", "sample_steps", "n_samples", "eval_batches")
+AT_LEAST_0 = ("steps", "warmup", "threads", "keep_last", "eval_every", "discrete_steps", "conv_kernel",
+              "weight_decay", "beta_dm", "beta_cm", "l2_weight", "guidance", "mask_temperature", "pos_scale")
 FRACTIONS = ("dropout", "drop_ratio", "ema_cm", "ema_eval", "cond_drop")  # in [0, 1]
 POSITIVE = ("lr", "grad_clip", "mlp_ratio", "purity_scale", "dist_timeout")
 
@@ -267,6 +273,8 @@ def validate(cfg: Config) -> None:
             raise bad(key, "must be > 0")
     if cfg.drop_l0 > 1:
         raise bad("drop_l0", "must be < 0 (the strategy's) or in [0, 1]")
+    if cfg.batch_size % cfg.accum:
+        raise bad("batch_size", f"must be a multiple of accum={cfg.accum} (batch_size is the global batch)")
     if cfg.width % cfg.heads:
         raise bad("width", f"must be a multiple of heads={cfg.heads}")
     if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
@@ -287,7 +295,8 @@ def validate(cfg: Config) -> None:
 # lists them in ``mutable_options``.
 MUTABLE_KEYS = frozenset({
     "seed", "steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_eval",
-    "device", "precision", "compile", "threads", "dist_timeout", "log_every", "ckpt_every", "resume",
+    "accum", "device", "precision", "compile", "threads", "dist_timeout", "log_every", "ckpt_every", "resume",
+    "keep_last", "eval_every", "eval_samples", "logger",
     "sampler", "sample_steps", "final", "guidance", "n_samples", "eval_batches", "purity_scale",
     "mask_temperature",
 })

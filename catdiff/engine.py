@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from . import checkpoint, config as config_mod
 from .config import Config
 from .diagnostics import collapse_report
 from .errors import TrainingInterrupted, UserError
+from .feed import BatchFeed
 from .hooks import registry
 from .interrupts import DeferredSignals
 from .method import Method
@@ -41,7 +43,8 @@ from .trainlog import TrainLog
 
 CKPT_NAME = "last.pt"
 # What a run writes into --out; `resume=false` moves these aside (into DIR/previous-<time>/).
-RUN_FILES = (CKPT_NAME, "config.json", "train_log.csv", "metrics.json", "tensorboard", "samples.*", "collapse.*")
+RUN_FILES = (CKPT_NAME, "best.pt", "step-*.pt", "config.json", "train_log.csv", "eval_log.csv", "metrics.json",
+             "tensorboard", "wandb", "samples.*", "collapse.*")
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,9 +150,16 @@ class Engine:
         self.model = Denoiser(codebook, backbone, self_cond=cfg.self_cond, schedule=schedule).to(self.device)
         self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
+        if cfg.compile:  # in place (state_dict keys unchanged): training, the CM target and sampling
+            for m in (self.model, self.ema_cm, self.ema_eval):
+                m.net.compile()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
+        self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of best.pt
+        self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
+        self._train_net = None                   # the (DDP-wrapped) training network, built once
         self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
         self._lock = RunLock(self.out) if self.out is not None else None
         self._start_over = False  # resume=false on a run directory: move its files aside in fit()
@@ -200,10 +210,19 @@ class Engine:
         return bool(self.task.num_classes or self.task.conditional)
 
     @property
+    def precision(self) -> str:
+        """The resolved ``precision``: auto is bf16 on a CUDA device that supports it, fp16 (with
+        loss scaling) on one that does not, fp32 elsewhere."""
+        if self.cfg.precision != "auto":
+            return self.cfg.precision
+        if self.device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+    @property
     def autocast(self):
-        prec = self.cfg.precision
-        bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def data(self, split: str) -> TokenData | LazyTokenData:
         """The task's ``split``, checked; in memory on the device, or a LazyTokenData left on the host."""
@@ -215,7 +234,7 @@ class Engine:
             self._splits[split] = data
         return self._splits[split]
 
-    def _rows(self, data: TokenData | LazyTokenData, idx, split: str):
+    def rows(self, data: TokenData | LazyTokenData, idx, split: str):
         """Tokens and conditions (None unless the network reads them) of rows ``idx`` on the device;
         a lazy split's rows are gathered on the host, range-checked and moved."""
         if not isinstance(data, LazyTokenData):
@@ -223,9 +242,13 @@ class Engine:
                 idx = idx.to(data.tokens.device)
             x, labels = data.tokens[idx], None if data.labels is None else data.labels[idx]
         else:
-            x, labels = data.rows(idx)
-            check_token_range(x, self.task, split)
-            x, labels = x.to(self.device), None if labels is None else labels.to(self.device)
+            x, labels = (None if t is None else t.to(self.device) for t in self.host_rows(data, idx, split))
+        return x, labels if self.conditional else None
+
+    def host_rows(self, data: LazyTokenData, idx, split: str):
+        """Rows ``idx`` of a lazy split on the host, range-checked (labels None unless read)."""
+        x, labels = data.rows(idx)
+        check_token_range(x, self.task, split)
         return x, labels if self.conditional else None
 
     def lr_at(self, step: int) -> float:
@@ -236,15 +259,13 @@ class Engine:
         frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def _batch(self, data: TokenData | LazyTokenData, step: int):
-        """The global batch of ``step`` (i.i.d. indices from a (seed, step) generator); this rank's share."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(data), (self.cfg.batch_size,), generator=g)[self.rank :: self.world]
-        x, cond = self._rows(data, idx, "train")
-        if self.task.num_classes:
-            drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
-            cond = torch.where(drop, self.task.num_classes, cond)  # learnable null condition
-        return x, cond
+    def _drop_conditions(self, cond):
+        """Classifier-free guidance training: each class label becomes the learnable null one
+        with probability ``cond_drop``."""
+        if not self.task.num_classes:
+            return cond
+        drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
+        return torch.where(drop, self.task.num_classes, cond)
 
     # ----------------------------------------------------------------- training
     @contextlib.contextmanager
@@ -294,46 +315,133 @@ class Engine:
         data = self.data("train")
         self.data("test")  # checked before training, not after it
         stop = min(cfg.steps, until) if until is not None else cfg.steps
-        model = self.model
-        if self.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model)
-        if cfg.compile:
-            model = torch.compile(model)
-        log = TrainLog(self.out if self.rank == 0 else None, total=stop, start=self.step, every=cfg.log_every,
-                       quiet=self.rank != 0)
-        model.train()
+        rank0 = self.rank == 0
+        log = TrainLog(self.out if rank0 else None, total=stop, start=self.step, quiet=not rank0,
+                       logger=cfg.logger, run_id=self.run_id, config=cfg.to_dict())
+        feed = BatchFeed(self, data, self.step, stop)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)  # every step since `checked` was finite
+        checked = self.step
+        self.model.train()
         try:
             while self.step < stop:
-                step = self.step
-                torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
-                x, cond = self._batch(data, step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(step)
-                with self.autocast:
-                    loss, logs = self.method.loss(model, self.ema_cm, x, cond)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                if self.method.uses_target_ema:
-                    ema_update(self.ema_cm, self.model, cfg.ema_cm)
-                ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
+                finite = finite & self._train_step(feed, log)
                 self.step += 1
-                if not torch.isfinite(loss):
-                    raise UserError(f"training diverged: the loss became {loss.item()} at step {step}; the last "
-                                    f"checkpoint is intact. Lower lr or check the data")
-                log.update(self.step, logs, lr=self.lr_at(step), grad_norm=grad_norm, batch=cfg.batch_size)
-                signum = self._stop_signal(signals)
+                at_log = self.step % cfg.log_every == 0 or self.step == stop
+                # one process reads its signal flag every step; DDP ranks agree on it at log points
+                signum = signals.received or 0 if self.world == 1 else self._stop_signal(signals) if at_log else 0
+                save = self.out is not None and rank0 and (self.step % cfg.ckpt_every == 0 or signum)
+                evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
+                if not (at_log or save or evaluate or signum):
+                    continue  # no host synchronisation between these points
+                checked = self._check_finite(finite, checked)
+                if at_log:
+                    log.write(self.step)
+                if evaluate:
+                    self._evaluate_during_training(log)
+                if save:
+                    path = self.save()
+                    if not signum:
+                        self._keep_step_checkpoint(path)
                 if signum:
-                    path = self.save() if self.out is not None and self.rank == 0 else None
-                    raise TrainingInterrupted(signum, self.step, path)
-                if self.out is not None and self.rank == 0 and self.step % cfg.ckpt_every == 0:
-                    self.save()
+                    raise TrainingInterrupted(signum, self.step, self.out / CKPT_NAME if save else None)
         finally:
+            feed.close()
             log.close()
-        if self.out is not None and self.rank == 0:
+        if self.out is not None and rank0:
             self.save()
         return self
+
+    def _train_step(self, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
+        """One optimizer step on the global batch of ``self.step``, in ``accum`` micro-batches
+        (DDP syncs gradients on the last one only). Each micro-batch's loss is weighted by its
+        share of the rows, so a batch-mean loss gives the gradient of the whole batch however it
+        is split. The noise of micro-batch j is seeded by (seed, step, rank, j): splitting a batch
+        another way draws other (equally distributed) noise. Returns a device flag "loss and
+        gradient finite" (no host read)."""
+        cfg, step = self.cfg, self.step
+        model, ddp = self._training_network()
+        torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
+        x, cond = feed.get(step)
+        cond = self._drop_conditions(cond)
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        xs = x.tensor_split(cfg.accum)
+        conds = cond.tensor_split(cfg.accum) if cond is not None else [None] * cfg.accum
+        total, logs = 0.0, {}
+        for j, (xj, cj) in enumerate(zip(xs, conds)):
+            if j:
+                torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank + j * 1_000_033)
+            weight = len(xj) / len(x)
+            sync = ddp.no_sync() if ddp is not None and j < cfg.accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self.autocast:
+                    loss, parts = self.method.loss(model, self.ema_cm, xj, cj)
+                self.scaler.scale(loss * weight).backward()
+            total = total + loss.detach() * weight
+            for k, v in parts.items():
+                logs[k] = logs[k] + v * weight if k in logs else v * weight
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.method.uses_target_ema:
+            ema_update(self.ema_cm, self.model, cfg.ema_cm)
+        ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
+        log.add({**logs, "lr": lr, "grad_norm": grad_norm, "batch": cfg.batch_size})
+        # with loss scaling a non-finite gradient only skips the step (GradScaler); that is no divergence
+        return torch.isfinite(total) & (torch.isfinite(grad_norm) | self.scaler.is_enabled())
+
+    def _training_network(self):
+        """(the network the loss runs through, its DDP wrapper or None), built once."""
+        if self._train_net is None:
+            ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
+            self._train_net = (ddp or self.model, ddp)
+        return self._train_net
+
+    def _check_finite(self, finite: torch.Tensor, checked: int) -> int:
+        """Stop on a non-finite loss or gradient since step ``checked`` (one host read); non-finite
+        weights are never saved. Returns the step now known to be finite."""
+        if not bool(finite):
+            kept = f"the last checkpoint, {self.out / CKPT_NAME}, is kept" if self.out is not None else "nothing was saved"
+            raise UserError(f"training diverged: a non-finite loss or gradient between steps {checked + 1} and "
+                            f"{self.step}; {kept}. Lower lr, raise warmup, or check the data")
+        return self.step
+
+    def _evaluate_during_training(self, log: TrainLog) -> None:
+        """``eval_every``: the bound on the first ``eval_batches`` x 128 test rows (fixed draws) and the
+        task's sample metrics on ``eval_samples`` samples, logged; keeps best.pt by the task's
+        ``best_metric`` (else the bound). Rank 0 only."""
+        if self.rank != 0:
+            return
+        metrics: dict[str, float] = {}
+        if self.method.has_bound:
+            metrics.update(self.likelihood(batches=self.cfg.eval_batches))
+        tokens, labels = self.task.generate(self, self.cfg.eval_samples)
+        metrics.update(self.task.evaluate(tokens, labels, None))
+        log.scalars(self.step, metrics)
+        name, mode = self.task.best_metric or (("nll_bound_bits_per_token", "min") if self.method.has_bound else (None, None))
+        value = metrics.get(name) if name else None
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is None or (value < self.best["value"] if mode == "min" else value > self.best["value"]):
+            self.best = {"metric": name, "mode": mode, "value": value, "step": self.step}
+            if self.out is not None:
+                checkpoint.save(self.state(), self.out / "best.pt")
+
+    def _keep_step_checkpoint(self, path: Path) -> None:
+        """``keep_last`` N: a step-numbered copy (a hard link) of ``path``; older ones are removed."""
+        if not self.cfg.keep_last:
+            return
+        numbered = path.with_name(f"step-{self.step:08d}.pt")
+        numbered.unlink(missing_ok=True)
+        try:
+            os.link(path, numbered)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, numbered)
+        for old in sorted(path.parent.glob("step-*.pt"))[: -self.cfg.keep_last]:
+            old.unlink()
 
     def leave_group(self) -> None:
         """End this process's part in a DDP run (all ranks call it): a barrier, then the process
@@ -364,7 +472,10 @@ class Engine:
             "ema_cm": self.ema_cm.state_dict(),
             "ema_eval": self.ema_eval.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
+            "best": self.best,
+            "run_id": self.run_id,
         }
 
     def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
@@ -384,7 +495,11 @@ class Engine:
                 f"{path} does not match the configured model ({e}); resume with the checkpoint's own "
                 f"config (catdiff sample/eval read it) or start a new --out directory") from None
         self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(payload["scaler"])
         self.step = payload["step"]
+        self.best = payload.get("best")
+        self.run_id = payload.get("run_id") or self.run_id
         checkpoint.set_rng_state(payload["rng"])
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -417,7 +532,7 @@ class Engine:
             return torch.arange(n) % self.task.num_classes
         if self.task.conditional:
             test = self.data("test")
-            return self._rows(test, torch.arange(n) % len(test), "test")[1].cpu()
+            return self.rows(test, torch.arange(n) % len(test), "test")[1].cpu()
         return None
 
     @torch.no_grad()
@@ -464,7 +579,7 @@ class Engine:
         totals, parts = [], {}
         torch.manual_seed(seed + 98)
         for lo in range(0, n, batch_size):
-            x, cond = self._rows(data, slice(lo, min(n, lo + batch_size)), split)
+            x, cond = self.rows(data, slice(lo, min(n, lo + batch_size)), split)
             total = torch.zeros(len(x), dtype=torch.float64)
             for j in range(draws):
                 u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
@@ -501,7 +616,7 @@ class Engine:
         if self.method.continuous:
             test = self.data("test")
             k = min(len(test), 1024)
-            x, cond = self._rows(test, slice(0, k), "test")
+            x, cond = self.rows(test, slice(0, k), "test")
             report = collapse_report(self.ema_eval, self.method.schedule, x, cond)
             metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
         t0 = time.perf_counter()

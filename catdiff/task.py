@@ -80,6 +80,8 @@ class Task:
                    any key (``--set data_dir=...``), read them as ``self.option("data_dir")``
       mutable_options  the options that may change when a run is resumed (evaluation paths,
                    sampling settings); every other option must match the checkpoint's
+      best_metric  (metric name, "min" | "max"): what ``best.pt`` keeps during ``eval_every``
+                   evaluations; None: the likelihood bound (lower is better)
       description  one line for ``catdiff list``
 
     The engine calls ``setup(cfg)`` before anything else, so ``self.cfg`` is the resolved config.
@@ -93,6 +95,7 @@ class Task:
     defaults: Mapping[str, Any] = {}
     options: Mapping[str, Any] = {}
     mutable_options: tuple[str, ...] = ()
+    best_metric: tuple[str, str] | None = None
     description: str = ""
     cfg: Any = None
 

@@ -1,4 +1,9 @@
-"""Training progress: a one-line progress bar on stderr, a CSV log and TensorBoard (when installed)."""
+"""Training curves and progress: a CSV log always, TensorBoard or Weights & Biases on request.
+
+Per-step values are summed on the device (no host synchronisation inside a step) and read
+once every ``log_every`` steps. Progress goes to stderr: a tqdm bar on a terminal, one plain
+line per log point otherwise (CI logs get lines, not a wall of carriage returns).
+"""
 from __future__ import annotations
 
 import csv
@@ -8,57 +13,124 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
+LOGGERS = ("auto", "csv", "tensorboard", "wandb")
+
+
+def progress(total: int, desc: str, initial: int = 0, disable: bool = False):
+    """A tqdm bar on a terminal; without one, tqdm prints a line at most every 30 s."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True, leave=tty,
+                mininterval=0.1 if tty else 30.0, file=sys.stderr, ascii=not tty)
+
+
+class CSVLog:
+    """Rows appended to ``path`` (header once; a resumed run appends under the same columns)."""
+
+    def __init__(self, path: Path):
+        self.path, self.file, self.writer = path, None, None
+
+    def write(self, row: dict[str, float]) -> None:
+        if self.file is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.file = self.path.open("a", newline="")
+            fields = list(row)
+            if not new:
+                with self.path.open(newline="") as f:
+                    fields = next(csv.reader(f), fields)
+            self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
+            if new:
+                self.writer.writeheader()
+        self.writer.writerow({k: row.get(k, "") for k in self.writer.fieldnames})
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
 
 class TrainLog:
-    def __init__(self, out: Path | None, total: int, start: int = 0, every: int = 10, quiet: bool = False):
-        self.total, self.every, self.quiet = total, every, quiet
-        self.t0, self.step0 = time.perf_counter(), start
-        self.sums: dict[str, float] = {}
+    """``add`` each step's tensors, ``write`` at log points (one host read), ``scalars`` for
+    evaluation results, ``close`` at the end. ``out=None`` (other ranks, no run directory):
+    progress only, or nothing when ``quiet``."""
+
+    def __init__(self, out: Path | None, total: int, start: int = 0, quiet: bool = False, logger: str = "auto",
+                 run_id: str | None = None, config: dict | None = None):
+        self.total, self.step0, self.t0 = total, start, time.perf_counter()
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.count = 0
-        self.csv = self.writer = self.tb = None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / "train_log.csv"
-            self.csv = path.open("a", newline="")
-            self.new_file = path.stat().st_size == 0
+        self.bar = progress(total, "train", initial=start, disable=quiet)
+        self.csv = self.eval_csv = self.tb = self.wandb = None
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.csv, self.eval_csv = CSVLog(out / "train_log.csv"), CSVLog(out / "eval_log.csv")
+        if logger in ("auto", "tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
+            except ImportError:
+                if logger == "tensorboard":
+                    raise UserError("logger=tensorboard needs the tensorboard package: "
+                                    "pip install 'catdiff[tensorboard]'") from None
+        elif logger == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("logger=wandb needs the wandb package: pip install 'catdiff[wandb]', "
+                                "or use logger=csv / tensorboard") from None
+            self.wandb = wandb.init(project="catdiff", id=run_id, resume="allow", config=config, dir=str(out))
 
-    def update(self, step: int, logs: dict[str, torch.Tensor], **extra) -> None:
-        for k, v in {**logs, **extra}.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    def add(self, logs: dict[str, torch.Tensor | float]) -> None:
+        for k, v in logs.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
-        if step % self.every and step != self.total:
-            return
-        means = {k: v / self.count for k, v in self.sums.items()}
+        self.bar.update(1)
+
+    def write(self, step: int) -> dict[str, float]:
+        """Means since the last write (one host read of all of them), to every backend."""
+        if not self.count:
+            return {}
+        keys = list(self.sums)
+        tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor)]
+        values = dict(zip(tensors, torch.stack([self.sums[k] for k in tensors]).tolist())) if tensors else {}
+        means = {k: values.get(k, self.sums[k]) / self.count for k in keys}
         self.sums, self.count = {}, 0
         rate = (step - self.step0) / max(1e-9, time.perf_counter() - self.t0)
+        row = {"step": step, "steps_per_s": rate, **means}
         if self.csv is not None:
-            row = {"step": step, "steps_per_s": rate, **means}
-            if self.writer is None:
-                self.writer = csv.DictWriter(self.csv, fieldnames=list(row))
-                if self.new_file:
-                    self.writer.writeheader()
-            self.writer.writerow({k: row.get(k, "") for k in self.writer.fieldnames})
-            self.csv.flush()
+            self.csv.write(row)
+        self._backends(row, step, "train")
+        self.bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}", refresh=False)
+        return means
+
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        """Evaluation results during training: eval_log.csv and the backends (``eval/`` prefix)."""
+        row = {"step": step, **metrics}
+        if self.eval_csv is not None:
+            self.eval_csv.write(row)
+        self._backends(row, step, "eval")
+        if not self.bar.disable:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
+            self.bar.write(f"eval at step {step}: {shown}", file=sys.stderr)
+
+    def _backends(self, row: dict[str, float], step: int, prefix: str) -> None:
+        scalars = {f"{prefix}/{k}": v for k, v in row.items() if k != "step"}
         if self.tb is not None:
-            for k, v in means.items():
-                self.tb.add_scalar(f"train/{k}", v, step)
-        if not self.quiet:
-            done = int(30 * step / max(1, self.total))
-            eta = (self.total - step) / max(rate, 1e-9)
-            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} "
-                             f"loss {means.get('loss', float('nan')):.4g}  {rate:.2f} it/s  eta {eta:.0f}s ")
-            sys.stderr.flush()
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
 
     def close(self) -> None:
-        if not self.quiet:
-            sys.stderr.write("\n")
-        if self.csv is not None:
-            self.csv.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.bar.close()
+        for backend in (self.csv, self.eval_csv, self.tb):
+            if backend is not None:
+                backend.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -19,6 +19,7 @@ from .grey_levels import GreyLevelTokenizer
 
 class DigitsTask(Task):
     name = "digits"
+    best_metric = ("fid_digits_classifier", "min")
     vocab_size = data.LEVELS
     seq_len = data.SIDE * data.SIDE
     num_classes = 0

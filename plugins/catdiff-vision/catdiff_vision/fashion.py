@@ -44,6 +44,7 @@ GUIDANCE_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 class FashionTask(Task):
     name = "fashion-mnist"
+    best_metric = ("fid_fashion_classifier", "min")
     vocab_size = 128
     seq_len = 49
     options = OPTIONS
