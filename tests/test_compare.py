@@ -1,0 +1,69 @@
+"""benchmarks/compare.py on a tiny budget: the rows of its tables, and equal-time steps that
+follow the methods' step costs (a CATDM step costs ~2x an AR step: its z_0 pass doubles the
+batch and the CM teacher adds a forward)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import compare  # noqa: E402
+
+TINY = {"layers": 1, "width": 32, "heads": 2, "embed_dim": 8, "warmup": 10}
+BUDGET, STEPS = 1.5, 30
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    path = tmp_path_factory.mktemp("compare") / "results.json"
+    records = compare.compare(tasks=("digits",), methods=("catdm", "ar"), seeds=(0,), modes=("time", "steps"),
+                              budget=BUDGET, steps=STEPS, sample_steps=(2,), samples=16, threads=1, clock="cpu",
+                              sets=TINY, json_path=path, log=lambda *a: None)
+    return records, path
+
+
+def test_records_and_table_rows(results):
+    records, path = results
+    assert sorted((r["method"], r["mode"]) for r in records) == [
+        ("ar", "steps"), ("ar", "time"), ("catdm", "steps"), ("catdm", "time")]
+    assert json.loads(path.read_text())["records"] == json.loads(json.dumps(records, default=str))
+    for r in records:
+        (e,) = r["evals"]  # one sampler arm, one step count (AR: none)
+        assert e["fid"] > 0 and e["fid_floor"] > 0
+        assert e["sample_steps"] == (None if r["method"] == "ar" else 2)
+        assert e["nfe_per_sample"] == (64 if r["method"] == "ar" else 3)  # AR: one call per position; CATDM: + final
+        assert r["bits_per_token"] > 0
+    table = compare.markdown(records)
+    assert "equal training time, 2 s each" in table and "equal training steps" in table
+    rows = [line for line in table.splitlines() if line.startswith("| CATDM |") or line.startswith("| AR |")]
+    assert len(rows) == 4
+    head = next(line for line in table.splitlines() if line.startswith("| method |"))
+    assert all(row.count("|") == head.count("|") for row in rows)
+
+
+def test_equal_time_steps_follow_step_costs(results):
+    records, _ = results
+    by = {(r["method"], r["mode"]): r for r in records}
+    for m in ("catdm", "ar"):
+        assert by[m, "steps"]["steps"] == STEPS
+        t = by[m, "time"]
+        step = t["s_per_step"]
+        assert t["train_s"] <= BUDGET + 3 * step + 0.2  # stops at the budget (a chunk may end a step over)
+        assert t["steps"] <= t["steps_planned"]
+        assert t["train_s"] >= 0.6 * BUDGET or t["steps"] == t["steps_planned"]
+    cost = {m: by[m, "steps"]["s_per_step"] for m in ("catdm", "ar")}
+    assert cost["catdm"] > 1.3 * cost["ar"]  # the z_0 pass and the teacher
+    reached = by["ar", "time"]["steps"] / by["catdm", "time"]["steps"]
+    assert 0.6 < reached / (cost["catdm"] / cost["ar"]) < 1.6
+
+
+def test_reruns_skip_finished_records(results, tmp_path):
+    records, _ = results
+    again = compare.compare(tasks=("digits",), methods=("catdm",), seeds=(0,), modes=("steps",), steps=STEPS,
+                            sample_steps=(2,), samples=16, sets=TINY, previous=records,
+                            log=lambda *a: pytest.fail("reran a finished record"))
+    assert again == records
