@@ -42,6 +42,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(data: bytes, path: str | Path, what: str = "file") -> Path:
     """Write ``data`` to ``path`` through a fsynced temp file and a rename. An OS error (disk
     full, read-only or missing directory) is a CheckpointError naming the path and the reason;
@@ -51,6 +57,7 @@ def write_atomic(data: bytes, path: str | Path, what: str = "file") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

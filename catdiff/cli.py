@@ -136,7 +136,7 @@ def cmd_sample(args) -> int:
 
     from .engine import Engine
 
-    eng = Engine.from_checkpoint(args.ckpt, **parse_sets(args.sets))
+    eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     _check_sample_args(args, eng)
     known = mask = None
     if args.infill:
@@ -163,10 +163,20 @@ def cmd_eval(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
-    eng = Engine.from_checkpoint(args.ckpt, **parse_sets(args.sets))
-    out = Path(args.out) if args.out else Path(args.ckpt).parent
+    eng = Engine.load(args.ckpt, **parse_sets(args.sets))
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print(f"\nwrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .engine import Engine
+
+    eng = Engine.from_checkpoint(args.ckpt)
+    for path in eng.export(args.dir, force=args.force):
+        print(f"wrote {path}")
     return 0
 
 
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_prepare)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
-    s.add_argument("ckpt")
+    s.add_argument("ckpt", help="a checkpoint, a run directory (its last.pt) or a `catdiff export` directory")
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
@@ -204,8 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_sample)
 
+    s = sub.add_parser("export", help="write a checkpoint's sampling weights as DIR/model.safetensors + config.json")
+    s.add_argument("ckpt", help="a checkpoint (or a run directory holding last.pt)")
+    s.add_argument("dir", help="the export directory (catdiff sample/eval DIR, Engine.from_pretrained(DIR))")
+    s.add_argument("--force", action="store_true", help="overwrite an existing export in DIR")
+    s.set_defaults(fn=cmd_export)
+
     s = sub.add_parser("eval", help="evaluate a checkpoint (likelihood bound, sample metrics)")
-    s.add_argument("ckpt")
+    s.add_argument("ckpt", help="a checkpoint, a run directory (its last.pt) or a `catdiff export` directory")
     s.add_argument("--n", type=int, help="number of samples for the sample metrics")
     s.add_argument("--out", help="where to write metrics.json (default: the checkpoint's directory)")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")

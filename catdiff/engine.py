@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, config as config_mod
+from . import checkpoint, config as config_mod, export as export_mod
 from .config import Config
 from .diagnostics import collapse_report
 from .errors import TrainingInterrupted, UserError
@@ -38,8 +38,8 @@ from .interrupts import DeferredSignals
 from .method import Method
 from .model import Codebook, Denoiser, ema_copy, ema_update
 from .runlock import RunLock
+from .trainlog import TrainLog, progress
 from .task import LazyTokenData, Task, TokenData
-from .trainlog import TrainLog
 
 CKPT_NAME = "last.pt"
 # What a run writes into --out; `resume=false` moves these aside (into DIR/previous-<time>/).
@@ -478,8 +478,8 @@ class Engine:
             "run_id": self.run_id,
         }
 
-    def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
-        meta = payload["task"]
+    def _load_weights(self, meta: dict[str, Any], weights: dict[str, dict], path) -> None:
+        """``weights``: state dicts of model / ema_cm / ema_eval, checked against the task ``meta``."""
         for key in ("vocab_size", "seq_len", "num_classes"):
             mine = getattr(self.task, key)
             if meta[key] != mine:
@@ -487,13 +487,15 @@ class Engine:
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
                     f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
         try:
-            self.model.load_state_dict(payload["model"])
-            self.ema_cm.load_state_dict(payload["ema_cm"])
-            self.ema_eval.load_state_dict(payload["ema_eval"])
+            for name, state in weights.items():
+                getattr(self, name).load_state_dict(state)
         except RuntimeError as e:
             raise checkpoint.CheckpointError(
                 f"{path} does not match the configured model ({e}); resume with the checkpoint's own "
                 f"config (catdiff sample/eval read it) or start a new --out directory") from None
+
+    def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
+        self._load_weights(payload["task"], {k: payload[k] for k in ("model", "ema_cm", "ema_eval")}, path)
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(payload["scaler"])
@@ -525,6 +527,29 @@ class Engine:
         eng.load_state(payload, path)
         return eng
 
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":
+        """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
+        its config, its EMA weights in every copy of the network, no optimizer state."""
+        meta, weights = export_mod.read(directory)
+        saved = {**meta["config"], **overrides, "resume": False}
+        eng = cls(task=task or saved.pop("task"), **{k: v for k, v in saved.items() if k != "task"})
+        eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
+        eng.step = int(meta.get("step", 0))
+        return eng
+
+    @classmethod
+    def load(cls, path: str | Path, /, **overrides: Any) -> "Engine":
+        """:meth:`from_pretrained` for an export directory, else :meth:`from_checkpoint` (a
+        checkpoint file, or a run directory holding last.pt)."""
+        if export_mod.is_export(path):
+            return cls.from_pretrained(path, **overrides)
+        return cls.from_checkpoint(path, **overrides)
+
+    def export(self, directory: str | Path, force: bool = False) -> list[Path]:
+        """``directory``/model.safetensors (the sampling EMA weights) + config.json (catdiff.export)."""
+        return export_mod.export(self, directory, force=force)
+
     # ----------------------------------------------------------------- sampling and evaluation
     def default_labels(self, n: int) -> torch.Tensor | None:
         """Conditions for ``n`` samples: balanced classes, or the test split's conditions (cycled)."""
@@ -538,8 +563,10 @@ class Engine:
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, guidance: float | None = None, labels=None,
                sampler: str | None = None, final: str | None = None, known=None, known_mask=None,
-               seed: int | None = None, batch_size: int = 256) -> torch.Tensor:
-        """Generate ``n`` token sequences with the slow EMA model; infill when ``known``/``known_mask`` given."""
+               seed: int | None = None, batch_size: int = 256, decode: bool = False):
+        """Generate ``n`` token sequences [n, M] with the slow EMA model; infill when ``known`` /
+        ``known_mask`` are given. ``decode=True``: the task's view of them (``Task.decode``:
+        images as a tensor, text as strings)."""
         cfg = self.cfg
         if labels is None:
             labels = self.default_labels(n)
@@ -548,6 +575,7 @@ class Engine:
         sampler = self.sampler_name(sampler)
         gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
         out = []
+        bar = progress(n, "sample", disable=self.rank != 0)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             with self.autocast:
@@ -559,7 +587,10 @@ class Engine:
                     null_id=self.task.num_classes if self.task.num_classes else None,
                     known=None if known is None else known[lo:hi], known_mask=None if known_mask is None else known_mask[lo:hi],
                     generator=gen, device=self.device))
-        return torch.cat(out).cpu()
+            bar.update(hi - lo)
+        bar.close()
+        tokens = torch.cat(out).cpu()
+        return self.task.decode(tokens) if decode else tokens
 
     @torch.no_grad()
     def likelihood(self, split: str = "test", batches: int | None = None, batch_size: int = 128,
@@ -578,8 +609,10 @@ class Engine:
         n = min(len(data), (batches or self.cfg.eval_batches) * batch_size)
         totals, parts = [], {}
         torch.manual_seed(seed + 98)
+        bar = progress(n, "likelihood", disable=self.rank != 0)
         for lo in range(0, n, batch_size):
             x, cond = self.rows(data, slice(lo, min(n, lo + batch_size)), split)
+            bar.update(len(x))
             total = torch.zeros(len(x), dtype=torch.float64)
             for j in range(draws):
                 u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
@@ -590,6 +623,7 @@ class Engine:
                     if k != "total":
                         parts[k] = parts.get(k, 0.0) + v.double().sum().item() / draws
             totals.append(total)
+        bar.close()
         tot = torch.cat(totals) / self.task.seq_len
         nats = tot.mean().item()
         se = (tot.std() / math.sqrt(len(tot))).item() if len(tot) > 1 else float("nan")

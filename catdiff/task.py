@@ -131,6 +131,11 @@ class Task:
         """Write a human-viewable rendering of samples into ``out_dir``; return the files written."""
         return []
 
+    def decode(self, tokens: torch.Tensor) -> Any:
+        """What a user looks at for sample tokens [N, M] (``Engine.sample(..., decode=True)``):
+        images as a tensor, text as a list of strings, ...; default: the tokens themselves."""
+        return tokens
+
     def parse_prompt(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``catdiff sample --prompt TEXT``: (known [M], known_mask [M]) of the tokens to keep fixed."""
         raise UserError(f"task {self.name!r} does not read --prompt; use --infill pos:token,...")

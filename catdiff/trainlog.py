@@ -19,12 +19,41 @@ LOGGERS = ("auto", "csv", "tensorboard", "wandb")
 
 
 def progress(total: int, desc: str, initial: int = 0, disable: bool = False):
-    """A tqdm bar on a terminal; without one, tqdm prints a line at most every 30 s."""
+    """A tqdm bar (with ETA) on a terminal; elsewhere :class:`PlainProgress` lines."""
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc, initial, disable)
     from tqdm.auto import tqdm
 
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True, leave=tty,
-                mininterval=0.1 if tty else 30.0, file=sys.stderr, ascii=not tty)
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr)
+
+
+class PlainProgress:
+    """Progress for logs that are not a terminal: one plain line (``desc step/total rate eta``),
+    at most every ``every`` seconds and at the end, never carriage returns. The subset of tqdm's
+    interface that catdiff uses."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, disable: bool = False, every: float = 10.0):
+        self.total, self.desc, self.n, self.disable, self.every = total, desc, initial, disable, every
+        self.start, self.t0, self.shown, self.postfix = initial, time.perf_counter(), -every, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.perf_counter() - self.t0
+        if not self.disable and (now - self.shown >= self.every or self.n >= self.total):
+            self.shown = now
+            rate = (self.n - self.start) / max(now, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+            print(f"{self.desc} {self.n}/{self.total}  {rate:.2f} it/s  eta {eta:.0f}s  {self.postfix}".rstrip(),
+                  file=sys.stderr, flush=True)
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = "  ".join(f"{k} {v}" for k, v in values.items())
+
+    def write(self, line: str, file=None) -> None:
+        print(line, file=file or sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class CSVLog:

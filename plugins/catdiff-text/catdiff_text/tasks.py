@@ -97,6 +97,9 @@ class TextTask(Task):
         words = [w for row in tokens for w in self.tokenizer.decode(row).split()[1:-1]]
         return sum(w in vocab for w in words) / max(1, len(words))
 
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode(row) for row in torch.as_tensor(tokens).cpu()]
+
     def save_samples(self, tokens: torch.Tensor, labels, out_dir: Path) -> list[Path]:
         """``samples.txt``: one decoded sample per paragraph; the first three are printed."""
         texts = [self.tokenizer.decode(row) for row in torch.as_tensor(tokens).cpu()]

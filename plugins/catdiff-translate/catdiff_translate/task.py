@@ -277,6 +277,9 @@ class TranslationTask(Task):
         return scores
 
     # ----------------------------------------------------------------- metrics and output
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return self.hypotheses(tokens)
+
     def hypotheses(self, tokens: torch.Tensor) -> list[str]:
         tgt = self.vocabs()[1]
         return [tgt.decode(row.tolist()) for row in tokens]

@@ -78,6 +78,10 @@ class DigitsTask(Task):
 
         return [save_sample_grid(tokens, Path(out_dir) / "samples.png", tokenizer=self.tokenizer)]
 
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, 64] -> float grey images [N, 1, 8, 8] in [0, 1]."""
+        return self.tokenizer.decode(self.tokenizer.check_tokens(torch.as_tensor(tokens).cpu()))
+
     def diagnostics(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """``collapse.png``: sorted embedding variances (log y) and cross-entropy vs t."""
         from .render import save_collapse_plot

@@ -154,6 +154,9 @@ class FashionTask(Task):
             return torch.cat([(self.tokenizer.decode(c) * 255).round().to(torch.uint8)
                               for c in torch.as_tensor(tokens).cpu().split(2000)])
 
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.images(tokens)
+
     @functools.lru_cache(maxsize=8)
     def floors(self, n: int) -> dict[str, float]:
         """FIDs of n real TRAIN images and of their VQ reconstructions against the test reference."""

@@ -1,0 +1,63 @@
+"""Shareable weights: ``DIR/model.safetensors`` (the EMA weights used for sampling) and
+``DIR/config.json`` (the run's config and task metadata), without optimizer or RNG state.
+
+safetensors holds only tensors, so loading runs no code; ``Engine.from_pretrained(DIR)``
+(and ``catdiff sample DIR`` / ``catdiff eval DIR``) rebuild the model from the two files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .errors import UserError
+
+FORMAT = "catdiff-export"
+VERSION = 1
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+def is_export(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / WEIGHTS).is_file()
+
+
+def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
+    """Write the two files of ``engine`` (its ``ema_eval`` weights) into ``directory``."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    if (directory / WEIGHTS).exists() and not force:
+        raise UserError(f"{directory} already holds an export ({WEIGHTS}); pass another directory or --force")
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in engine.ema_eval.state_dict().items()}
+    meta = {"format": FORMAT, "version": VERSION, "step": engine.step, "config": engine.cfg.to_dict(),
+            "task": engine.state()["task"]}
+    files = [checkpoint.write_atomic(save(weights, metadata={"format": FORMAT}), directory / WEIGHTS, "weights"),
+             checkpoint.write_atomic((json.dumps(meta, indent=2) + "\n").encode(), directory / CONFIG, "config")]
+    return files
+
+
+def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, weights) of an export; a UserError names what is missing or damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    directory = Path(directory)
+    for name in (WEIGHTS, CONFIG):
+        if not (directory / name).is_file():
+            raise UserError(f"{directory} is not a catdiff export: {name} is missing "
+                            f"(write one with `catdiff export DIR/last.pt {directory}`)")
+    try:
+        meta = json.loads((directory / CONFIG).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{directory / CONFIG} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{directory / CONFIG} is not a catdiff export config (no '{FORMAT}' format)")
+    if meta.get("version", 0) > VERSION:
+        raise UserError(f"{directory} has export version {meta['version']}; this catdiff reads <= {VERSION}")
+    try:
+        weights = load((directory / WEIGHTS).read_bytes())
+    except SafetensorError as e:
+        raise UserError(f"{directory / WEIGHTS} is corrupt or not a safetensors file ({e})") from None
+    return meta, weights
