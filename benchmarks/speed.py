@@ -14,6 +14,9 @@ Sections
   3. objective cost (full CATDM step vs plain CSDM step): see ``objective_cost``.
   4. local mixing cost: the digits backbone with its ``conv_kernel`` (3x3 depthwise conv over
      the 8x8 token grid before each block) over the same backbone without; see ``conv_cost``.
+  5. training-loop overhead: the end-to-end ``Engine.fit`` step (data, loss, backward, optimizer,
+     both EMAs, logging) over the bare method step on the same batch, for the digits default
+     and the paper image backbone; host syncs per step and peak memory; see ``loop_cost``.
 """
 from __future__ import annotations
 
@@ -199,12 +202,7 @@ def objective_cost(args, device, peak) -> None:
 def digits_config() -> Config:
     """The `digits` task's default transformer sizes (from the vision plugin when installed), else
     Config(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
-    try:
-        from catdiff.hooks import registry
-
-        defaults = dict(registry().get("tasks", "digits").factory().defaults)
-    except Exception:  # noqa: BLE001 - the plugin is optional for this benchmark
-        defaults = {}
+    defaults = _digits_defaults()
     keys = ("layers", "heads", "width", "embed_dim", "batch_size", "mlp_ratio")
     return replace(Config(), **{k: v for k, v in defaults.items() if k in keys})
 
@@ -225,6 +223,111 @@ def conv_cost(args, device) -> None:
     print(f"\n[local mixing] digits backbone, batch {B}, fp32: with conv_kernel 3 {conv_ms:.1f} ms, without "
           f"{plain_ms:.1f} ms; step time ratio median {statistics.median(ratios):.3f} over {rounds} paired rounds "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+class SyntheticTask:
+    """Random tokens of a task's shape (the loop's cost does not depend on the data)."""
+
+    @staticmethod
+    def make(name: str, vocab_size: int, seq_len: int, defaults: dict):
+        from catdiff.task import Task, TokenData
+
+        class Synthetic(Task):
+            def load(self, split):
+                g = torch.Generator().manual_seed(0 if split == "train" else 1)
+                return TokenData(torch.randint(vocab_size, (512, seq_len), generator=g))
+
+        Synthetic.name, Synthetic.vocab_size, Synthetic.seq_len, Synthetic.defaults = name, vocab_size, seq_len, defaults
+        return Synthetic()
+
+
+SYNC_METHODS = ("item", "__float__", "__bool__", "tolist", "__int__")
+
+
+def count_syncs(fn) -> int:
+    """Calls of the Tensor methods that read a device value on the host, while ``fn`` runs."""
+    count = [0]
+    real = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
+
+    def spy(real_fn):
+        def wrapped(self, *a, **k):
+            count[0] += 1
+            return real_fn(self, *a, **k)
+        return wrapped
+
+    try:
+        for name, fn_ in real.items():
+            setattr(torch.Tensor, name, spy(fn_))
+        fn()
+    finally:
+        for name, fn_ in real.items():
+            setattr(torch.Tensor, name, fn_)
+    return count[0]
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def loop_cost(args, device) -> None:
+    """``Engine.fit`` per step over the bare method step (``method.loss`` on one fixed batch,
+    backward, clip, AdamW, both EMA updates) for the same engine, paired rounds; then the host
+    reads (syncs) per step of a fit over 2 x log_every steps, and peak memory."""
+    from catdiff.engine import Engine
+    from catdiff.model import ema_update
+
+    digits = {k: v for k, v in _digits_defaults().items()}
+    paper = dict(layers=15, heads=8, width=512, embed_dim=256, mlp_ratio=4.0, dropout=0.0, token_grid="16x16")
+    quick, cpu = args.quick, device.type == "cpu"
+    cases = [("digits default", 17, 64, {**digits, "batch_size": 64}),
+             ("paper image backbone", 1024, 256, {**paper, "batch_size": (2 if quick else 4) if cpu else 32})]
+    print("\n[training loop: Engine.fit step / bare method step, same engine and batch size; log_every 50]")
+    for name, K, M, defaults in cases:
+        task = SyntheticTask.make(name, K, M, {**defaults, "steps": 10**6, "log_every": 50, "warmup": 10})
+        eng = Engine(task, device=str(device), threads=args.threads)
+        x = eng.data("train").tokens[: eng.cfg.batch_size]
+        params = list(eng.model.parameters())
+
+        def bare(eng=eng, x=x, params=params):
+            with eng.autocast:
+                loss, _ = eng.method.loss(eng.model, eng.ema_cm, x, None)
+            eng.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, eng.cfg.grad_clip)
+            eng.optimizer.step()
+            ema_update(eng.ema_cm, eng.model, 0.99)
+            ema_update(eng.ema_eval, eng.model, 0.9999)
+
+        iters = 2 if (cpu and name.startswith("paper")) else 10
+        fit = lambda eng=eng, iters=iters: eng.fit(until=eng.step + iters)  # noqa: E731
+        rounds = 3 if quick else 5
+        times = interleaved({"fit": fit, "bare": lambda: [bare() for _ in range(iters)]}, rounds=rounds, iters=1,
+                            warmup=1, device=device)
+        ratios = [f / b for f, b in zip(times["fit"], times["bare"])]
+        per = statistics.median(times["bare"]) / iters * 1e3
+        log_every = eng.cfg.log_every
+        start = eng.step
+        syncs = count_syncs(lambda: eng.fit(until=start + 2 * log_every)) if not (cpu and name.startswith("paper")) else None
+        sync_text = (f"{syncs / (2 * log_every):.2f} host reads per step ({syncs} in {2 * log_every} steps with 2 log "
+                     f"points; none between them, tests/test_training_loop.py)" if syncs is not None
+                     else "host reads: see the digits row (same loop)")
+        print(f"  {name:<22} batch {eng.cfg.batch_size:>3}: bare step {per:.1f} ms; fit / bare median "
+              f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {rounds} rounds of "
+              f"{iters} steps; goal <= 1.10); {sync_text}; peak memory {peak_memory_mb(device):.0f} MiB "
+              f"({'max_memory_allocated' if device.type == 'cuda' else 'process max RSS'})")
+
+
+def _digits_defaults() -> dict:
+    try:
+        from catdiff.hooks import registry
+
+        return dict(registry().get("tasks", "digits").factory().defaults)
+    except Exception:  # noqa: BLE001 - the plugin is optional for this benchmark
+        return {}
 
 
 # ----------------------------------------------------------------------------- main
@@ -314,6 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         objective_cost(args, device, peak)
     conv_cost(args, device)
+    loop_cost(args, device)
 
 
 if __name__ == "__main__":
