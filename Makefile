@@ -9,7 +9,7 @@ PLUGINS := plugins/catdiff-vision plugins/catdiff-text plugins/catdiff-translate
 # torch is pinned here (pyproject declares ranges); pip takes these from local disk
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data test test-fast test-interop demo bench clean
+.PHONY: install data test test-fast test-interop demo bench docs clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ bench: install
 	$(BIN)/python benchmarks/dropping.py
 	$(BIN)/python benchmarks/image_steps.py
 	$(BIN)/python benchmarks/text_bpc.py
+
+# The documentation site (mkdocs.yml; docs/*.md read as they are on GitHub). --strict fails on
+# broken links, anchors and pages; the site is written outside the repository.
+DOCS_SITE ?= /tmp/catdiff-site
+docs: install
+	$(BIN)/python -c "import mkdocs" 2>/dev/null || $(BIN)/pip install -q mkdocs
+	$(BIN)/python -m catdiff.docgen --check
+	$(BIN)/mkdocs build --strict -d $(DOCS_SITE)
 
 clean:
 	rm -rf $(VENV) runs
