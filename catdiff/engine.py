@@ -444,12 +444,13 @@ class Engine:
             old.unlink()
 
     def leave_group(self) -> None:
-        """End this process's part in a DDP run (all ranks call it): a barrier, then the process
-        group is destroyed, so no rank tears down gloo while a peer still talks to it (which
-        aborts with "terminate called without an active exception")."""
+        """End this process's part in a DDP run (all ranks call it after ``fit``): a barrier, then
+        the process group is destroyed, so no rank tears down gloo while a peer still talks to it
+        (which aborts with "terminate called without an active exception")."""
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+        self.world = 1  # from here on a single process: rank 0 evaluates alone, unsharded
 
     def _stop_signal(self, signals: DeferredSignals) -> int:
         """The signal that asks to stop after this step (0: none); under DDP every rank stops

@@ -13,6 +13,7 @@ to ``size`` x ``size``, mapped to [-1, 1] and encoded by the VQGAN to a 16x16 co
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -57,13 +58,35 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def make_encoder(vqgan, root: str | Path, size: int, flip: bool, device="cpu"):
-    """``encode(items) -> (tokens [R, h*w], labels [R] or None)`` for :func:`shards.write_shards`."""
-    root = Path(root)
+class ImageFiles(torch.utils.data.Dataset):
+    """``(image [3, size, size], label)`` of ``items`` (relative path, label) under ``root``."""
 
-    def encode(batch: Sequence[tuple[str, int]]):
-        images = torch.stack([load_image(root / rel, size) for rel, _ in batch]).to(device)
-        labels = np.array([lab for _, lab in batch])
+    def __init__(self, root: Path, items: Sequence[tuple[str, int]], size: int):
+        self.root, self.items, self.size = root, items, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        rel, label = self.items[i]
+        return load_image(self.root / rel, self.size), label
+
+
+def image_batches(root: str | Path, size: int, workers: int):
+    """``batches(chunk, batch_size)`` for :func:`shards.write_shards`: a DataLoader that decodes
+    and resizes the chunk's images in ``workers`` processes, in order."""
+    def batches(chunk, batch_size):
+        return torch.utils.data.DataLoader(ImageFiles(Path(root), chunk, size), batch_size=batch_size,
+                                           num_workers=workers, shuffle=False)
+    return batches
+
+
+def make_encoder(vqgan, flip: bool, device="cpu"):
+    """``encode((images [R, 3, S, S], labels [R])) -> (tokens [R, h*w], labels [R] or None)`` for
+    :func:`shards.write_shards` (the batches come from :func:`image_batches`)."""
+    def encode(batch):
+        images, labels = batch
+        images, labels = images.to(device), np.asarray(labels)
         if flip:  # rows: originals, then their mirror images, per batch
             images = torch.cat([images, images.flip(-1)])
             labels = np.concatenate([labels, labels])
@@ -75,14 +98,17 @@ def make_encoder(vqgan, root: str | Path, size: int, flip: bool, device="cpu"):
 
 def extract(images: str | Path, vqgan, out: str | Path, *, classes: bool, size: int = 256, flip: bool = False,
             shard_size: int = 10_000, batch_size: int = 32, device="cpu", tokenizer_id: str = "",
-            stop_after: int | None = None, progress: bool = True) -> Path:
-    """Encode every image under ``images`` into token shards in ``out``; resumable (see :mod:`.shards`)."""
+            stop_after: int | None = None, progress: bool = True, workers: int | None = None) -> Path:
+    """Encode every image under ``images`` into token shards in ``out``; resumable (see :mod:`.shards`).
+    Images are decoded by ``workers`` DataLoader processes (default: up to 4, one per spare core)."""
+
     from . import shards
 
     items, names = list_images(images, classes)
     grid = size // vqgan.factor
     return shards.write_shards(
-        out, items, make_encoder(vqgan, images, size, flip, device), seq_len=grid * grid, vocab_size=vqgan.n_embed,
+        out, items, make_encoder(vqgan, flip, device), seq_len=grid * grid, vocab_size=vqgan.n_embed,
         shard_size=shard_size, batch_size=batch_size, stop_after=stop_after, progress=progress,
+        batches=image_batches(images, size, min(4, (os.cpu_count() or 1) - 1) if workers is None else workers),
         settings={"size": size, "flip": flip, "classes": classes, "tokenizer": tokenizer_id},
         meta={"images": str(Path(images).resolve()), "grid": [grid, grid], "class_names": names, "flip": flip})

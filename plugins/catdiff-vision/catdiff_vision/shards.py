@@ -53,10 +53,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def write_shards(out_dir: str | Path, items: Sequence[Any], encode: Callable[[Sequence[Any]], tuple],
                  *, seq_len: int, vocab_size: int, shard_size: int = 10_000, batch_size: int = 64,
                  settings: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                 progress: bool = True, stop_after: int | None = None) -> Path:
+                 progress: bool = True, stop_after: int | None = None,
+                 batches: Callable[[Sequence[Any], int], Any] | None = None) -> Path:
     """Encode ``items`` in batches and write uint16 token shards (+ labels) into ``out_dir``.
 
-    ``encode(batch_of_items) -> (tokens [R, seq_len] int array, labels [R] int array or None)``.
+    ``encode(batch) -> (tokens [R, seq_len] int array, labels [R] int array or None)``, where a
+    batch is a slice of ``items``, or what ``batches(chunk, batch_size)`` yields for a shard's
+    chunk of items, in order (e.g. a DataLoader whose workers decode the images).
     Resumes an earlier run with the same ``items`` and ``settings`` (skips finished shards);
     ``stop_after`` shards ends early (for tests of the resume). Returns the index path.
     """
@@ -87,8 +90,9 @@ def write_shards(out_dir: str | Path, items: Sequence[Any], encode: Callable[[Se
     for sid in todo:
         chunk = items[sid * shard_size : (sid + 1) * shard_size]
         toks, labs = [], []
-        for lo in range(0, len(chunk), batch_size):
-            t, lab = encode(chunk[lo : lo + batch_size])
+        feed = batches(chunk, batch_size) if batches else (chunk[lo : lo + batch_size] for lo in range(0, len(chunk), batch_size))
+        for lo, batch in zip(range(0, len(chunk), batch_size), feed):
+            t, lab = encode(batch)
             t = np.asarray(t)
             if t.ndim != 2 or t.shape[1] != seq_len:
                 raise ValueError(f"encoder returned tokens of shape {t.shape}, expected [R, {seq_len}]")
