@@ -408,6 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'backbone':<26}{'prec':<6}{'ours':>8}{'stock':>8}{'ours/stock':>12}")
     for (name, prec), (flops, t_o, t_s, speed) in results.items():
         print(f"  {name:<26}{prec:<6}{flops / t_o / peak:>8.3f}{flops / t_s / peak:>8.3f}{speed:>12.3f}")
+    if device.type == "cuda":  # MFU: achieved FLOP/s over the measured bf16 matmul peak
+        print(f"\n[MFU on {torch.cuda.get_device_name(device)}] achieved FLOP/s / bf16 torch.mm n={nbf} "
+              f"({bf_mm / 1e12:.1f} TFLOP/s measured)")
+        for (name, prec), (flops, t_o, t_s, speed) in results.items():
+            if prec == "bf16":
+                print(f"  {name:<26}ours {flops / t_o / bf_mm:.3f}  stock {flops / t_s / bf_mm:.3f}")
 
     # 3. objective
     try:

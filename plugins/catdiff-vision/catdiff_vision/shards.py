@@ -124,9 +124,9 @@ def _shard_ok(out: Path, shard: dict, seq_len: int) -> bool:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm import tqdm
+    from catdiff.trainlog import progress  # tqdm on a terminal, plain lines in logs
 
-    return tqdm(total=total, initial=min(initial, total), unit="img", desc=f"extract {desc}", disable=not enabled)
+    return progress(total, f"extract {desc}", initial=min(initial, total), disable=not enabled)
 
 
 class ShardedTokens:
