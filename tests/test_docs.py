@@ -51,13 +51,35 @@ def test_check_mode_detects_a_stale_file(tmp_path):
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def github_anchors(md: Path) -> set[str]:
+    """The heading anchors GitHub gives a Markdown file (lowercase, punctuation dropped,
+    spaces to hyphens); mkdocs' are the same for these pages, and `mkdocs build --strict`
+    checks them on the site."""
+    text = re.sub(r"```.*?```", "", md.read_text(encoding="utf-8"), flags=re.S)
+    out = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        plain = re.sub(r"[`*]", "", heading).strip().lower()
+        out.add(re.sub(r"[^\w\- ]", "", plain).replace(" ", "-"))
+    return out
+
+
 @pytest.mark.parametrize("page", sorted([ROOT / "README.md", *DOCS.glob("*.md")]), ids=lambda p: p.name)
 def test_relative_links_resolve(page):
     missing = []
     for target in LINK.findall(page.read_text(encoding="utf-8")):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        path = target.split("#")[0]
-        if not (page.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        dest = page.parent / path if path else page
+        if not dest.exists():
             missing.append(target)
-    assert not missing, f"{page.name}: links to missing files: {missing}"
+        elif anchor and dest.suffix == ".md" and anchor not in github_anchors(dest):
+            missing.append(target)
+    assert not missing, f"{page.name}: links to missing files or headings: {missing}"
+
+
+def test_anchor_rule():
+    assert "csdm-vs-catdm-wo-cm-vs-catdm-at-the-current-digits-defaults" in github_anchors(DOCS / "results.md")
+    assert "6-writing-a-method" in github_anchors(DOCS / "plugins.md")
+    assert "drop_l0-dropping-in-l0s-pass" in github_anchors(DOCS / "method.md")
+    assert "nope" not in github_anchors(DOCS / "method.md")
