@@ -312,3 +312,29 @@ def test_ding_end_to_end(tmp_path):
         assert key in metrics and metrics[key] == metrics[key]
     text = (out / "translations.txt").read_text()
     assert text.startswith("S-0\t") and "\nR-0\t" in text and "\nH-0\t" in text
+
+
+def test_generic_translation_task_any_pair_in_one_command(tmp_path, monkeypatch, capsys):
+    """`translation` with src/tgt options: en -> de on raw text, BPE trained at first use."""
+    monkeypatch.setenv("CATDIFF_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.en").write_text("\n".join(en for _, en in MEMO_PAIRS) + "\n")
+        (data / f"{split}.de").write_text("\n".join(de for de, _ in MEMO_PAIRS) + "\n")
+    from catdiff import cli
+    from catdiff.engine import Engine
+
+    args = dict(data_dir=str(data), src="en", tgt="de", text="raw", bpe_vocab=60, layers=1, width=16, heads=2,
+                embed_dim=8, threads=1, max_len=24, steps=2, batch_size=4, sample_steps=2, eval_batches=1)
+    eng = Engine(task="translation", **args)
+    assert (eng.task.src_lang, eng.task.tgt_lang) == ("en", "de")
+    test = eng.data("test")
+    assert len(test) == 16 and eng.task.decode(test.tokens[:1]) == ["ich habe einen hund ."]
+    metrics = eng.fit().evaluate(out=tmp_path / "out")
+    assert metrics["bleu_tokenized"] >= 0
+    code = cli.main(["run", "translation", "--out", str(tmp_path / "run"), "--set", "data_dir=" + str(data),
+                     "--set", "src=en", "--set", "tgt=xx"])
+    assert code == 2 and "lacks train.xx, test.xx" in capsys.readouterr().err
+    assert cli.main(["run", "translation", "--out", str(tmp_path / "run"), "--set", f"data_dir={data}"]) == 2
+    assert "needs two languages: --set src=LANG --set tgt=LANG" in capsys.readouterr().err

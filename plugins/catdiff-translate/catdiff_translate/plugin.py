@@ -8,9 +8,9 @@ from catdiff.hooks import hookimpl
 @hookimpl
 def catdiff_tasks():
     from .ding import DingDeEn
-    from .task import IWSLT14, WMT14
+    from .task import IWSLT14, WMT14, Translation
 
-    return {"mt-iwslt14": IWSLT14, "mt-wmt14": WMT14, "mt-ding": DingDeEn}
+    return {"mt-iwslt14": IWSLT14, "mt-wmt14": WMT14, "mt-ding": DingDeEn, "translation": Translation}
 
 
 @hookimpl
