@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..backbones.encoder import KVCache
 from ..errors import UserError
 from ..method import Method
-from .common import check_sampling, gumbel
+from .common import check_sampling, gumbel, with_aux
 
 
 def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
@@ -134,12 +134,7 @@ class AR(Method):
         t = torch.zeros(len(x), device=x.device)
         logits, _, _, _, aux = model(shift_right(x, target.codebook.mask_id), None, None, None, t, cond, targets=x)
         loss = F.cross_entropy(logits.float().transpose(1, 2), x)
-        logs = {"l_ce": loss}
-        if aux is not None:
-            logs["aux"] = aux.mean()
-            loss = loss + aux.mean()
-        logs["loss"] = loss
-        return loss, {k: v.detach() for k, v in logs.items()}
+        return with_aux(loss, {"l_ce": loss}, aux)
 
     @torch.no_grad()
     def nll_bound(self, model, x, cond, t):

@@ -140,3 +140,13 @@ def choose(score: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> 
     score = torch.where(eligible, score, -math.inf)
     rank = score.argsort(1, descending=True).argsort(1)
     return eligible & (rank < count[:, None])
+
+
+def with_aux(loss: torch.Tensor, logs: dict[str, torch.Tensor], aux: torch.Tensor | None):
+    """(loss + the backbone's auxiliary loss (e.g. the encdec length head) when it has one, the
+    detached float logs with ``aux`` and ``loss`` added): what ``Method.loss`` returns."""
+    if aux is not None:
+        logs["aux"] = aux.mean()
+        loss = loss + logs["aux"]
+    logs["loss"] = loss
+    return loss, {k: v.detach().float() for k, v in logs.items()}

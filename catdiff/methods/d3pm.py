@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
-from .common import MaskReplace, check_sampling, draw, integer_times, kl, time_grid, x0_log_probs
+from .common import MaskReplace, check_sampling, draw, integer_times, kl, time_grid, with_aux, x0_log_probs
 
 
 class DiscreteDiffusion(Method):
@@ -73,12 +73,7 @@ class DiscreteDiffusion(Method):
         t_int = torch.randint(1, self.T + 1, (x.shape[0],), device=x.device)
         l_t, ce, aux = self.terms(self.process(target), model, x, cond, t_int)  # target: the unwrapped EMA copy
         loss = (l_t + self.hybrid * ce).mean().float()
-        logs = {"l_vb": l_t.mean(), "l_ce": ce.mean()}
-        if aux is not None:
-            logs["aux"] = aux.mean()
-            loss = loss + aux.mean()
-        logs["loss"] = loss
-        return loss, {k: v.detach().float() for k, v in logs.items()}
+        return with_aux(loss, {"l_vb": l_t.mean(), "l_ce": ce.mean()}, aux)
 
     @torch.no_grad()
     def nll_bound(self, model, x, cond, t):

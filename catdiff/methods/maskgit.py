@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
-from .common import check_sampling, choose, draw, gumbel, x0_log_probs
+from .common import check_sampling, choose, draw, gumbel, with_aux, x0_log_probs
 
 
 def mask_schedule(r: torch.Tensor) -> torch.Tensor:
@@ -49,12 +49,7 @@ class MaskGIT(Method):
         logits, _, _, _, aux = model(x_in, None, None, None, frac, cond, targets=x)
         ce = F.cross_entropy(logits.float().transpose(1, 2), x, reduction="none")
         loss = (ce * masked).sum() / masked.sum()
-        logs = {"l_mask_ce": loss}
-        if aux is not None:
-            logs["aux"] = aux.mean()
-            loss = loss + aux.mean()
-        logs["loss"] = loss
-        return loss, {k: v.detach() for k, v in logs.items()}
+        return with_aux(loss, {"l_mask_ce": loss}, aux)
 
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
