@@ -10,10 +10,11 @@ from catdiff.hooks import hookimpl
 def catdiff_tasks():
     from .digits import ConditionalDigitsTask, DigitsTask
     from .fashion import FashionCondTask, FashionTask
+    from .image_folder import ImageFolderTask
     from .image_tasks import BedroomsTask, ChurchesTask, FFHQTask, ImageNetTask
 
     tasks = {"digits": DigitsTask, "digits-cond": ConditionalDigitsTask,
-             "fashion-mnist": FashionTask, "fashion-mnist-cond": FashionCondTask}
+             "fashion-mnist": FashionTask, "fashion-mnist-cond": FashionCondTask, "image-folder": ImageFolderTask}
     tasks.update({cls.name: cls for cls in (FFHQTask, ChurchesTask, BedroomsTask, ImageNetTask)})
     return tasks
 

@@ -1,6 +1,11 @@
-"""A small VQ-VAE tokenizer for 28x28 grey images: 7x7 = 49 tokens of ``codes`` ids.
+"""A small VQ-VAE tokenizer: 4x downsampling, e.g. 28x28 grey images -> 7x7 = 49 tokens of ``codes`` ids.
 
-Encoder: conv 4x4/2 (1->32) -> conv 4x4/2 (32->64) -> 3x3 conv -> 1x1 to ``dim``; decoder
+``channels`` (1 grey, 3 RGB) and ``grid`` (the code grid side, image side / 4) default to
+fashion-mnist's 1 and 7; ``image-folder`` (:mod:`.image_folder`) builds e.g. 32x32 RGB -> 8x8.
+They are constructor arguments, not part of ``HPARAMS``, so fashion-mnist's cache hash and
+its weights are unchanged.
+
+Encoder: conv 4x4/2 (channels->32) -> conv 4x4/2 (32->64) -> 3x3 conv -> 1x1 to ``dim``; decoder
 mirrors it with transposed convs; output is a linear [0, 1] grey image. Quantisation is the
 nearest code (van den Oord et al. 2017) with the straight-through gradient and EMA codebook
 updates (their appendix A.1): with n_k the batch count and s_k the batch sum of encoder
@@ -26,23 +31,24 @@ HPARAMS = {"codes": 128, "dim": 16, "width": 48, "steps": 1500, "batch_size": 64
 
 
 class VQTokenizer(nn.Module):
-    def __init__(self, codes: int = 128, dim: int = 16, width: int = 64, decay: float = 0.99, **_):
+    def __init__(self, codes: int = 128, dim: int = 16, width: int = 64, decay: float = 0.99, channels: int = 1,
+                 grid: int = 7, **_):
         super().__init__()
         half = width // 2
-        self.codes, self.dim, self.decay = codes, dim, decay
+        self.codes, self.dim, self.decay, self.channels, self.grid = codes, dim, decay, channels, grid
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, half, 4, 2, 1), nn.ReLU(), nn.Conv2d(half, width, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(channels, half, 4, 2, 1), nn.ReLU(), nn.Conv2d(half, width, 4, 2, 1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, dim, 1))
         self.decoder = nn.Sequential(
             nn.Conv2d(dim, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(width, half, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(half, 1, 4, 2, 1))
+            nn.ConvTranspose2d(width, half, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(half, channels, 4, 2, 1))
         self.register_buffer("embedding", torch.randn(codes, dim) * 0.1)
         self.register_buffer("cluster_size", torch.ones(codes))
         self.register_buffer("embed_sum", self.embedding.clone())
 
     @property
     def seq_len(self) -> int:
-        return 49
+        return self.grid * self.grid
 
     def _nearest(self, z: torch.Tensor) -> torch.Tensor:
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
@@ -50,19 +56,19 @@ class VQTokenizer(nn.Module):
         return (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)).argmin(1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, 1, 28, 28] (0..255) or float in [0, 1] -> tokens [N, 49]."""
+        """uint8 [N, C, 4g, 4g] (0..255) or float in [0, 1] -> tokens [N, g*g] (fashion: [N, 1, 28, 28] -> [N, 49])."""
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         with torch.no_grad():
             return self._nearest(self.encoder(x)).reshape(len(x), -1)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, 49] -> float images [N, 1, 28, 28] in [0, 1]."""
+        """tokens [N, g*g] -> float images [N, C, 4g, 4g] in [0, 1]."""
         tokens = torch.as_tensor(tokens).long()
-        if tokens.dim() != 2 or tokens.shape[1] != 49:
-            raise ValueError(f"expected tokens [N, 49], got {tuple(tokens.shape)}")
+        if tokens.dim() != 2 or tokens.shape[1] != self.seq_len:
+            raise ValueError(f"expected tokens [N, {self.seq_len}], got {tuple(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codes):
             raise ValueError(f"token ids must be in [0, {self.codes - 1}], got [{int(tokens.min())}, {int(tokens.max())}]")
-        z = self.embedding[tokens].reshape(-1, 7, 7, self.dim).permute(0, 3, 1, 2)
+        z = self.embedding[tokens].reshape(-1, self.grid, self.grid, self.dim).permute(0, 3, 1, 2)
         with torch.no_grad():
             return self.decoder(z).clamp(0, 1)
 
@@ -96,7 +102,8 @@ class VQTokenizer(nn.Module):
 
 
 def train(images: torch.Tensor, hparams: dict | None = None, log=print) -> VQTokenizer:
-    """Train on uint8 images [N, 1, 28, 28] (deterministic for a fixed seed and thread count)."""
+    """Train on uint8 images [N, C, H, W] (deterministic for a fixed seed and thread count); ``hparams``
+    may add the constructor's ``channels`` / ``grid``. Batches are converted to float one at a time."""
     from .classifier import single_thread
 
     hp = dict(HPARAMS, **(hparams or {}))
@@ -105,14 +112,13 @@ def train(images: torch.Tensor, hparams: dict | None = None, log=print) -> VQTok
         model = VQTokenizer(**hp)
         gen = torch.Generator().manual_seed(hp["seed"])
         opt = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-        x_all = images.float() / 255
         t0 = time.perf_counter()
         model.train()
         for step in range(hp["steps"]):
             lr = hp["lr"] * 0.5 * (1 + math.cos(math.pi * step / hp["steps"]))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x = x_all[torch.randint(len(x_all), (hp["batch_size"],), generator=gen)]
+            x = images[torch.randint(len(images), (hp["batch_size"],), generator=gen)].float() / 255
             rec, commit, _ = model(x)
             loss = F.mse_loss(rec, x) + hp["beta"] * commit
             opt.zero_grad(set_to_none=True)
@@ -128,12 +134,12 @@ def reconstruction(model: VQTokenizer, images: torch.Tensor, batch_size: int = 1
     """Mean squared error per pixel on [0, 1], PSNR = 10 log10(1 / MSE), and codebook usage."""
     from .classifier import single_thread
 
-    x = images.float() / 255
     se, used = 0.0, torch.zeros(model.codes, dtype=torch.bool)
     with single_thread():
-        for chunk in x.split(batch_size):
+        for chunk in images.split(batch_size):
+            chunk = chunk.float() / 255
             tokens = model.encode(chunk)
             used[tokens.unique()] = True
             se += (model.decode(tokens) - chunk).pow(2).sum().item()
-    mse = se / x.numel()
+    mse = se / images.numel()
     return {"vq_mse": mse, "vq_psnr": 10 * math.log10(1 / max(mse, 1e-12)), "vq_codes_used": float(used.sum())}

@@ -1,0 +1,386 @@
+"""``image-folder``: a diffusion model of any folder of images, in one command.
+
+    catdiff run image-folder --set images=DIR [--set classes=true] [--set tokenizer=VQGAN_DIR]
+
+Data. Every image under ``images`` (recursive; :mod:`.folder_images`), converted to
+``color`` (``auto``: grey when all images are grey, rgb when all are colour, an error naming
+examples when the folder mixes both; ``rgb`` / ``grey`` convert), resized and centre-cropped to
+``image_size`` (``crop=resize`` squashes instead). ``classes=true``: one sub-folder per class
+(ImageFolder style), label = rank of the sorted folder name, and the model is class-conditional
+(``--set guidance=W`` for classifier-free guidance). A fixed ``test_frac`` of the images
+(seed 0, the same for every run) is held out for the likelihood bound.
+
+Tokenizer (``tokenizer``):
+  ""        (default) the small VQ-VAE of :mod:`.vq_tokenizer`, 4x downsampling, ``codes`` ids,
+            trained for ``vq_steps`` on (up to ``vq_images`` of) the training images at the
+            first run or by ``catdiff prepare image-folder --images DIR``; ``image_size``
+            defaults to 32, so 8x8 = 64 tokens.
+  a path    a taming VQGAN log directory (or its last.ckpt with model.yaml beside it) of any
+            downsampling factor f and codebook size K, read from model.yaml (f = 2^(len(ch_mult)-1),
+            K = n_embed); ``image_size`` defaults to its ddconfig.resolution, seq_len = (size/f)^2.
+
+Token shards (:mod:`.shards`) and the small VQ are cached in ``cache_dir`` (default
+``$CATDIFF_DATA/image-folder`` or ``~/.cache/catdiff/image-folder``) under ``data_key``, a
+hash of the image list (relative paths, sizes, labels) and every setting that changes the
+tokens; ``catdiff run`` prepares them when missing (single process; under DDP run
+``catdiff prepare`` first, the error says the exact command).
+
+What setup stores in ``cfg.task_options``: the resolved ``color`` and ``image_size``,
+``vocab_size``, ``seq_len``, ``grid``, ``channels``, ``num_classes``, ``class_names`` (JSON) and
+``data_key``, so ``catdiff sample`` / ``eval`` rebuild the task from the checkpoint without
+reading the folder (decoding needs only the tokenizer: the VQGAN path, or the cached small VQ).
+
+Metrics: Inception FID / IS (torch-fidelity, :mod:`.image_metrics`) of the decoded samples
+against the training images (up to ``fid_images``; or the folder ``fid_reference``) when
+Inception weights are found (``inception_weights``, env CATDIFF_INCEPTION_WEIGHTS, the torch hub
+cache; never downloaded), else ``fid_skipped`` = 1 and a printed line saying what to provide;
+``tokenizer_mse`` / ``tokenizer_psnr`` (test reconstructions: the tokenizer's floor) and
+``sample_unigram_tv`` (token-frequency distance of the samples to the training tokens).
+``samples.png``: a grid of the first 64 samples (conditioned: one column per class).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from catdiff.errors import UserError
+from catdiff.task import LazyTokenData, Task
+
+from . import folder_images as fi
+from .folder_tokenizers import SMALL_VQ_FACTOR, SmallVQ, TamingTokenizer, load_taming, vqgan_spec
+
+SMALL_VQ_SIZE = 32  # image_size of the small VQ when not given: 8x8 tokens
+UNIGRAM_ROWS = 10_000
+RECON_IMAGES = 256  # test images for the tokenizer's reconstruction error
+DERIVED = ("vocab_size", "seq_len", "grid", "channels", "num_classes", "class_names", "data_key")
+OPTIONS: Mapping[str, Any] = {
+    "images": "", "classes": False, "tokenizer": "", "trust_checkpoint": False, "image_size": 0, "color": "auto",
+    "crop": "center", "test_frac": 0.05, "cache_dir": "", "codes": 128, "vq_steps": 1500, "vq_images": 20_000,
+    "workers": -1, "fid_reference": "", "fid_images": 10_000, "inception_weights": "", "vgg16_weights": "",
+    "precision_recall": False,
+    # derived by setup (stored with the checkpoint; not to be set by hand)
+    "vocab_size": 0, "seq_len": 0, "grid": 0, "channels": 0, "num_classes": 0, "class_names": "", "data_key": "",
+}
+# fashion-mnist's measured small-image settings (catdiff_vision.fashion: lr 1e-3, short warmup,
+# ema_cm 0.9, D = 32); not re-tuned for this task.
+DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=1e-3, warmup=100,
+                                   steps=1000, ema_cm=0.9, sample_steps=50, n_samples=256, ckpt_every=500,
+                                   log_every=50, eval_batches=4)
+
+
+def _cache_root(option: str) -> Path:
+    if option:
+        return Path(option).expanduser()
+    base = os.environ.get("CATDIFF_DATA")
+    return Path(base) / "image-folder" if base else Path.home() / ".cache" / "catdiff" / "image-folder"
+
+
+class ImageFolderTask(Task):
+    """Any folder of images (see the module docstring)."""
+
+    name = "image-folder"
+    vocab_size = 0  # vocab_size, seq_len, num_classes: set by setup
+    seq_len = 0
+    options = OPTIONS
+    defaults = DEFAULTS
+    mutable_options = ("images", "trust_checkpoint", "cache_dir", "workers", "fid_reference", "fid_images",
+                       "inception_weights", "vgg16_weights", "precision_recall")
+    description = "any folder of images (--set images=DIR; classes=true: sub-folders), small VQ or taming VQGAN tokens"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        self._items = None
+        self.__dict__.pop("tokenizer", None)
+        if not self.option("data_key"):  # what the user gave, before _derive resolves it (for prepare --images)
+            self._given = {k: self.option(k) for k in ("color", "image_size")}
+        if not self.option("data_key") and self.option("images"):
+            self._derive()
+        if self.option("data_key"):
+            self.vocab_size, self.seq_len = int(self.option("vocab_size")), int(self.option("seq_len"))
+            self.num_classes = int(self.option("num_classes"))
+            if not cfg.token_grid:  # the 2D layout, for --set conv_kernel=K
+                cfg.token_grid = f"{self.option('grid')}x{self.option('grid')}"
+        else:  # no images yet (`catdiff prepare` passes them later): a placeholder until load()/prepare()
+            self.vocab_size, self.seq_len, self.num_classes = max(2, int(self.option("codes"))), 1, 0
+
+    def _derive(self) -> None:
+        """List the folder, resolve colour / size / tokenizer, and store the results in task_options."""
+        opt = self.option
+        if opt("crop") not in fi.CROPS:
+            raise UserError(f"task image-folder: option crop={opt('crop')!r} is not one of {', '.join(fi.CROPS)}")
+        root = Path(opt("images")).expanduser()
+        items, names = fi.list_folder(root, bool(opt("classes")))
+        color = fi.resolve_color(opt("color"), root, items)
+        if opt("tokenizer"):
+            spec = vqgan_spec(opt("tokenizer"))
+            factor, vocab, channels, size = spec["factor"], spec["n_embed"], spec["in_channels"], spec["resolution"]
+            tok = {"vqgan": spec["id"]}
+        else:
+            factor, vocab, channels, size = SMALL_VQ_FACTOR, int(opt("codes")), 1 if color == "grey" else 3, SMALL_VQ_SIZE
+            if not 2 <= vocab <= 65_536:
+                raise UserError(f"task image-folder: option codes={vocab} must be in [2, 65536]")
+            tok = {"vq": self._vq_hparams(channels, 0)}
+        size = int(opt("image_size")) or size
+        if size < factor or size % factor:
+            raise UserError(f"task image-folder: image_size={size} must be a positive multiple of the tokenizer's "
+                            f"downsampling factor {factor} ({'the VQGAN' if opt('tokenizer') else 'the small VQ'})")
+        grid = size // factor
+        if not opt("tokenizer"):
+            tok = {"vq": self._vq_hparams(channels, grid)}
+        listing = hashlib.sha256()
+        for rel, label in items:
+            listing.update(f"{rel}\0{label}\0{(root / rel).stat().st_size}\n".encode())
+        settings = {"format": 1, "size": size, "color": color, "crop": opt("crop"), "classes": bool(opt("classes")),
+                    "test_frac": float(opt("test_frac")), "tokenizer": tok, "images": listing.hexdigest()}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self._items = (root, items)
+        self.cfg.task_options.update(
+            color=color, image_size=size, vocab_size=vocab, seq_len=grid * grid, grid=grid, channels=channels,
+            num_classes=len(names), class_names=json.dumps(names), data_key=key)
+
+    def _vq_hparams(self, channels: int, grid: int) -> dict:
+        from .vq_tokenizer import HPARAMS
+
+        return dict(HPARAMS, codes=int(self.option("codes")), steps=int(self.option("vq_steps")), channels=channels,
+                    grid=grid)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def work(self) -> Path:
+        """The cache directory of this data and these settings: vq.pt, train/, test/."""
+        return _cache_root(self.option("cache_dir")) / self.option("data_key")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.option("images")).expanduser()
+
+    def _need_images(self) -> None:
+        if not self.option("data_key"):
+            raise UserError("task image-folder needs its images: --set images=DIR (any folder of images, searched "
+                            "recursively; add --set classes=true for one sub-folder per class)")
+
+    def splits(self) -> dict[str, list]:
+        """Train and test items (relative path, label) of the folder."""
+        self._need_images()
+        if self._items is None:
+            self._items = (self.root, fi.list_folder(self.root, bool(self.option("classes")))[0])
+        train, test = fi.split_items(self._items[1], float(self.option("test_frac")))
+        return {"train": train, "test": test}
+
+    def prepare_command(self) -> str:
+        """The `catdiff prepare` command line of these options (for the DDP error message)."""
+        sets = "".join(f" --set {k}={v}" for k, v in sorted(self.cfg.task_options.items())
+                       if k in OPTIONS and k not in DERIVED and k != "images" and v != OPTIONS[k])
+        return f"catdiff prepare image-folder --images {self.root}{sets}"
+
+    # ------------------------------------------------------------------ tokenizer
+    @functools.cached_property
+    def tokenizer(self):
+        """The tokenizer of the stored settings; the small VQ must have been trained (prepare)."""
+        if self.option("tokenizer"):
+            trust = bool(self.option("trust_checkpoint")) or os.environ.get("CATDIFF_TRUST_CHECKPOINT") == "1"
+            vqgan = load_taming(self.option("tokenizer"), trust)
+            tok = TamingTokenizer(vqgan, int(self.option("channels")))
+            if tok.vocab_size != self.vocab_size or int(self.option("image_size")) // tok.factor != int(self.option("grid")):
+                raise UserError(f"VQGAN {self.option('tokenizer')} has {tok.vocab_size} codes and factor {tok.factor}; "
+                                f"this model was trained on {self.vocab_size} codes in a {self.option('grid')}-grid")
+            return tok
+        from .vq_tokenizer import VQTokenizer
+
+        path = self.work / "vq.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"small VQ tokenizer {path} not found: run `catdiff prepare image-folder --images DIR` "
+                                    "with the run's options (or point cache_dir at the cache it was trained in)")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model = VQTokenizer(**payload["hparams"])
+        model.load_state_dict(payload["state_dict"])
+        return SmallVQ(model.eval().requires_grad_(False))
+
+    def _images(self, items) -> torch.Tensor:
+        return fi.load_all(self.root, items, int(self.option("image_size")), self.option("color"), self.option("crop"),
+                           int(self.option("workers")))
+
+    def _train_small_vq(self, train_items, log) -> None:
+        from . import vq_tokenizer
+
+        path = self.work / "vq.pt"
+        if self.option("tokenizer") or path.is_file():
+            return
+        n = int(self.option("vq_images"))
+        if 0 < n < len(train_items):  # a fixed random subset (seed 0)
+            pick = sorted(torch.randperm(len(train_items), generator=torch.Generator().manual_seed(0))[:n].tolist())
+            train_items = [train_items[i] for i in pick]
+        hp = self._vq_hparams(int(self.option("channels")), int(self.option("grid")))
+        if log:
+            log(f"image-folder: training the small VQ tokenizer ({hp['steps']} steps, {len(train_items)} images, "
+                f"{hp['codes']} codes, {self.option('grid')}x{self.option('grid')} grid)")
+        model = vq_tokenizer.train(self._images(train_items), hp, log=log)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"vq.pt.{os.getpid()}.partial")
+        torch.save({"state_dict": model.state_dict(), "hparams": hp}, tmp)
+        tmp.replace(path)
+
+    # ------------------------------------------------------------------ preparation
+    def prepared(self) -> bool:
+        from .shards import ShardedTokens
+
+        try:
+            return all(ShardedTokens(self.work / s).index["complete"] for s in ("train", "test"))
+        except FileNotFoundError:
+            return False
+
+    def prepare_arguments(self, parser) -> None:
+        parser.add_argument("--images", help="the image folder (default: option images)")
+        parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
+        parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+    def prepare(self, args=None) -> Path:
+        """Train the small VQ (if it is the tokenizer and absent) and write the train/test token
+        shards (resumable); returns the cache directory."""
+        if getattr(args, "images", None):
+            self.cfg.task_options.update(getattr(self, "_given", {}), images=args.images, data_key="")
+            self.setup(self.cfg)
+        self._need_images()
+        return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64))
+
+    def _prepare(self, quiet: bool = False, batch_size: int = 64) -> Path:
+        from . import shards
+        from .classifier import single_thread
+
+        log = None if quiet else print
+        splits = self.splits()
+        self._train_small_vq(splits["train"], log)
+        tok = self.tokenizer
+        rec = self.reconstruction(tok, splits["test"][:RECON_IMAGES])
+        if log:
+            log(f"image-folder: tokenizer test reconstruction MSE {rec['tokenizer_mse']:.5f} (pixels in [0, 1]), "
+                f"PSNR {rec['tokenizer_psnr']:.2f} dB")
+        size, color, crop = int(self.option("image_size")), self.option("color"), self.option("crop")
+        workers = int(self.option("workers"))
+        classes = bool(self.option("classes"))
+
+        def encode(batch):
+            images, labels = fi.checked(batch)
+            with single_thread():
+                return tok.encode(images).numpy(), labels.numpy() if classes else None
+
+        for split, items in splits.items():
+            shards.write_shards(
+                self.work / split, items, encode, seq_len=self.seq_len, vocab_size=self.vocab_size,
+                shard_size=10_000, batch_size=batch_size, progress=not quiet,
+                batches=lambda chunk, bs: fi.loader(self.root, chunk, size, color, crop, bs, workers),
+                settings={"data_key": self.option("data_key")},
+                meta={"images": str(self.root.resolve()), "grid": [self.option("grid")] * 2,
+                      "class_names": json.loads(self.option("class_names")), "reconstruction": rec})
+        if log:
+            log(f"image-folder: token shards in {self.work} ({len(splits['train'])} train, {len(splits['test'])} test "
+                f"images, {self.seq_len} tokens of {self.vocab_size} codes each)")
+        return self.work
+
+    def reconstruction(self, tok, items) -> dict[str, float]:
+        """Tokenizer MSE (pixels in [0, 1]) and PSNR on ``items``: the floor of any model of its tokens."""
+        from .classifier import single_thread
+
+        x = self._images(items)
+        with single_thread():
+            rec = torch.cat([tok.decode(tok.encode(c)) for c in x.split(64)])
+        if rec.shape[1] != x.shape[1]:  # grey data through an RGB VQGAN: compare grey levels
+            rec = rec.float().mean(1, keepdim=True)
+        mse = ((rec.float() - x.float()) / 255).pow(2).mean().item()
+        return {"tokenizer_mse": mse, "tokenizer_psnr": 10 * math.log10(1 / max(mse, 1e-12))}
+
+    # ------------------------------------------------------------------ data
+    def load(self, split: str) -> LazyTokenData:
+        from .shards import ShardedTokens
+
+        self._need_images()
+        if not self.prepared():
+            if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+                raise UserError(f"image-folder: no token shards in {self.work}; prepare them once before a distributed "
+                                f"run: `{self.prepare_command()}`")
+            print(f"image-folder: preparing the token shards in {self.work} (once)", file=sys.stderr)
+            self._prepare()
+        shards = ShardedTokens(self.work / split)
+        if (shards.seq_len, shards.vocab_size) != (self.seq_len, self.vocab_size):
+            raise UserError(f"{shards.dir} holds {shards.seq_len} tokens of {shards.vocab_size} codes; the task "
+                            f"needs {self.seq_len} of {self.vocab_size} (delete the directory to re-extract)")
+        return shards.lazy()
+
+    # ------------------------------------------------------------------ samples and metrics
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, g*g] -> uint8 images [N, C, S, S]."""
+        from .classifier import single_thread
+
+        with single_thread():
+            return torch.cat([self.tokenizer.decode(c) for c in torch.as_tensor(tokens).cpu().split(64)])
+
+    def save_samples(self, tokens, labels, out_dir: Path) -> list[Path]:
+        """``samples.png``: the first 64 samples, 8 per row (conditioned, <= 16 classes: one column
+        per class, as the default labels cycle through them); small images upscaled (nearest)."""
+        import torch.nn.functional as F
+        from torchvision.utils import save_image
+
+        images = self.decode(torch.as_tensor(tokens)[:64]).float() / 255
+        scale = max(1, 64 // images.shape[-1])
+        nrow = self.num_classes if 0 < self.num_classes <= 16 else 8
+        path = Path(out_dir) / "samples.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(F.interpolate(images, scale_factor=scale, mode="nearest"), path, nrow=nrow, padding=2, pad_value=0.35)
+        return [path]
+
+    def _train_tokens(self, n: int) -> torch.Tensor:
+        from .shards import ShardedTokens
+
+        shards = ShardedTokens(self.work / "train")
+        return shards.rows(torch.arange(min(n, len(shards))))[0]
+
+    def evaluate(self, tokens, labels, out_dir) -> dict[str, float]:
+        from .shards import ShardedTokens
+
+        out: dict[str, float] = {}
+        if (self.work / "train" / "index.json").is_file():
+            freq = lambda t: torch.bincount(t.flatten(), minlength=self.vocab_size).double() / t.numel()  # noqa: E731
+            out["sample_unigram_tv"] = 0.5 * (freq(torch.as_tensor(tokens).cpu()) - freq(self._train_tokens(UNIGRAM_ROWS))).abs().sum().item()
+            out.update(ShardedTokens(self.work / "train").meta.get("reconstruction", {}))
+        out.update(self.fidelity(self.decode(tokens)))
+        out["metric_num_samples"] = float(len(tokens))
+        return out
+
+    def fidelity(self, images: torch.Tensor) -> dict[str, float]:
+        """Inception FID / IS (and VGG16 precision / recall with ``precision_recall``), or
+        ``fid_skipped`` and a printed line when the Inception weights are not on this machine."""
+        from .image_metrics import image_metrics, weights_file
+
+        try:
+            weights = weights_file("inception", self.option("inception_weights") or None)
+        except FileNotFoundError as e:
+            print(f"image-folder: FID skipped: {e}", file=sys.stderr)
+            return {"fid_skipped": 1.0}
+        rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # noqa: E731
+        ref: Any = self.option("fid_reference")
+        if not ref:
+            items = self.splits()["train"]
+            n = int(self.option("fid_images"))
+            if 0 < n < len(items):
+                pick = sorted(torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:n].tolist())
+                items = [items[i] for i in pick]
+            ref = rgb(self._images(items)).contiguous()
+        out = image_metrics(rgb(images).contiguous(), ref, isc=len(images) >= 10, prc=bool(self.option("precision_recall")),
+                            inception_weights=weights, vgg16_weights=self.option("vgg16_weights") or None,
+                            reference_size=int(self.option("image_size")))
+        out["fid_skipped"] = 0.0
+        return out
+
+    def diagnostics(self, report, out_dir: Path) -> list[Path]:
+        from .render import save_collapse_plot
+
+        return [save_collapse_plot(report, Path(out_dir) / "collapse.png")]
