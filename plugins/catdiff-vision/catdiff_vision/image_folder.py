@@ -178,7 +178,8 @@ class ImageFolderTask(Task):
 
     def prepare_command(self) -> str:
         """The `catdiff prepare` command line of these options (for the DDP error message)."""
-        sets = "".join(f" --set {k}={v}" for k, v in sorted(self.cfg.task_options.items())
+        sets = "".join(f" --set {k}={str(v).lower() if isinstance(v, bool) else v}"
+                       for k, v in sorted(self.cfg.task_options.items())
                        if k in OPTIONS and k not in DERIVED and k != "images" and v != OPTIONS[k])
         return f"catdiff prepare image-folder --images {self.root}{sets}"
 
