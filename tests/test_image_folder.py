@@ -217,6 +217,11 @@ def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder):
         task_with(images=str(tmp_path / "text"), classes=True)
     with pytest.raises(FileNotFoundError, match="missing-dir not found"):
         task_with(images=str(tmp_path / "missing-dir"))
+    (tmp_path / "cls" / "a").mkdir(parents=True)
+    for name in ("cls/a/1.png", "cls/a/2.png", "cls/stray.png"):
+        (tmp_path / name).write_bytes((rgb_folder / "00.png").read_bytes())
+    with pytest.warns(UserWarning, match=r"classes=true reads DIR/<class>/...; the images directly in .*cls are ignored"):
+        assert task_with(images=str(tmp_path / "cls"), classes=True).num_classes == 1
     # mixed grey and colour: an error under color=auto, converted when a mode is given
     mixed = tmp_path / "mixed"
     mixed.mkdir()

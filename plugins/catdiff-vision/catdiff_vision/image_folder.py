@@ -46,6 +46,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,6 +57,7 @@ from catdiff.task import LazyTokenData, Task
 
 from . import folder_images as fi
 from .folder_tokenizers import SMALL_VQ_FACTOR, SmallVQ, TamingTokenizer, load_taming, vqgan_spec
+from .image_data import EXTENSIONS
 
 SMALL_VQ_SIZE = 32  # image_size of the small VQ when not given: 8x8 tokens
 UNIGRAM_ROWS = 10_000
@@ -98,7 +100,7 @@ class ImageFolderTask(Task):
     # ------------------------------------------------------------------ setup
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        self._items = None
+        self._items = self._fid_ref = None
         self.__dict__.pop("tokenizer", None)
         if not self.option("data_key"):  # what the user gave, before _derive resolves it (for prepare --images)
             self._given = {k: self.option(k) for k in ("color", "image_size")}
@@ -119,23 +121,23 @@ class ImageFolderTask(Task):
             raise UserError(f"task image-folder: option crop={opt('crop')!r} is not one of {', '.join(fi.CROPS)}")
         root = Path(opt("images")).expanduser()
         items, names = fi.list_folder(root, bool(opt("classes")))
+        if opt("classes") and any(p.suffix.lower() in EXTENSIONS for p in root.iterdir() if p.is_file()):
+            warnings.warn(f"image-folder: classes=true reads DIR/<class>/...; the images directly in {root} are ignored")
         color = fi.resolve_color(opt("color"), root, items)
         if opt("tokenizer"):
             spec = vqgan_spec(opt("tokenizer"))
             factor, vocab, channels, size = spec["factor"], spec["n_embed"], spec["in_channels"], spec["resolution"]
-            tok = {"vqgan": spec["id"]}
         else:
-            factor, vocab, channels, size = SMALL_VQ_FACTOR, int(opt("codes")), 1 if color == "grey" else 3, SMALL_VQ_SIZE
+            factor, vocab, size = SMALL_VQ_FACTOR, int(opt("codes")), SMALL_VQ_SIZE
+            channels = 1 if color == "grey" else 3
             if not 2 <= vocab <= 65_536:
                 raise UserError(f"task image-folder: option codes={vocab} must be in [2, 65536]")
-            tok = {"vq": self._vq_hparams(channels, 0)}
         size = int(opt("image_size")) or size
         if size < factor or size % factor:
             raise UserError(f"task image-folder: image_size={size} must be a positive multiple of the tokenizer's "
                             f"downsampling factor {factor} ({'the VQGAN' if opt('tokenizer') else 'the small VQ'})")
         grid = size // factor
-        if not opt("tokenizer"):
-            tok = {"vq": self._vq_hparams(channels, grid)}
+        tok = {"vqgan": spec["id"]} if opt("tokenizer") else {"vq": self._vq_hparams(channels, grid)}
         listing = hashlib.sha256()
         for rel, label in items:
             listing.update(f"{rel}\0{label}\0{(root / rel).stat().st_size}\n".encode())
@@ -165,8 +167,9 @@ class ImageFolderTask(Task):
 
     def _need_images(self) -> None:
         if not self.option("data_key"):
-            raise UserError("task image-folder needs its images: --set images=DIR (any folder of images, searched "
-                            "recursively; add --set classes=true for one sub-folder per class)")
+            raise UserError("task image-folder needs its images: --set images=DIR (`catdiff prepare image-folder "
+                            "--images DIR`): any folder of images, searched recursively; add --set classes=true for "
+                            "one sub-folder per class")
 
     def splits(self) -> dict[str, list]:
         """Train and test items (relative path, label) of the folder."""
@@ -191,16 +194,17 @@ class ImageFolderTask(Task):
             trust = bool(self.option("trust_checkpoint")) or os.environ.get("CATDIFF_TRUST_CHECKPOINT") == "1"
             vqgan = load_taming(self.option("tokenizer"), trust)
             tok = TamingTokenizer(vqgan, int(self.option("channels")))
-            if tok.vocab_size != self.vocab_size or int(self.option("image_size")) // tok.factor != int(self.option("grid")):
+            grid = int(self.option("grid"))
+            if tok.vocab_size != self.vocab_size or int(self.option("image_size")) // tok.factor != grid:
                 raise UserError(f"VQGAN {self.option('tokenizer')} has {tok.vocab_size} codes and factor {tok.factor}; "
-                                f"this model was trained on {self.vocab_size} codes in a {self.option('grid')}-grid")
+                                f"this model was trained on {self.vocab_size} codes in a {grid}x{grid} grid")
             return tok
         from .vq_tokenizer import VQTokenizer
 
         path = self.work / "vq.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"small VQ tokenizer {path} not found: run `catdiff prepare image-folder --images DIR` "
-                                    "with the run's options (or point cache_dir at the cache it was trained in)")
+            raise FileNotFoundError(f"small VQ tokenizer {path} not found: run `catdiff prepare image-folder --images "
+                                    "DIR` with the run's options (or point cache_dir at the cache it was trained in)")
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model = VQTokenizer(**payload["hparams"])
         model.load_state_dict(payload["state_dict"])
@@ -242,6 +246,7 @@ class ImageFolderTask(Task):
     def prepare_arguments(self, parser) -> None:
         parser.add_argument("--images", help="the image folder (default: option images)")
         parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
+        parser.add_argument("--device", default="auto", help="where a VQGAN encodes: auto (cuda if available), cpu, cuda")
         parser.add_argument("--quiet", action="store_true", help="no progress output")
 
     def prepare(self, args=None) -> Path:
@@ -251,9 +256,10 @@ class ImageFolderTask(Task):
             self.cfg.task_options.update(getattr(self, "_given", {}), images=args.images, data_key="")
             self.setup(self.cfg)
         self._need_images()
-        return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64))
+        return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64),
+                             device=getattr(args, "device", "auto"))
 
-    def _prepare(self, quiet: bool = False, batch_size: int = 64) -> Path:
+    def _prepare(self, quiet: bool = False, batch_size: int = 64, device: str = "auto") -> Path:
         from . import shards
         from .classifier import single_thread
 
@@ -261,6 +267,8 @@ class ImageFolderTask(Task):
         splits = self.splits()
         self._train_small_vq(splits["train"], log)
         tok = self.tokenizer
+        if isinstance(tok, TamingTokenizer):  # the small VQ stays on the CPU
+            tok.vqgan.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         rec = self.reconstruction(tok, splits["test"][:RECON_IMAGES])
         if log:
             log(f"image-folder: tokenizer test reconstruction MSE {rec['tokenizer_mse']:.5f} (pixels in [0, 1]), "
@@ -350,7 +358,8 @@ class ImageFolderTask(Task):
         out: dict[str, float] = {}
         if (self.work / "train" / "index.json").is_file():
             freq = lambda t: torch.bincount(t.flatten(), minlength=self.vocab_size).double() / t.numel()  # noqa: E731
-            out["sample_unigram_tv"] = 0.5 * (freq(torch.as_tensor(tokens).cpu()) - freq(self._train_tokens(UNIGRAM_ROWS))).abs().sum().item()
+            gap = freq(torch.as_tensor(tokens).cpu()) - freq(self._train_tokens(UNIGRAM_ROWS))
+            out["sample_unigram_tv"] = 0.5 * gap.abs().sum().item()
             out.update(ShardedTokens(self.work / "train").meta.get("reconstruction", {}))
         out.update(self.fidelity(self.decode(tokens)))
         out["metric_num_samples"] = float(len(tokens))
@@ -361,25 +370,30 @@ class ImageFolderTask(Task):
         ``fid_skipped`` and a printed line when the Inception weights are not on this machine."""
         from .image_metrics import image_metrics, weights_file
 
+        rgb = lambda x: x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x  # noqa: E731
         try:
             weights = weights_file("inception", self.option("inception_weights") or None)
+            ref = self.option("fid_reference") or self.fid_reference()
         except FileNotFoundError as e:
             print(f"image-folder: FID skipped: {e}", file=sys.stderr)
             return {"fid_skipped": 1.0}
-        rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # noqa: E731
-        ref: Any = self.option("fid_reference")
-        if not ref:
+        out = image_metrics(rgb(images), ref if isinstance(ref, str) else rgb(ref), isc=len(images) >= 10,
+                            prc=bool(self.option("precision_recall")),
+                            inception_weights=weights, vgg16_weights=self.option("vgg16_weights") or None,
+                            reference_size=int(self.option("image_size")))
+        out["fid_skipped"] = 0.0
+        return out
+
+    def fid_reference(self) -> torch.Tensor:
+        """Up to ``fid_images`` training images (a fixed random subset), uint8 [N, C, S, S]; read once per setup."""
+        if self._fid_ref is None:
             items = self.splits()["train"]
             n = int(self.option("fid_images"))
             if 0 < n < len(items):
                 pick = sorted(torch.randperm(len(items), generator=torch.Generator().manual_seed(0))[:n].tolist())
                 items = [items[i] for i in pick]
-            ref = rgb(self._images(items)).contiguous()
-        out = image_metrics(rgb(images).contiguous(), ref, isc=len(images) >= 10, prc=bool(self.option("precision_recall")),
-                            inception_weights=weights, vgg16_weights=self.option("vgg16_weights") or None,
-                            reference_size=int(self.option("image_size")))
-        out["fid_skipped"] = 0.0
-        return out
+            self._fid_ref = self._images(items)
+        return self._fid_ref
 
     def diagnostics(self, report, out_dir: Path) -> list[Path]:
         from .render import save_collapse_plot
