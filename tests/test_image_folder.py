@@ -132,6 +132,7 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
     assert 0 <= m["sample_unigram_tv"] <= 1 and m["tokenizer_psnr"] > 0 and 0 < m["tokenizer_mse"] < 1
     err = capsys.readouterr().err
     assert "FID skipped" in err and "CATDIFF_INCEPTION_WEIGHTS" in err and "never downloaded" in err
+    assert "preparing the token shards" not in err  # `catdiff prepare` made them
     with Image.open(out / "samples.png") as im:  # 4 samples, one column per class (2), 28 px upscaled 2x
         assert im.size == (2 * (56 + 2) + 2, 2 * (56 + 2) + 2)
     resumed = Engine(ImageFolderTask(), out=out, images=str(grey_folder), **opts, **dict(SMALL, steps=5))

@@ -102,6 +102,9 @@ class ImageFolderTask(Task):
         super().setup(cfg)
         self._items = self._fid_ref = None
         self.__dict__.pop("tokenizer", None)
+        for key in ("images", "tokenizer", "cache_dir"):  # absolute, so a checkpoint works from any directory
+            if self.option(key):
+                cfg.task_options[key] = str(Path(self.option(key)).expanduser().resolve())
         if not self.option("data_key"):  # what the user gave, before _derive resolves it (for prepare --images)
             self._given = {k: self.option(k) for k in ("color", "image_size")}
         if not self.option("data_key") and self.option("images"):
@@ -253,7 +256,7 @@ class ImageFolderTask(Task):
         """Train the small VQ (if it is the tokenizer and absent) and write the train/test token
         shards (resumable); returns the cache directory."""
         if getattr(args, "images", None):
-            self.cfg.task_options.update(getattr(self, "_given", {}), images=args.images, data_key="")
+            self.cfg.task_options.update(getattr(self, "_given", {}), images=str(args.images), data_key="")
             self.setup(self.cfg)
         self._need_images()
         return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64),
