@@ -46,7 +46,7 @@ class Config:
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
     cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
     self_cond: bool = False        # self-conditioning on the previous EMB_hat (not in the paper; catdiff.model.Denoiser)
-    evidence: bool = False         # logits += each token's own Gaussian evidence (not in the paper; catdiff.model.Denoiser)
+    evidence: bool = True          # logits += each token's own Gaussian evidence (not in the paper; catdiff.model.Denoiser); continuous methods only
 
     # discrete-state methods (catdiff.methods: d3pm, vqdiffusion, maskgit)
     discrete_steps: int = 0        # T of d3pm / vqdiffusion; 0 = the paper's (d3pm 1000, vqdiffusion 100)
@@ -182,7 +182,13 @@ def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str
     with the ``options`` of the task and of the run's method accepted as keys."""
     file_values = load_file(config_file) if config_file else {}
     layers = (task.defaults, file_values, overrides or {}, {"task": task.name})
-    return resolve(*layers, options=plugin_options(task, method_of(*layers)))
+    method = method_of(*layers)
+    options = plugin_options(task, method)
+    from .hooks import registry
+
+    if not getattr(registry().get("methods", method).factory, "continuous", True):
+        layers = ({"evidence": False}, *layers)  # the default is for continuous methods; an explicit true still errors
+    return resolve(*layers, options=options)
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -48,7 +48,7 @@ OPTIONS: Mapping[str, Any] = {
 # 256 tokens of a 1024-code f16 VQGAN; paper 003 appendix: 15 layers / 8 heads / 512 wide,
 # attention dropout 0.1, batch 128; 200 sampling steps; FID on 50k samples.
 # token_grid only takes effect with --set conv_kernel=K (not in the paper).
-UNCOND = dict(layers=15, heads=8, width=512, embed_dim=256, dropout=0.1, batch_size=128, sample_steps=200,
+UNCOND = dict(layers=15, heads=8, width=512, embed_dim=256, dropout=0.1, batch_size=128, sample_steps=200, evidence=False,
               token_grid="16x16", n_samples=50_000, ckpt_every=5000, log_every=100, warmup=5000)
 
 
