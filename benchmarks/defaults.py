@@ -1,0 +1,136 @@
+"""Do the core defaults work on a task nobody tuned? (issue 18, part 2)
+
+    python benchmarks/defaults.py [--steps 1300] [--seeds 0] [--tasks words digits text-chars text-bpe]
+
+For each task, two runs at the same budget: **core**, a task that declares only its data,
+``vocab_size`` and ``seq_len`` (every other key at the ``catdiff.config.Config`` default), and
+**tuned**, the task's own defaults. Printed per task: the likelihood bound in bits per token
+(mean ± standard error over the test rows) of both, the unigram entropy of the training tokens
+beside it (what a model without context reaches), and the task's metric. Tasks (all offline):
+
+  words       12-letter slots of the distinct words of /usr/share/common-licenses (a-z + space)
+  digits      sklearn digits, 64 grey-level tokens (catdiff-vision)
+  text-chars  text-file on /usr/share/common-licenses, characters, chunks of 64
+  text-bpe    the same text as 500 sentencepiece pieces, chunks of 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from catdiff.engine import Engine  # noqa: E402
+from catdiff.hooks import registry  # noqa: E402
+from catdiff.task import Task, TokenData  # noqa: E402
+
+LICENSES = Path("/usr/share/common-licenses")
+ALPHABET = "abcdefghijklmnopqrstuvwxyz "
+# the settings every first-party small task overrides (issue 18): the "tuned" arm of `words`
+SMALL = dict(lr=2e-3, warmup=20, ema_cm=0.9, embed_dim=16, drop_l0=0.5, layers=2, width=64)
+BUDGET = ("steps", "threads", "seed", "n_samples", "sample_steps", "log_every", "ckpt_every")
+
+
+class Words(Task):
+    """Distinct words (3-12 letters) of the Debian licenses, space-padded to 12; 10% held out."""
+
+    name, vocab_size, seq_len = "words", 27, 12
+    defaults = SMALL
+
+    def __init__(self):
+        text = " ".join(p.read_text(errors="ignore") for p in sorted(LICENSES.glob("*")) if p.is_file())
+        self.words = sorted({w for w in re.findall(r"[a-z]+", text.lower()) if 3 <= len(w) <= 12})
+        ids = torch.tensor([[ALPHABET.index(c) for c in w.ljust(12)] for w in self.words])
+        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
+        self.split = {"test": ids[perm[: len(ids) // 10]], "train": ids[perm[len(ids) // 10 :]]}
+
+    def load(self, split):
+        return TokenData(self.split[split])
+
+    def evaluate(self, tokens, labels, out_dir):
+        made = {"".join(ALPHABET[i] for i in row).strip() for row in tokens.tolist()}
+        return {"real_word_frac": len(made & set(self.words)) / max(1, len(made))}
+
+
+def make(task: str):
+    """(task instance, its options) for a task name of this benchmark."""
+    if task == "words":
+        return Words(), {}
+    if task == "digits":
+        return registry().get("tasks", "digits").factory(), {}
+    options = {"path": str(LICENSES), "seq_len": 64}
+    if task == "text-bpe":
+        options.update(tokenizer="sentencepiece", bpe_vocab=500)
+    return registry().get("tasks", "text-file").factory(), options
+
+
+def bare(task: Task) -> Task:
+    """The same task declaring nothing but its data: no ``defaults``."""
+    task.defaults = {}
+    return task
+
+
+def unigram_bits(eng: Engine) -> float:
+    tokens = eng.data("train").tokens.flatten().cpu()
+    p = torch.bincount(tokens, minlength=eng.task.vocab_size).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def run(task: str, arm: str, seed: int, args) -> dict:
+    instance, options = make(task)
+    if arm == "core":
+        instance = bare(instance)
+    budget = dict(steps=args.steps, threads=args.threads, seed=seed, n_samples=args.samples, sample_steps=50,
+                  log_every=max(1, args.steps // 4), ckpt_every=10**9)
+    t0 = time.perf_counter()
+    eng = Engine(instance, **options, **budget).fit()
+    metrics = eng.evaluate()
+    keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
+    return {"task": task, "arm": arm, "seed": seed, "bits": metrics["nll_bound_bits_per_token"],
+            "se": metrics["nll_bound_bits_per_token_se"], "unigram": unigram_bits(eng), "seconds": time.perf_counter() - t0,
+            "metric": {k: metrics[k] for k in keys},
+            "changed": {k: v for k, v in eng.cfg.to_dict().items() if k not in BUDGET and k != "task_options"
+                        and v != getattr(Engine(bare(make(task)[0]), **options, steps=0).cfg, k)}}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["words", "digits", "text-chars", "text-bpe"])
+    ap.add_argument("--steps", type=int, default=1300, help="the budget of every run (digits' default: 1300)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args(argv)
+    rows = [run(t, arm, s, args) for t in args.tasks for arm in ("core", "tuned") for s in args.seeds]
+    print(f"\nsteps {args.steps}, seeds {args.seeds}, threads {args.threads}; bits per token of the bound (test)")
+    print("| task | unigram | core defaults | tuned defaults | core metric | tuned metric | tuned changes |")
+    print("|---|---|---|---|---|---|---|")
+    for task in args.tasks:
+        arms = {arm: [r for r in rows if r["task"] == task and r["arm"] == arm] for arm in ("core", "tuned")}
+
+        def cell(rs):
+            bits = [r["bits"] for r in rs]
+            spread = f" ± {statistics.stdev(bits):.2f} (seeds)" if len(bits) > 1 else f" ± {rs[0]['se']:.2f}"
+            return f"{statistics.mean(bits):.2f}{spread}"
+
+        def metric(rs):
+            return ", ".join(f"{k} {statistics.mean(r['metric'][k] for r in rs):.3g}" for k in rs[0]["metric"])
+
+        changes = ", ".join(f"{k}={v}" for k, v in arms["tuned"][0]["changed"].items())
+        print(f"| {task} | {arms['core'][0]['unigram']:.2f} | {cell(arms['core'])} | {cell(arms['tuned'])} | "
+              f"{metric(arms['core'])} | {metric(arms['tuned'])} | {changes} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
