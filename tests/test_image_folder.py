@@ -253,7 +253,7 @@ def test_missing_images_and_the_prepare_command_under_ddp(grey_folder, tmp_path,
         task.load("train")
 
 
-def test_fid_with_the_users_inception_weights(rgb_folder, tmp_path, monkeypatch):
+def test_fid_with_the_users_inception_weights(rgb_folder, tmp_path, monkeypatch, capsys):
     """With weights on disk, FID / IS run on RGB uint8 images against the training images at image_size."""
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"weights")
@@ -269,6 +269,12 @@ def test_fid_with_the_users_inception_weights(rgb_folder, tmp_path, monkeypatch)
     assert out == {"fid_inception": 12.5, "fid_skipped": 0.0}
     assert calls["generated"].shape == (12, 3, 16, 16) and calls["reference"].shape == (28, 3, 16, 16)
     assert calls["reference"].dtype == torch.uint8 and calls["inception_weights"] == weights and calls["isc"]
+    assert not calls["prc"]
+    # precision / recall asked for without VGG16 weights: skipped with a note, FID still computed
+    task = task_with(images=str(rgb_folder), image_size=16, inception_weights=str(weights), precision_recall=True)
+    assert task.fidelity(torch.zeros(4, 3, 16, 16, dtype=torch.uint8)) == \
+        {"fid_inception": 12.5, "fid_skipped": 0.0, "precision_recall_skipped": 1.0}
+    assert not calls["prc"] and not calls["isc"] and "precision / recall skipped: vgg16 weights" in capsys.readouterr().err
 
 
 def test_plugin_registers_image_folder():

@@ -370,7 +370,8 @@ class ImageFolderTask(Task):
 
     def fidelity(self, images: torch.Tensor) -> dict[str, float]:
         """Inception FID / IS (and VGG16 precision / recall with ``precision_recall``), or
-        ``fid_skipped`` and a printed line when the Inception weights are not on this machine."""
+        ``fid_skipped`` (``precision_recall_skipped``) and a printed line when the weights are not
+        on this machine or the reference images are missing."""
         from .image_metrics import image_metrics, weights_file
 
         rgb = lambda x: x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x  # noqa: E731
@@ -380,11 +381,18 @@ class ImageFolderTask(Task):
         except FileNotFoundError as e:
             print(f"image-folder: FID skipped: {e}", file=sys.stderr)
             return {"fid_skipped": 1.0}
-        out = image_metrics(rgb(images), ref if isinstance(ref, str) else rgb(ref), isc=len(images) >= 10,
-                            prc=bool(self.option("precision_recall")),
+        skipped = {"fid_skipped": 0.0}
+        prc = bool(self.option("precision_recall"))
+        if prc:
+            try:
+                weights_file("vgg16", self.option("vgg16_weights") or None)
+            except FileNotFoundError as e:
+                print(f"image-folder: precision / recall skipped: {e}", file=sys.stderr)
+                prc, skipped["precision_recall_skipped"] = False, 1.0
+        out = image_metrics(rgb(images), ref if isinstance(ref, str) else rgb(ref), isc=len(images) >= 10, prc=prc,
                             inception_weights=weights, vgg16_weights=self.option("vgg16_weights") or None,
                             reference_size=int(self.option("image_size")))
-        out["fid_skipped"] = 0.0
+        out.update(skipped)
         return out
 
     def fid_reference(self) -> torch.Tensor:
