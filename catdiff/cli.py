@@ -137,6 +137,9 @@ def cmd_sample(args) -> int:
     from .engine import Engine
 
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
+    eng.leave_group()
+    if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
+        return 0
     _check_sample_args(args, eng)
     known = mask = None
     if args.infill:
@@ -164,6 +167,9 @@ def cmd_eval(args) -> int:
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
+    eng.leave_group()
+    if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
+        return 0
     ckpt = Path(args.ckpt)
     out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
