@@ -206,6 +206,11 @@ def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, step
             samples: int, threads: int, clock: str, sets: dict, log) -> dict:
     label, train, arms = METHODS[method]
     overrides = dict(sets, **train, seed=seed, threads=threads)
+    if train.get("method", "catdm") != "catdm":
+        # CATDM-only input features that a task may default on (text-tdavid: evidence=true); the
+        # engine refuses them for discrete methods, whose network reads token ids, not z_t
+        for key in ("evidence", "self_cond"):
+            overrides.setdefault(key, False)
     if steps:
         overrides["steps"] = steps
     eng = Engine(task, **overrides)
@@ -216,6 +221,8 @@ def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, step
         f"{res['train_s']:.1f} s {clock} ({res['train_wall_s']:.1f} s wall)")
     c0 = tick()
     lik, evals = evaluate(eng, arms, sample_steps, samples, tick, log)
+    if lik:
+        log("  " + ", ".join(f"{k} {v:.4g}" for k, v in lik.items()))
     rec = dict(task=task, method=method, label=label, seed=seed, mode=mode, clock=clock,
                budget_s=budget if mode == "time" else None, steps=eng.step, s_per_step=res["train_s"] / max(1, eng.step),
                threads=threads, samples=samples, eval_s=tick() - c0, **res, **lik, evals=evals)
