@@ -353,6 +353,7 @@ def arm_summary(records: list[dict]) -> list[dict]:
                 steps=[r["steps"] for r in recs], train_s=[r["train_s"] for r in recs],
                 ms_per_step=[1000 * r["s_per_step"] for r in recs],
                 bits=[r.get("bpc", r.get("bits_per_token")) for r in recs],
+                bits_se=[r.get("bpc_se", r.get("bits_per_token_se")) for r in recs],
                 best_steps=best, fid=[e["fid"] for e in best_evals],
                 fid_floor=[e["fid_floor"] for e in best_evals],
                 fid_by_steps={n: [e["fid"] for _, e in es] for n, es in by_n.items()},
@@ -373,10 +374,10 @@ def markdown(records: list[dict], speed: list[dict] | None = None) -> str:
         lines += ["", f"**{task}, {what}** (seeds {seeds}; times in {clock} seconds; mean ± std over seeds)", ""]
         text = is_text(task)
         if text:
-            lines += ["| method | steps | ms/step | train s | BPC |", "|---|---|---|---|---|"]
+            lines += ["| method | steps | ms/step | train s | BPC | s.e. (test chunks) |", "|---|---|---|---|---|---|"]
             for s in rows:
                 lines.append(f"| {s['arm']} | {_ms(s['steps'], 4)} | {_ms(s['ms_per_step'])} | {_ms(s['train_s'])} "
-                             f"| {_ms(s['bits'])} |")
+                             f"| {_ms(s['bits'])} | {_ms(s['bits_se'], 2)} |")
             continue
         counts = sorted({n for s in rows for n in s["fid_by_steps"] if n is not None})
         head = ("| method | steps | ms/step | train s | FID (best n) | per seed | floor | "
