@@ -177,6 +177,9 @@ def plugin_options(task, method: str) -> dict[str, Any]:
     return {**task_opts, **method_opts}
 
 
+CONTINUOUS_ONLY = ("evidence", "self_cond")
+
+
 def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """A task's run config: defaults < ``task.defaults`` < the config file < ``overrides``,
     with the ``options`` of the task and of the run's method accepted as keys."""
@@ -187,7 +190,10 @@ def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str
     from .hooks import registry
 
     if not getattr(registry().get("methods", method).factory, "continuous", True):
-        layers = ({"evidence": False}, *layers)  # the default is for continuous methods; an explicit true still errors
+        # evidence / self_cond belong to continuous methods: the core's and the task's defaults of
+        # them do not apply to a discrete method (a value the user sets still errors in the Engine)
+        task_defaults = {k: v for k, v in task.defaults.items() if k not in CONTINUOUS_ONLY}
+        layers = ({k: False for k in CONTINUOUS_ONLY}, task_defaults, *layers[1:])
     return resolve(*layers, options=options)
 
 

@@ -254,3 +254,14 @@ def test_token_evidence_run_checkpoints_and_samples(tmp_path, toy_cond):
     assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))
     with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
         Engine(toy_cond, evidence=True, method="d3pm")
+
+
+def test_continuous_only_defaults_do_not_apply_to_discrete_methods(toy):
+    class EvidenceTask(ToyTask):
+        defaults = {**ToyTask.defaults, "evidence": True}
+
+    assert Engine(toy).cfg.evidence  # the core default, for catdm
+    for method in ("ar", "d3pm", "maskgit", "vqdiffusion"):
+        assert not Engine(EvidenceTask(), method=method).cfg.evidence
+    with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
+        Engine(toy, method="d3pm", evidence=True)  # asked for explicitly
