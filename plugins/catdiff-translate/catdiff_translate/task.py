@@ -43,7 +43,7 @@ from catdiff.task import Task, TokenData
 
 from .backbone import PRESETS
 from .bleu import bleu_metric
-from .data import TEXT_LAYOUT, ding_pairs, hash_split, pad_rows, read_data_bin, read_parallel
+from .data import TEXT_LAYOUT, pad_rows, read_data_bin, read_parallel
 from .vocab import FairseqDictionary, SentencePieceVocab, remove_bpe_markers, train_sentencepiece
 
 
