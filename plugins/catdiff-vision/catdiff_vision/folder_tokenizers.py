@@ -56,26 +56,11 @@ class TamingTokenizer:
         return to_uint8(self.vqgan.decode(torch.as_tensor(tokens))).cpu()
 
 
-def vqgan_files(path: str | Path) -> tuple[Path, Path]:
-    """(checkpoint, model.yaml) of a taming log directory or ``last.ckpt``, found as :func:`.vqgan.load_vqgan` does."""
-    ckpt = Path(path).expanduser()
-    if ckpt.is_dir():
-        root = ckpt
-        ckpt = next((p for p in (root / "last.ckpt", root / "checkpoints" / "last.ckpt") if p.is_file()), root / "last.ckpt")
-    else:
-        root = ckpt.parent if ckpt.parent.name != "checkpoints" else ckpt.parent.parent
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"VQGAN checkpoint {ckpt} not found: option tokenizer must be a taming log directory "
-                                "(last.ckpt + model.yaml) or its last.ckpt")
-    found = [root / "model.yaml", ckpt.parent / "model.yaml", *sorted((root / "configs").glob("*project.yaml"))]
-    return ckpt, next((p for p in found if p.is_file()), root / "model.yaml")
-
-
 def vqgan_spec(path: str | Path) -> dict:
     """What setup needs from a VQGAN without loading its weights: ``n_embed``, ``factor``,
     ``in_channels``, ``resolution`` (from model.yaml) and an ``id`` of the files (config text +
     checkpoint size), independent of where they lie."""
-    from .vqgan import read_config
+    from .vqgan import read_config, vqgan_files
 
     ckpt, yaml_path = vqgan_files(path)
     cfg = read_config(yaml_path)
@@ -90,7 +75,7 @@ def vqgan_spec(path: str | Path) -> dict:
 
 def load_taming(path: str | Path, trust: bool, device="cpu"):
     """:func:`.vqgan.load_vqgan` with its CheckpointMismatch (a RuntimeError) as a one-line UserError."""
-    from .vqgan import CheckpointMismatch, load_vqgan
+    from .vqgan import CheckpointMismatch, load_vqgan, vqgan_files
 
     ckpt, yaml_path = vqgan_files(path)
     try:

@@ -345,15 +345,10 @@ def load_state(model: VQGAN, state: Mapping[str, torch.Tensor], source: str = "c
     return model.eval().requires_grad_(False)
 
 
-def load_vqgan(ckpt: str | Path, config: str | Path | Mapping[str, Any] | None = None, trust: bool = False,
-               device: str | torch.device = "cpu") -> VQGAN:
-    """Build a VQGAN from taming's ``model.yaml`` and load ``last.ckpt``.
-
-    ``ckpt`` may be the checkpoint file or a directory holding ``last.ckpt`` (or
-    ``checkpoints/last.ckpt``) and ``model.yaml`` (or ``configs/*project.yaml``). ``config``
-    may be a path or an already-parsed ``{"ddconfig", "n_embed", "embed_dim"}`` mapping.
-    """
-    ckpt = Path(ckpt).expanduser()
+def vqgan_files(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint, model.yaml) of a taming log directory (``last.ckpt`` or
+    ``checkpoints/last.ckpt``; ``model.yaml`` or ``configs/*project.yaml``) or of its ``last.ckpt``."""
+    ckpt = Path(path).expanduser()
     if ckpt.is_dir():
         root = ckpt
         ckpt = next((p for p in (root / "last.ckpt", root / "checkpoints" / "last.ckpt") if p.is_file()), root / "last.ckpt")
@@ -362,9 +357,21 @@ def load_vqgan(ckpt: str | Path, config: str | Path | Mapping[str, Any] | None =
     if not ckpt.is_file():
         raise FileNotFoundError(f"VQGAN checkpoint {ckpt} not found: provide taming's last.ckpt (with model.yaml "
                                 "beside it) as task option `tokenizer` or env CATDIFF_VQGAN")
+    found = [root / "model.yaml", ckpt.parent / "model.yaml", *sorted((root / "configs").glob("*project.yaml"))]
+    return ckpt, next((p for p in found if p.is_file()), root / "model.yaml")
+
+
+def load_vqgan(ckpt: str | Path, config: str | Path | Mapping[str, Any] | None = None, trust: bool = False,
+               device: str | torch.device = "cpu") -> VQGAN:
+    """Build a VQGAN from taming's ``model.yaml`` and load ``last.ckpt``.
+
+    ``ckpt`` may be the checkpoint file or a directory holding ``last.ckpt`` (or
+    ``checkpoints/last.ckpt``) and ``model.yaml`` (or ``configs/*project.yaml``). ``config``
+    may be a path or an already-parsed ``{"ddconfig", "n_embed", "embed_dim"}`` mapping.
+    """
+    ckpt, found_config = vqgan_files(ckpt)
     if config is None:
-        found = [root / "model.yaml", ckpt.parent / "model.yaml", *sorted((root / "configs").glob("*project.yaml"))]
-        config = next((p for p in found if p.is_file()), root / "model.yaml")
+        config = found_config
     cfg = dict(config) if isinstance(config, Mapping) else read_config(config)
     model = VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"])
     return load_state(model, read_state_dict(ckpt, trust), str(ckpt)).to(device)
