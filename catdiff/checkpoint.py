@@ -90,6 +90,11 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     return stale
 
 
+def _corrupt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason[:200]}). It was left "
+                           f"untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint")
+
+
 def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir() and (path / "last.pt").is_file():  # a run directory stands for its checkpoint
@@ -108,15 +113,9 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
                 f"refused to load {path}: its pickle asks for `{found.group(1) or found.group(2)}`, which a catdiff "
                 f"checkpoint never holds (only tensors and plain values); nothing in it was run. Use a checkpoint "
                 f"written by catdiff") from None
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason}). "
-                              f"It was left untouched; delete it (or the --out directory) to start fresh, or pass "
-                              f"another checkpoint") from None
+        raise _corrupt(path, (str(e).strip().splitlines() or [type(e).__name__])[-1]) from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). "
-            f"It was left untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint"
-        ) from None
+        raise _corrupt(path, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a catdiff checkpoint (no '{FORMAT}' header)")
     if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:

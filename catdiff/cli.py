@@ -269,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
         return args.fn(args)
-    except TrainingInterrupted as e:
-        print(f"catdiff: {e}", file=sys.stderr)
-        return 128 + e.signum
-    except Aborted as e:
+    except (TrainingInterrupted, Aborted) as e:
         print(f"catdiff: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

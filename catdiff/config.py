@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UserError
+from .errors import UserError, read_text
 
 
 @dataclass
@@ -91,9 +91,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
@@ -213,8 +210,6 @@ CONFIG_FORMATS = (".json", ".toml")
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """A JSON or TOML file of config values (a table of key = value); errors name the file and line."""
-    from .errors import read_text
-
     path = Path(path)
     if path.suffix not in CONFIG_FORMATS:
         raise UserError(f"config file {path}: unknown format {path.suffix or '(no extension)'!r}; "

@@ -50,15 +50,13 @@ RUN_FILES = (CKPT_NAME, "best.pt", "step-*.pt", "config.json", "train_log.csv", 
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU. ``auto`` and a bare ``cuda`` take the GPU of
     ``LOCAL_RANK`` (torchrun's one GPU per process)."""
-    if name in ("auto", "cuda") and (name == "cuda" or torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("device=cuda requested but CUDA is not available; use device=cpu or auto")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if name == "auto":
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
         if torch.device(name).index >= torch.cuda.device_count():
             raise UserError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -328,7 +326,10 @@ class Engine:
                 self.step += 1
                 at_log = self.step % cfg.log_every == 0 or self.step == stop
                 # one process reads its signal flag every step; DDP ranks agree on it at log points
-                signum = signals.received or 0 if self.world == 1 else self._stop_signal(signals) if at_log else 0
+                if self.world == 1:
+                    signum = signals.received or 0
+                else:
+                    signum = self._stop_signal(signals) if at_log else 0
                 save = self.out is not None and rank0 and (self.step % cfg.ckpt_every == 0 or signum)
                 evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
                 if not (at_log or save or evaluate or signum):
@@ -467,11 +468,16 @@ class Engine:
         return signum
 
     # ----------------------------------------------------------------- state
+    @property
+    def task_meta(self) -> dict[str, Any]:
+        """What a checkpoint or an export records of its task, checked when it is loaded."""
+        return {"name": self.task.name, "vocab_size": self.task.vocab_size, "seq_len": self.task.seq_len,
+                "num_classes": self.task.num_classes}
+
     def state(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
-            "task": {"name": self.task.name, "vocab_size": self.task.vocab_size,
-                     "seq_len": self.task.seq_len, "num_classes": self.task.num_classes},
+            "task": self.task_meta,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema_cm": self.ema_cm.state_dict(),
@@ -524,21 +530,25 @@ class Engine:
         """Rebuild an Engine from a checkpoint: its own config (``overrides`` for sampling/eval keys),
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
-        saved = dict(payload["config"])
-        saved.update(overrides)
-        saved["resume"] = False
-        name = saved.pop("task")
-        eng = cls(task=task or name, out=out, **saved)
+        eng = cls._from_config(payload["config"], overrides, task, out)
         eng.load_state(payload, path)
         return eng
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], overrides: dict[str, Any], task: Task | None,
+                     out: str | Path | None = None) -> "Engine":
+        """An Engine of a saved config (its task by registry name unless ``task`` is given), with
+        ``overrides`` on top and no resuming."""
+        saved = {**config, **overrides, "resume": False}
+        name = saved.pop("task")
+        return cls(task=task or name, out=out, **saved)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":
         """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
         its config, its EMA weights in every copy of the network, no optimizer state."""
         meta, weights = export_mod.read(directory)
-        saved = {**meta["config"], **overrides, "resume": False}
-        eng = cls(task=task or saved.pop("task"), **{k: v for k, v in saved.items() if k != "task"})
+        eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
         eng.step = int(meta.get("step", 0))
         return eng
