@@ -12,7 +12,6 @@ item, so the main process raises one clear line instead of a worker traceback).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +20,7 @@ import torch
 
 from catdiff.errors import UserError
 
-from .image_data import list_images
+from .image_data import center_crop, default_workers, list_images
 
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 COLORS = ("auto", "rgb", "grey")
@@ -92,12 +91,7 @@ def load_image(path: Path, size: int, color: str, crop: str = "center") -> torch
         if crop == "resize":
             im = im.resize((size, size), Image.BICUBIC, reducing_gap=None)
         else:
-            w, h = im.size
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC, reducing_gap=None)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
+            im = center_crop(im, size)
         arr = np.array(im, dtype=np.uint8)  # a copy: writable
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
@@ -129,11 +123,6 @@ def checked(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if bad:
         raise UserError(bad[0] + (f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""))
     return images, torch.as_tensor(labels)
-
-
-def default_workers(workers: int) -> int:
-    """``workers`` < 0: up to 4 decoding processes, one per spare core (as :func:`.image_data.extract`)."""
-    return min(4, (os.cpu_count() or 1) - 1) if workers < 0 else workers
 
 
 def loader(root: Path, items, size: int, color: str, crop: str, batch_size: int = 64, workers: int = -1):

@@ -43,19 +43,31 @@ def list_images(root: str | Path, classes: bool) -> tuple[list[tuple[str, int]],
     return items, names
 
 
+def center_crop(im, size: int):
+    """A PIL image with its shorter side resized to ``size`` (bicubic, antialiased), centre-cropped
+    to ``size`` x ``size``."""
+    from PIL import Image
+
+    w, h = im.size
+    s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC, reducing_gap=None)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """One RGB image -> float [3, size, size] in [-1, 1] (shorter side resized, centre crop)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC, reducing_gap=None)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
+        arr = np.asarray(center_crop(im.convert("RGB"), size), dtype=np.float32)
     return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def default_workers(workers: int | None = None) -> int:
+    """Image-decoding DataLoader processes: ``workers``, or (None / < 0) up to 4, one per spare core."""
+    return min(4, (os.cpu_count() or 1) - 1) if workers is None or workers < 0 else workers
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -109,6 +121,6 @@ def extract(images: str | Path, vqgan, out: str | Path, *, classes: bool, size: 
     return shards.write_shards(
         out, items, make_encoder(vqgan, flip, device), seq_len=grid * grid, vocab_size=vqgan.n_embed,
         shard_size=shard_size, batch_size=batch_size, stop_after=stop_after, progress=progress,
-        batches=image_batches(images, size, min(4, (os.cpu_count() or 1) - 1) if workers is None else workers),
+        batches=image_batches(images, size, default_workers(workers)),
         settings={"size": size, "flip": flip, "classes": classes, "tokenizer": tokenizer_id},
         meta={"images": str(Path(images).resolve()), "grid": [grid, grid], "class_names": names, "flip": flip})
