@@ -93,12 +93,13 @@ def run(task: str, arm: str, seed: int, args) -> dict:
     t0 = time.perf_counter()
     eng = Engine(instance, **options, **budget).fit()
     metrics = eng.evaluate()
+    core = Engine(bare(make(task)[0]), **options, steps=0).cfg.to_dict()
     keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
     return {"task": task, "arm": arm, "seed": seed, "bits": metrics["nll_bound_bits_per_token"],
             "se": metrics["nll_bound_bits_per_token_se"], "unigram": unigram_bits(eng), "seconds": time.perf_counter() - t0,
             "metric": {k: metrics[k] for k in keys},
             "changed": {k: v for k, v in eng.cfg.to_dict().items() if k not in BUDGET and k != "task_options"
-                        and v != getattr(Engine(bare(make(task)[0]), **options, steps=0).cfg, k)}}
+                        and v != core[k]}}
 
 
 def main(argv=None) -> None:
