@@ -35,7 +35,7 @@ LICENSES = Path("/usr/share/common-licenses")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 # the settings every first-party small task overrides (issue 18): the "tuned" arm of `words`
 SMALL = dict(lr=2e-3, warmup=20, ema_cm=0.9, embed_dim=16, drop_l0=0.5, layers=2, width=64)
-BUDGET = ("steps", "threads", "seed", "n_samples", "sample_steps", "log_every", "ckpt_every")
+BUDGET = ("steps", "threads", "seed", "n_samples", "sample_steps", "log_every", "ckpt_every", "eval_batches")
 
 
 class Words(Task):
@@ -86,16 +86,18 @@ def unigram_bits(eng: Engine) -> float:
 
 def run(task: str, arm: str, seed: int, args) -> dict:
     instance, options = make(task)
+    extra = {}
     if arm == "core":
-        instance = bare(instance)
+        instance, extra = bare(instance), dict(args.core)
+    # the same test rows for both arms: eval_batches x 128 (Engine.likelihood)
     budget = dict(steps=args.steps, threads=args.threads, seed=seed, n_samples=args.samples, sample_steps=50,
-                  log_every=max(1, args.steps // 4), ckpt_every=10**9)
+                  log_every=max(1, args.steps // 4), ckpt_every=10**9, eval_batches=args.eval_batches)
     t0 = time.perf_counter()
-    eng = Engine(instance, **options, **budget).fit()
+    eng = Engine(instance, **options, **extra, **budget).fit()
     metrics = eng.evaluate()
     core = Engine(bare(make(task)[0]), **options, steps=0).cfg.to_dict()
     keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
-    return {"task": task, "arm": arm, "seed": seed, "bits": metrics["nll_bound_bits_per_token"],
+    return {"task": task, "arm": arm, "seed": seed, "core": dict(args.core) if arm == "core" else {}, "bits": metrics["nll_bound_bits_per_token"],
             "se": metrics["nll_bound_bits_per_token_se"], "unigram": unigram_bits(eng), "seconds": time.perf_counter() - t0,
             "metric": {k: metrics[k] for k in keys},
             "changed": {k: v for k, v in eng.cfg.to_dict().items() if k not in BUDGET and k != "task_options"
@@ -109,28 +111,55 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-batches", type=int, default=8, help="test rows of the bound / 128, the same for both arms")
+    ap.add_argument("--arms", nargs="+", default=["core", "tuned"], choices=["core", "tuned"])
+    ap.add_argument("--core", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="settings added to the core arm: try a candidate default before changing catdiff.config")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--append", help="append each row to this JSON-lines file as it is measured (for parallel jobs)")
+    ap.add_argument("--table", help="print the table of the rows in this JSON-lines file; run nothing")
     args = ap.parse_args(argv)
-    rows = [run(t, arm, s, args) for t in args.tasks for arm in ("core", "tuned") for s in args.seeds]
-    print(f"\nsteps {args.steps}, seeds {args.seeds}, threads {args.threads}; bits per token of the bound (test)")
+    args.core = [tuple(item.split("=", 1)) for item in args.core]
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+        return table(rows, list(dict.fromkeys(r["task"] for r in rows)))
+    rows = []
+    for t in args.tasks:
+        for arm in args.arms:
+            for s in args.seeds:
+                rows.append(run(t, arm, s, args))
+                if args.append:
+                    with open(args.append, "a") as f:
+                        f.write(json.dumps(rows[-1]) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(f"\nsteps {args.steps}, seeds {args.seeds}, threads {args.threads}")
+    table(rows, args.tasks)
+
+
+def table(rows: list[dict], tasks: list[str]) -> None:
+    """Markdown table: per task, the bound (bits per token, test) and metric of each arm."""
     print("| task | unigram | core defaults | tuned defaults | core metric | tuned metric | tuned changes |")
     print("|---|---|---|---|---|---|---|")
-    for task in args.tasks:
+    for task in tasks:
         arms = {arm: [r for r in rows if r["task"] == task and r["arm"] == arm] for arm in ("core", "tuned")}
 
         def cell(rs):
+            if not rs:
+                return "-"
             bits = [r["bits"] for r in rs]
             spread = f" ± {statistics.stdev(bits):.2f} (seeds)" if len(bits) > 1 else f" ± {rs[0]['se']:.2f}"
             return f"{statistics.mean(bits):.2f}{spread}"
 
         def metric(rs):
+            if not rs:
+                return "-"
             return ", ".join(f"{k} {statistics.mean(r['metric'][k] for r in rs):.3g}" for k in rs[0]["metric"])
 
-        changes = ", ".join(f"{k}={v}" for k, v in arms["tuned"][0]["changed"].items())
-        print(f"| {task} | {arms['core'][0]['unigram']:.2f} | {cell(arms['core'])} | {cell(arms['tuned'])} | "
+        changes = ", ".join(f"{k}={v}" for k, v in arms["tuned"][0]["changed"].items()) if arms["tuned"] else "-"
+        unigram = next(r["unigram"] for r in rows if r["task"] == task)
+        print(f"| {task} | {unigram:.2f} | {cell(arms['core'])} | {cell(arms['tuned'])} | "
               f"{metric(arms['core'])} | {metric(arms['tuned'])} | {changes} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

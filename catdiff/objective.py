@@ -15,6 +15,11 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
   steps, 300 samples) 0.5 there and 0.2 on z_t gave FID 46.0 / 29.2 / 48.8 / 44.3 (seeds
   0-3) against 55.2 +- 0.9 (seeds 0, 1) for 0.2 on both, so the digits task sets it;
   0.65 gave 41.7 / 46.6 (seeds 0 / 2, within noise of 0.5), 0.8 gave 49.1 (seed 0).
+- ``l0_rows`` (ours; 1, the default, = every row as in Algorithm 1): the fraction of the batch
+  whose z_0 pass estimates L0. A Monte Carlo choice, not a change of the objective: the mean
+  of L0 over a random subset of the rows is an unbiased estimate of its batch mean, at the
+  price of more variance in that term. The z_0 pass doubles the rows of the student's pass
+  (benchmarks/compare.py, issue 19), so 0.25 cuts a training step's cost by a third.
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.
@@ -89,22 +94,24 @@ class CATDMObjective:
         B = x.shape[0]
         codebook = teacher.codebook  # same shapes and ids as the student's (it is its EMA copy)
         t = torch.rand(B, device=x.device)
-        # one student pass over [z_0 ; z_t] (L0 needs z_0 at t = 0, the rest z_t)
-        t2 = torch.cat([torch.zeros_like(t), t])
-        x2 = torch.cat([x, x])
-        cond2 = None if cond is None else torch.cat([cond, cond])
+        # one student pass over [z_0 of the first K rows ; z_t of all B] (L0 needs z_0 at t = 0);
+        # the batch is a random draw, so its first K rows are a random subset (l0_rows = K / B)
+        K = max(1, round(cfg.l0_rows * B))
+        t2 = torch.cat([torch.zeros_like(t[:K]), t])
+        x2 = torch.cat([x[:K], x])
+        cond2 = None if cond is None else torch.cat([cond[:K], cond])
         dropped = drop_mask(x2, t2, cfg.drop, cfg.drop_ratio, cfg.drop_l0)
         x_in = torch.where(dropped, codebook.mask_id, x2)
         alpha2, sigma2 = sch.alpha_sigma(t2)
-        noise = torch.randn(2 * B, x.shape[1], codebook.weight.shape[1], device=x.device)
+        noise = torch.randn(K + B, x.shape[1], codebook.weight.shape[1], device=x.device)
         prev2 = self.self_condition(model, x_in, alpha2, sigma2, noise, t2, cond2) if cfg.self_cond else None
         logits2, z2, emb2, e_data, aux = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2, prev=prev2)
-        logits0, logits_t = logits2.float().chunk(2)
-        z_t, emb = z2[B:], emb2[:B]  # emb = EMB_phi(x), the clean target
-        prev_t = None if prev2 is None else prev2[B:]
+        logits0, logits_t = logits2.float().split([K, B])
+        z_t, emb = z2[K:], emb2[K:]  # emb = EMB_phi(x), the clean target
+        prev_t = None if prev2 is None else prev2[K:]
 
-        # L0 = E[-log P(x | z_0; 0)]  (sec. 4.2)
-        l0 = F.cross_entropy(logits0.transpose(1, 2), x, reduction="none").sum(-1)
+        # L0 = E[-log P(x | z_0; 0)]  (sec. 4.2), estimated on the K rows
+        l0 = F.cross_entropy(logits0.transpose(1, 2), x[:K], reduction="none").sum(-1)
         # ||EMB(x) - EMB_hat(z_t; t)||^2  (eq. 2, 3)
         sq_err = (emb - predicted_embedding(logits_t, e_data)).pow(2).flatten(1).sum(-1)
         logs = {"l0": l0.mean()}
@@ -115,13 +122,13 @@ class CATDMObjective:
             a1, s1 = sch.alpha_sigma(one)
             prior = prior_kl(emb, a1, s1)
             l_inf = -0.5 * sch.dsnr_dt(t) * sq_err
-            loss = prior + l0 + l_inf
+            loss = prior + l_inf
             logs.update(prior=prior.mean(), l_inf=l_inf.mean())
             if cfg.objective == "csdm_l2":
                 l2 = emb.pow(2).flatten(1).sum(-1)
                 loss = loss + cfg.l2_weight * l2
                 logs["l2"] = l2.mean()
-            loss = loss.mean()
+            loss = loss.mean() + l0.mean()
         else:
             l_dm = sq_err  # sec. 5.1: unweighted
             logs["l_dm"] = l_dm.mean()
@@ -133,8 +140,8 @@ class CATDMObjective:
                 reg = self.consistency(teacher, x, t, z_t.detach(), logp_t, cond, prev_t)
                 logs["l_cm"] = reg.mean()
             else:
-                reg = torch.zeros_like(l0)
-            loss = (l0 + cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
+                reg = torch.zeros_like(l_dm)
+            loss = l0.mean() + (cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
         if aux is not None:  # the backbone's own loss (e.g. target length), on both halves alike
             logs["aux"] = aux.mean()
             loss = loss + aux.mean()

@@ -112,7 +112,7 @@ RUN_CASES = [
     ("embed-dim-0", ["--set", "embed_dim=0"], "embed_dim=0: must be >= 1"),
     ("ckpt-every-0", ["--set", "ckpt_every=0"], "ckpt_every=0: must be >= 1"),
     ("log-every-0", ["--set", "log_every=0"], "log_every=0: must be >= 1"),
-    ("lr-0", ["--set", "lr=0"], "lr=0.0: must be > 0"),
+    ("lr-negative", ["--set", "lr=-1e-3"], "lr=-0.001: must be >= 0"),
     ("lr-nan", ["--set", "lr=nan"], "lr=nan: must be a finite number"),
     ("threads-negative", ["--set", "threads=-1"], "threads=-1: must be >= 0"),
     ("steps-negative", ["--steps", "-5"], "steps=-5: must be >= 0"),
@@ -305,10 +305,10 @@ def test_plugin_bug_shows_its_traceback_and_origin(capsys, tmp_path):
 
 
 def test_debug_shows_tracebacks_of_user_errors(capsys, run, monkeypatch):
-    code, _, err = cli_run(capsys, "--debug", "run", "toy", "--out", run, "--set", "lr=0")
-    assert code == 2 and "Traceback" in err and "lr=0.0: must be > 0" in err
+    code, _, err = cli_run(capsys, "--debug", "run", "toy", "--out", run, "--set", "lr=-1")
+    assert code == 2 and "Traceback" in err and "lr=-1.0: must be >= 0" in err
     monkeypatch.setenv("CATDIFF_DEBUG", "1")
-    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--set", "lr=0")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--set", "lr=-1")
     assert code == 2 and "Traceback" in err
 
 

@@ -264,3 +264,19 @@ def test_continuous_only_defaults_do_not_apply_to_discrete_methods(toy):
         assert not Engine(EvidenceTask(), method=method).cfg.evidence
     with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
         Engine(toy, method="d3pm", evidence=True)  # asked for explicitly
+
+
+def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
+    class Bare(ToyTask):
+        defaults = {}
+
+    eng = Engine(Bare(), width=64, heads=4, steps=1300)
+    assert eng.cfg.lr == pytest.approx(2e-3) and eng.cfg.warmup == 32  # min(2e-3, 0.2 / 64), 1300 // 40
+    eng = Engine(Bare(), width=768, heads=4, steps=400_000)
+    assert eng.cfg.lr == pytest.approx(0.2 / 768) and eng.cfg.warmup == 2000
+    eng = Engine(Bare(), lr=1e-3, warmup=0, steps=1300)
+    assert (eng.cfg.lr, eng.cfg.warmup) == (1e-3, 0)  # set values are kept, warmup=0 included
+    run = tmp_path / "r"
+    Engine(Bare(), out=run, width=32, heads=2, layers=1, embed_dim=8, steps=2, batch_size=4).fit()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["lr"] == pytest.approx(2e-3) and saved["warmup"] == 0  # the values trained with, not markers

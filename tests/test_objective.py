@@ -187,3 +187,24 @@ def test_bound_of_the_exact_denoiser_is_the_entropy_of_uniform_tokens():
     # a denoiser without the evidence (the zero net alone: the prior only) pays for it
     plain = likelihood_bound(Denoiser(cb, ZeroNet(K)), x, sch, t=t)["total"].mean()
     assert plain > expected + 1.0
+
+
+
+@pytest.mark.parametrize("objective", ["catdm", "csdm"])
+def test_l0_rows_estimates_l0_on_the_first_rows_only(objective):
+    """l0_rows=0.25: the student's pass sees K + B rows (K = B/4 at t = 0), and the logged L0 is
+    the mean -log P(x | z_0; 0) of those K rows."""
+    torch.manual_seed(0)
+    _, model = tiny()
+    x = torch.randint(0, 7, (8, 12))
+    sizes = []
+    model.net.register_forward_hook(lambda m, args, out: sizes.append(out.shape[0]))
+    cfg = Config(layers=1, heads=2, width=32, embed_dim=16, objective=objective, l0_rows=0.25, drop="none")
+    loss, logs = CATDMObjective(cfg, ShiftedCosineSchedule(cfg.shift))(model, ema_copy(model), x)
+    assert torch.isfinite(loss) and sizes[0] == 2 + 8
+    # z_0 carries noise of std e^-4, so L0 barely depends on the draw: compare with a noise-free pass
+    t = torch.zeros(2)
+    alpha, sigma = ShiftedCosineSchedule(cfg.shift).alpha_sigma(t)
+    logits, *_ = model(x[:2], alpha, sigma, torch.zeros(2, 12, 16), t, None, targets=x[:2])
+    per_row = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:2], reduction="none").sum(-1)
+    torch.testing.assert_close(logs["l0"], per_row.mean(), rtol=1e-3, atol=1e-3)
