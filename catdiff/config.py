@@ -22,7 +22,7 @@ class Config:
     width: int = 128
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    positions: str = "sinusoidal"  # encoder / encdec decoder: sinusoidal (added to the input) | rotary (in attention)
+    positions: str = "rotary"      # encoder / encdec decoder: rotary (in attention) | sinusoidal (added to the input)
     pos_scale: float = 1.0         # amplitude of the added sinusoids
     conv_kernel: int = 0           # encoder: depthwise conv over neighbouring tokens before each block; 0 = off
     token_grid: str = ""           # "HxW": the tokens' 2D layout for conv_kernel (images); "" = along the sequence
@@ -57,7 +57,7 @@ class Config:
 
     # optimisation
     steps: int = 2000              # 0 = no training: checkpoint and evaluate the initial (or resumed) model
-    batch_size: int = 64           # the global batch of one optimizer step (all processes, all micro-batches)
+    batch_size: int = 32           # the global batch of one optimizer step (all processes, all micro-batches)
     accum: int = 1                 # micro-batches per optimizer step (gradient accumulation)
     lr: float = 0.0                # peak AdamW rate (warm-up, then cosine to 0.1 lr); 0 = min(2e-3, 0.2 / width)
     weight_decay: float = 0.0

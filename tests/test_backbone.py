@@ -186,8 +186,8 @@ def test_rotary_encoder_has_no_absolute_positions():
 
 
 def test_pos_scale_multiplies_the_sinusoids():
-    base = build_encoder(small_cfg(), K, M, 0).pos
-    assert torch.allclose(build_encoder(small_cfg(pos_scale=3.0), K, M, 0).pos, 3.0 * base)
+    base = build_encoder(small_cfg(positions="sinusoidal"), K, M, 0).pos
+    assert torch.allclose(build_encoder(small_cfg(positions="sinusoidal", pos_scale=3.0), K, M, 0).pos, 3.0 * base)
     assert base.abs().max() == pytest.approx(1.0, abs=1e-6)
 
 

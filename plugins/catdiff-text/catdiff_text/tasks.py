@@ -137,6 +137,7 @@ class Text8Task(TextTask):
     # 500 epochs = 500 * 351,562 train chunks / 512 = 343,000 steps.
     defaults: Mapping[str, Any] = dict(
         layers=12, heads=12, width=768, embed_dim=256, batch_size=512, lr=3e-4, warmup=2000, evidence=False,
+        positions="sinusoidal",  # the paper's transformer
         steps=343_000, ckpt_every=5000, log_every=100, sample_steps=256, n_samples=16, eval_batches=1)
     options: Mapping[str, Any] = dict(text8_path="", bpc_draws=1, bpc_chunks=0)
     description = "text8 characters (a-z, space), 90M/5M/5M, chunks of 256; needs text8(.zip)"

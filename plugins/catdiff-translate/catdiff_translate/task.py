@@ -314,6 +314,7 @@ class TranslationTask(Task):
 
 
 BENCHMARK_DEFAULTS = dict(backbone="encdec", batch_size=128, lr=5e-4, warmup=4000, weight_decay=0.0, evidence=False,
+                          positions="sinusoidal",  # fairseq's transformer
                           steps=300_000, ckpt_every=5000, log_every=200, sample_steps=20, n_samples=10**7,
                           eval_batches=16)
 
@@ -354,6 +355,7 @@ class Translation(TranslationTask):
     options = {**COMMON_OPTIONS, "src": "", "tgt": "", "bpe_vocab": 4000}
     defaults = dict(backbone="encdec", layers=2, width=128, heads=4, mlp_ratio=2.0, dropout=0.1, embed_dim=64,
                     batch_size=64, lr=1e-3, warmup=100, steps=600, ema_cm=0.9, log_every=50, ckpt_every=300,
+                    positions="sinusoidal",  # what its settings were measured with
                     sample_steps=20, n_samples=10**7, eval_batches=4, evidence=False)
 
     def setup(self, cfg) -> None:

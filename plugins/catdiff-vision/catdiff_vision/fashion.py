@@ -39,6 +39,7 @@ OPTIONS: Mapping[str, Any] = {"data_dir": "", "cache_dir": "~/.cache/catdiff/fas
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=1e-3, warmup=100,
                                    steps=1000, ema_cm=0.9, sample_steps=50, n_samples=1000, ckpt_every=500,
                                    log_every=50, eval_batches=4, token_grid="7x7",  # for --set conv_kernel=3
+                                   positions="sinusoidal",  # what its settings were measured with
                                    evidence=False)  # measured without it (the core default since 2026-12-01)
 GUIDANCE_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0)
 

@@ -75,7 +75,7 @@ OPTIONS: Mapping[str, Any] = {
 # ema_cm 0.9, D = 32, measured with evidence off); not re-tuned for this task.
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=1e-3, warmup=100,
                                    steps=1000, ema_cm=0.9, sample_steps=50, n_samples=256, ckpt_every=500,
-                                   log_every=50, eval_batches=4, evidence=False)
+                                   log_every=50, eval_batches=4, evidence=False, positions="sinusoidal")
 
 
 def _cache_root(option: str) -> Path:

@@ -50,7 +50,7 @@ OPTIONS: Mapping[str, Any] = {
 # token_grid only takes effect with --set conv_kernel=K (not in the paper).
 UNCOND = dict(layers=15, heads=8, width=512, embed_dim=256, dropout=0.1, batch_size=128, sample_steps=200, evidence=False,
               token_grid="16x16", n_samples=50_000, ckpt_every=5000, log_every=100, warmup=5000,
-              lr=3e-4)  # the paper gives no image LR; 3e-4 is its text8 rate (the core's derived rate is for small runs)
+              positions="sinusoidal", lr=3e-4)  # the paper's transformer; the paper gives no image LR; 3e-4 is its text8 rate (the core's derived rate is for small runs)
 
 
 def _default_root(name: str) -> Path:
