@@ -18,8 +18,9 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
 - ``l0_rows`` (ours; 1, the default, = every row as in Algorithm 1): the fraction of the batch
   whose z_0 pass estimates L0. A Monte Carlo choice, not a change of the objective: the mean
   of L0 over a random subset of the rows is an unbiased estimate of its batch mean, at the
-  price of more variance in that term. The z_0 pass doubles the rows of the student's pass
-  (benchmarks/compare.py, issue 19), so 0.25 cuts a training step's cost by a third.
+  price of more variance in that term. The z_0 pass doubles the rows of the student's pass;
+  0.25 makes a digits step 0.66x as long (benchmarks/speed.py), but at equal training time it
+  gave a worse, far noisier FID (39.6 +- 10 against 35.7 +- 0.6, 3 seeds; docs/results.md).
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.
@@ -142,7 +143,7 @@ class CATDMObjective:
             else:
                 reg = torch.zeros_like(l_dm)
             loss = l0.mean() + (cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
-        if aux is not None:  # the backbone's own loss (e.g. target length), on both halves alike
+        if aux is not None:  # the backbone's own loss (e.g. target length), on every row of the pass
             logs["aux"] = aux.mean()
             loss = loss + aux.mean()
         logs["loss"] = loss
