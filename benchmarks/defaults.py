@@ -1,11 +1,15 @@
 """Do the core defaults work on a task nobody tuned? (issue 18, part 2)
 
-    python benchmarks/defaults.py [--steps 1300] [--seeds 0] [--tasks words digits text-chars text-bpe]
+    python benchmarks/defaults.py [--steps 1300] [--seeds 0 1 2] [--tasks words digits text-chars text-bpe]
+    python benchmarks/defaults.py --arms core --core positions=sinusoidal   # try a candidate default
+    python benchmarks/defaults.py --tasks digits --seeds 1 --append rows.jsonl   # parallel jobs, then:
+    python benchmarks/defaults.py --table rows.jsonl
 
 For each task, two runs at the same budget: **core**, a task that declares only its data,
 ``vocab_size`` and ``seq_len`` (every other key at the ``catdiff.config.Config`` default), and
 **tuned**, the task's own defaults. Printed per task: the likelihood bound in bits per token
-(mean ± standard error over the test rows) of both, the unigram entropy of the training tokens
+(on the same test rows for both: ``--eval-batches`` x 128; mean ± std over seeds, or ± the
+standard error over the rows for one seed) of both, the unigram entropy of the training tokens
 beside it (what a model without context reaches), and the task's metric. Tasks (all offline):
 
   words       12-letter slots of the distinct words of /usr/share/common-licenses (a-z + space)
