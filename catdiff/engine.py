@@ -453,8 +453,15 @@ class Engine:
         the process group is destroyed, so no rank tears down gloo while a peer still talks to it
         (which aborts with "terminate called without an active exception")."""
         if self.world > 1 and dist.is_initialized():
+            store = dist.distributed_c10d._get_default_store()
             dist.barrier()
             dist.destroy_process_group()
+            # and no rank exits before every rank has torn its group down: a peer that exits
+            # first closes its sockets under one still tearing down, which gloo also aborts on
+            store.add("catdiff/left", 1)
+            deadline = time.monotonic() + self.cfg.dist_timeout
+            while store.add("catdiff/left", 0) < self.world and time.monotonic() < deadline:
+                time.sleep(0.01)
         self.world = 1  # from here on a single process: rank 0 evaluates alone, unsharded
 
     def _stop_signal(self, signals: DeferredSignals) -> int:
