@@ -101,7 +101,8 @@ def run(task: str, arm: str, seed: int, args) -> dict:
     metrics = eng.evaluate()
     core = Engine(bare(make(task)[0]), **options, steps=0).cfg.to_dict()
     keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
-    return {"task": task, "arm": arm, "seed": seed, "core": dict(args.core) if arm == "core" else {}, "bits": metrics["nll_bound_bits_per_token"],
+    return {"task": task, "arm": arm, "seed": seed, "core": dict(args.core) if arm == "core" else {},
+            "bits": metrics["nll_bound_bits_per_token"],
             "se": metrics["nll_bound_bits_per_token_se"], "unigram": unigram_bits(eng), "seconds": time.perf_counter() - t0,
             "metric": {k: metrics[k] for k in keys},
             "changed": {k: v for k, v in eng.cfg.to_dict().items() if k not in BUDGET and k != "task_options"
@@ -142,28 +143,34 @@ def main(argv=None) -> None:
 
 
 def table(rows: list[dict], tasks: list[str]) -> None:
-    """Markdown table: per task, the bound (bits per token, test) and metric of each arm."""
+    """Markdown table: per task, the bound (bits per token, test) and metric of each arm; core
+    rows run with different ``--core`` candidates are separate rows, labelled by them."""
     print("| task | unigram | core defaults | tuned defaults | core metric | tuned metric | tuned changes |")
     print("|---|---|---|---|---|---|---|")
+
+    def cell(rs):
+        if not rs:
+            return "-"
+        bits = [r["bits"] for r in rs]
+        spread = f" ± {statistics.stdev(bits):.2f} (seeds)" if len(bits) > 1 else f" ± {rs[0]['se']:.2f}"
+        return f"{statistics.mean(bits):.2f}{spread}"
+
+    def metric(rs):
+        if not rs:
+            return "-"
+        return ", ".join(f"{k} {statistics.mean(r['metric'][k] for r in rs):.3g}" for k in rs[0]["metric"])
+
     for task in tasks:
-        arms = {arm: [r for r in rows if r["task"] == task and r["arm"] == arm] for arm in ("core", "tuned")}
-
-        def cell(rs):
-            if not rs:
-                return "-"
-            bits = [r["bits"] for r in rs]
-            spread = f" ± {statistics.stdev(bits):.2f} (seeds)" if len(bits) > 1 else f" ± {rs[0]['se']:.2f}"
-            return f"{statistics.mean(bits):.2f}{spread}"
-
-        def metric(rs):
-            if not rs:
-                return "-"
-            return ", ".join(f"{k} {statistics.mean(r['metric'][k] for r in rs):.3g}" for k in rs[0]["metric"])
-
-        changes = ", ".join(f"{k}={v}" for k, v in arms["tuned"][0]["changed"].items()) if arms["tuned"] else "-"
+        tuned = [r for r in rows if r["task"] == task and r["arm"] == "tuned"]
+        core = [r for r in rows if r["task"] == task and r["arm"] == "core"]
+        candidates = list(dict.fromkeys(json.dumps(r.get("core", {}), sort_keys=True) for r in core)) or ["{}"]
+        changes = ", ".join(f"{k}={v}" for k, v in tuned[0]["changed"].items()) if tuned else "-"
         unigram = next(r["unigram"] for r in rows if r["task"] == task)
-        print(f"| {task} | {unigram:.2f} | {cell(arms['core'])} | {cell(arms['tuned'])} | "
-              f"{metric(arms['core'])} | {metric(arms['tuned'])} | {changes} |")
+        for cand in candidates:
+            rs = [r for r in core if json.dumps(r.get("core", {}), sort_keys=True) == cand]
+            label = task + "".join(f" {k}={v}" for k, v in json.loads(cand).items())
+            print(f"| {label} | {unigram:.2f} | {cell(rs)} | {cell(tuned)} | {metric(rs)} | {metric(tuned)} | "
+                  f"{changes} |")
 
 
 if __name__ == "__main__":
