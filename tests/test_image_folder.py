@@ -24,8 +24,9 @@ from catdiff import Engine  # noqa: E402
 from catdiff.cli import main as cli_main  # noqa: E402
 from catdiff.config import for_task  # noqa: E402
 from catdiff.errors import UserError  # noqa: E402
-from catdiff_vision import fashion_data, image_folder, vqgan  # noqa: E402
+from catdiff_vision import fashion_data, image_folder  # noqa: E402
 from catdiff_vision.image_folder import ImageFolderTask  # noqa: E402
+from taming import random_vqgan  # noqa: E402
 
 SMALL = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, n_samples=4,
              sample_steps=4, eval_batches=1, threads=1, log_every=100, ckpt_every=100)
@@ -82,13 +83,7 @@ def rgb_folder(tmp_path_factory):
 
 
 def write_vqgan(d: Path, yaml_text: str = MODEL_YAML) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "model.yaml").write_text(yaml_text)
-    cfg = vqgan.read_config(d / "model.yaml")
-    torch.manual_seed(0)
-    model = vqgan.VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"])
-    with torch.no_grad():
-        model.quantize.embedding.weight.normal_()
+    model = random_vqgan(d, yaml_text)
     torch.save({"state_dict": model.state_dict(), "global_step": 10}, d / "last.ckpt")
     return d
 

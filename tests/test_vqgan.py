@@ -15,6 +15,7 @@ except ImportError:
     sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
 
 from catdiff_vision import vqgan  # noqa: E402
+from taming import random_vqgan  # noqa: E402
 
 # taming-style model.yaml of a small VQModel (same structure as configs/faceshq_vqgan.yaml)
 MODEL_YAML = """\
@@ -55,12 +56,7 @@ TAMING_KEYS = [
 def taming_dir(tmp_path_factory):
     pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e plugins/catdiff-vision)")
     d = tmp_path_factory.mktemp("vqgan")
-    (d / "model.yaml").write_text(MODEL_YAML)
-    cfg = vqgan.read_config(d / "model.yaml")
-    torch.manual_seed(0)
-    model = vqgan.VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"])
-    with torch.no_grad():
-        model.quantize.embedding.weight.normal_()
+    model = random_vqgan(d, MODEL_YAML)
     state = dict(model.state_dict())
     state["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 4, 4)
     state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
