@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from catdiff.config import for_task  # noqa: E402
 from catdiff.engine import Engine  # noqa: E402
 from catdiff.hooks import registry  # noqa: E402
 from catdiff.task import Task, TokenData  # noqa: E402
@@ -99,7 +100,7 @@ def run(task: str, arm: str, seed: int, args) -> dict:
     t0 = time.perf_counter()
     eng = Engine(instance, **options, **extra, **budget).fit()
     metrics = eng.evaluate()
-    core = Engine(bare(make(task)[0]), **options, steps=0).cfg.to_dict()
+    core = for_task(bare(make(task)[0]), overrides={**options, **budget}).to_dict()  # the config alone
     keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
     return {"task": task, "arm": arm, "seed": seed, "core": dict(args.core) if arm == "core" else {},
             "bits": metrics["nll_bound_bits_per_token"],

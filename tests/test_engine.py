@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from catdiff import checkpoint
+from catdiff.config import for_task
 from catdiff.engine import Engine
 from catdiff.task import LazyTokenData, TokenData
 from toytask import ToyCondTask, ToyTask, progressions
@@ -270,12 +271,12 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
     class Bare(ToyTask):
         defaults = {}
 
-    eng = Engine(Bare(), width=64, heads=4, steps=1300)
-    assert eng.cfg.lr == pytest.approx(2e-3) and eng.cfg.warmup == 32  # min(2e-3, 0.2 / 64), 1300 // 40
-    eng = Engine(Bare(), width=768, heads=4, steps=400_000)
-    assert eng.cfg.lr == pytest.approx(0.2 / 768) and eng.cfg.warmup == 2000
-    eng = Engine(Bare(), lr=1e-3, warmup=0, steps=1300)
-    assert (eng.cfg.lr, eng.cfg.warmup) == (1e-3, 0)  # set values are kept, warmup=0 included
+    cfg = for_task(Bare(), overrides=dict(width=64, heads=4, steps=1300))
+    assert cfg.lr == pytest.approx(2e-3) and cfg.warmup == 32  # min(2e-3, 0.2 / 64), 1300 // 40
+    cfg = for_task(Bare(), overrides=dict(width=768, heads=4, steps=400_000))
+    assert cfg.lr == pytest.approx(0.2 / 768) and cfg.warmup == 2000
+    cfg = for_task(Bare(), overrides=dict(lr=1e-3, warmup=0, steps=1300))
+    assert (cfg.lr, cfg.warmup) == (1e-3, 0)  # set values are kept, warmup=0 included
     run = tmp_path / "r"
     Engine(Bare(), out=run, width=32, heads=2, layers=1, embed_dim=8, steps=2, batch_size=4).fit()
     saved = json.loads((run / "config.json").read_text())
