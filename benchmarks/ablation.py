@@ -10,20 +10,28 @@ embedding-variance summary (continuous methods only; paper Figure 1), wall time.
     python benchmarks/ablation.py [--task digits] [--steps N] [--seeds 0 1] [--samples 300]
     python benchmarks/ablation.py --arms CATDM CSDM --jobs 2 --threads 1   # two runs at once on 2 cores
     python benchmarks/ablation.py --shifts 0 -1 -2 -3 -4     # CATDM over the shift s (chose s = -3)
+    python benchmarks/ablation.py --seeds 0 1 2 --models runs/bench-models   # keep the trained models
 
-steps.py and dropping.py reuse :func:`run` and :func:`table` from here.
+steps.py and dropping.py reuse :class:`Runner` and :func:`table` from here. With ``--models DIR``
+each trained model is saved in DIR under a name made from its resolved training config and
+seed, and any later run of these scripts that needs the same model (Table 1's CATDM is Table
+6's "rand(0.2), z_0 0.5" and Table 10's CATDM) loads it instead of training it again.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
+import json
 import math
 import multiprocessing
 import statistics
 import time
+from pathlib import Path
 
 from catdiff import Engine
-from catdiff.config import parse_sets
+from catdiff.config import MUTABLE_KEYS, for_task, parse_sets
+from catdiff.hooks import registry
 
 # name -> (training overrides, sampling overrides); arms with equal training overrides share one model
 ARMS = {
@@ -44,15 +52,32 @@ COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/
            ("sample_seconds", "sample s")]
 
 
+# keys that do not change the trained model (sampling, bookkeeping, the machine), so not part
+# of a saved model's name; seed, steps, batch and LR do change it
+NOT_TRAINING = frozenset(MUTABLE_KEYS) - {"seed", "steps", "batch_size", "lr", "weight_decay", "warmup",
+                                           "grad_clip", "ema_eval", "accum"}
+
+
+def model_key(task: str, overrides: dict) -> str:
+    """A name for the model these overrides train: a hash of the resolved config (task defaults,
+    derived values and all), without the keys that do not change the model. Equal configs
+    reached by different overrides (``{}`` and the defaults written out) share a name."""
+    resolved = for_task(registry().get("tasks", task).factory(), overrides=overrides)
+    cfg = {k: v for k, v in resolved.to_dict().items() if k not in NOT_TRAINING}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class Runner:
     """Trains each distinct (task, training overrides, seed) once and evaluates it under any
     sampling overrides (sampler, sample_steps, ...). With ``--jobs N`` the trainings run in N
-    worker processes at once (each with ``--threads`` torch threads)."""
+    worker processes at once (each with ``--threads`` torch threads); with ``--models DIR``
+    trained models are kept in DIR and reused (module docstring)."""
 
     def __init__(self, args):
         self.task, self.steps, self.threads, self.samples = args.task, args.steps, args.threads, args.samples
         self.jobs = args.jobs
         self.sets = parse_sets(args.sets)
+        self.models = Path(args.models) if getattr(args, "models", None) else None
         self.engines: dict = {}
 
     def engine(self, train: dict, seed: int) -> Engine:
@@ -61,9 +86,20 @@ class Runner:
             overrides = dict(self.sets, **train, seed=seed, threads=self.threads)
             if self.steps:
                 overrides["steps"] = self.steps
-            t0 = time.perf_counter()
-            eng = Engine(self.task, **overrides).fit()
-            eng.train_seconds = time.perf_counter() - t0
+            saved = self.models / f"{model_key(self.task, overrides)}.pt" if self.models else None
+            if saved is not None and saved.exists():
+                eng = Engine.from_checkpoint(saved, threads=self.threads)
+                eng.train_seconds = json.loads(saved.with_suffix(".json").read_text())["train_seconds"]
+                print(f"loaded {saved} (trained in {eng.train_seconds:.0f}s)", flush=True)
+            else:
+                t0 = time.perf_counter()
+                eng = Engine(self.task, **overrides).fit()
+                eng.train_seconds = time.perf_counter() - t0
+                if saved is not None:  # the record first: a .pt without one is never left behind
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    saved.with_suffix(".json").write_text(json.dumps(
+                        {"task": self.task, "overrides": overrides, "train_seconds": eng.train_seconds}, default=str))
+                    eng.save(saved)
             self.engines[key] = eng
         return self.engines[key]
 
@@ -113,8 +149,8 @@ def share_trainings(arms: dict, seeds) -> list:
     (training, sampling) overrides): arms with equal training overrides (VQ-Diffusion and
     +purity) share one trained model."""
     models: dict = {}
-    for arm, (train, sample) in arms.items():
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an interrupted run has every arm of its first seeds
+        for arm, (train, sample) in arms.items():
             models.setdefault((tuple(sorted(train.items())), seed), []).append((arm, sample))
     return list(models.items())
 
@@ -155,6 +191,8 @@ def common_arguments(p: argparse.ArgumentParser) -> None:
                    help="runs trained at once in worker processes (e.g. --jobs 2 --threads 1 on 2 cores)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (e.g. batch_size=16)")
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help="keep each trained model in DIR and reuse it in later runs (module docstring)")
 
 
 def floor_note(rows) -> str:

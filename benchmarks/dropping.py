@@ -23,17 +23,20 @@ def main() -> None:
     args = p.parse_args()
     arms = {"none": {"drop": "none"}, "linear": {"drop": "linear"}, "rand_ratio": {"drop": "rand_ratio"}}
     arms.update({f"rand({r:g})": {"drop": "rand", "drop_ratio": r} for r in args.ratios})
-    arms = {name: {**arm, "drop_l0": -1.0} for name, arm in arms.items()}
+    # drop_l0 = -1: L0's z_0 pass drops like z_t (the paper); "none" drops nothing anywhere, so
+    # it is left without, the same model as Table 1's "CATDM w/o RD" (shared under --models)
+    arms = {name: arm if arm["drop"] == "none" else {**arm, "drop_l0": -1.0} for name, arm in arms.items()}
     arms.update({f"rand({r:g}), z_0 0.5": {"drop": "rand", "drop_ratio": r, "drop_l0": 0.5} for r in args.ratios})
     runner = Runner(args)
-    keys = [(arm, seed) for arm in arms for seed in args.seeds]
+    keys = [(arm, seed) for seed in args.seeds for arm in arms]  # seed-major
 
     def report(i, ms):
         arm, seed = keys[i]
         print(f"done {arm} seed {seed}: FID {ms[0].get('fid_digits_classifier', float('nan')):.2f}", flush=True)
 
     results = runner.run_many([(arms[arm], [{}], seed) for arm, seed in keys], report)
-    rows = [(arm, seed, ms[0]) for (arm, seed), ms in zip(keys, results)]
+    by_key = {key: ms[0] for key, ms in zip(keys, results)}
+    rows = [(arm, seed, by_key[arm, seed]) for arm in arms for seed in args.seeds]
     print(f"\nCATDM dropping strategies; task {args.task}, training steps {args.steps or 'task default'}, "
           f"{args.samples} samples, seeds {args.seeds}, overrides {args.sets}\n")
     print(table(rows, [c for c in COLUMNS if c[0] != "sample_seconds"]))
