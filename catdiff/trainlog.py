@@ -63,6 +63,14 @@ class CSVLog:
         self.path, self.file, self.writer = path, None, None
 
     def write(self, row: dict[str, float]) -> None:
+        try:
+            self._write(row)
+        except OSError as e:  # a full disk on a write names no file: name the log
+            if e.filename is not None or e.errno is None:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
+
+    def _write(self, row: dict[str, float]) -> None:
         if self.file is None:
             new = not self.path.exists() or self.path.stat().st_size == 0
             self.file = self.path.open("a", newline="")

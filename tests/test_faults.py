@@ -1,5 +1,6 @@
 """Faults during a run: signals mid-training and mid-write, two runs on one directory, a full
 disk, killed writes, a stalled DDP peer. Each must lose no work and resume bit-identically."""
+import csv
 import errno
 import os
 import signal
@@ -15,6 +16,7 @@ from catdiff import checkpoint, cli
 from catdiff.engine import Engine
 from catdiff.errors import Aborted, TrainingInterrupted, UserError
 from catdiff.hooks import Component, registry
+from catdiff.trainlog import CSVLog
 from test_bad_inputs import mount_tmpfs
 from test_engine import same_weights
 from toytask import ToyTask
@@ -182,6 +184,23 @@ def test_injected_enospc_through_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert code == 2 and "No space left on device" in err and "is intact" in err and "Traceback" not in err, err
     assert (tmp_path / "last.pt").read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_full_disk_under_the_train_log_names_it(tmp_path):
+    log = CSVLog(tmp_path / "train_log.csv")
+    log.write({"step": 1, "loss": 2.0})
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        flush = close = lambda self: None
+
+    log.file, log.writer = Full(), csv.DictWriter(Full(), fieldnames=["step", "loss"])
+    with pytest.raises(OSError) as e:
+        log.write({"step": 2, "loss": 1.0})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "train_log.csv")
+    assert (tmp_path / "train_log.csv").read_text().splitlines() == ["step,loss", "1,2.0"]
 
 
 class FailingRender(ToyTask):
