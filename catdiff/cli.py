@@ -260,6 +260,12 @@ def _origin(exc: BaseException) -> str:
     return "catdiff"
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's accelerator OOM (torch.OutOfMemoryError): the user's settings, not a bug."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     debug = args.debug or os.environ.get("CATDIFF_DEBUG", "") not in ("", "0")
@@ -295,7 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"catdiff: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: show everything
-        return _bug(e)
+        if not _out_of_memory(e):
+            return _bug(e)
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        print(f"catdiff: error: {first.split('. Tried')[0]}: the run does not fit the device's memory; "
+              f"lower batch_size (with accum=N for the same batch), set precision=bf16 or choose a smaller "
+              f"model; checkpoints already written are intact, so resuming with a smaller batch_size keeps "
+              f"the steps trained", file=sys.stderr)
+        return 2
 
 
 def _bug(e: BaseException) -> int:

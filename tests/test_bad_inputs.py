@@ -304,6 +304,23 @@ def test_plugin_bug_shows_its_traceback_and_origin(capsys, tmp_path):
     assert (tmp_path / "r" / "last.pt").exists()  # the training before the bug is kept
 
 
+def test_out_of_device_memory_is_one_line_and_keeps_the_checkpoint(capsys, tmp_path, monkeypatch):
+    real = Engine._train_step
+
+    def step(self, feed, log):
+        if self.step == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.3 GiB of which 1.2 GiB is free.\nIf reserved ...")
+        return real(self, feed, log)
+
+    monkeypatch.setattr(Engine, "_train_step", step)
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=2")
+    assert code == 2 and "Traceback" not in err and [line for line in err.splitlines() if "catdiff" in line] == [
+        err.splitlines()[-1]], err
+    assert "catdiff: error: CUDA out of memory: " in err and "lower batch_size" in err, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["step"] == 2
+
+
 def test_debug_shows_tracebacks_of_user_errors(capsys, run, monkeypatch):
     code, _, err = cli_run(capsys, "--debug", "run", "toy", "--out", run, "--set", "lr=-1")
     assert code == 2 and "Traceback" in err and "lr=-1.0: must be >= 0" in err
