@@ -45,6 +45,7 @@ ARMS = {
     "VQ-Diffusion": ({"method": "vqdiffusion"}, {"sampler": "ancestral"}),
     "VQ-Diffusion+purity": ({"method": "vqdiffusion"}, {"sampler": "purity"}),
     "MaskGIT": ({"method": "maskgit"}, {}),
+    "AR": ({"method": "ar"}, {}),  # the autoregressive anchor (raster order, exact NLL)
 }
 COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/tok"),
            ("class_entropy", "class H"), ("embedding_total_variance", "emb var"),

@@ -86,7 +86,7 @@ METHODS = {
     "vqdiffusion": ("VQ-Diffusion", TABLE1_ARMS["VQ-Diffusion"][0],
                     [("VQ-Diffusion", {"sampler": "ancestral"}), ("VQ-Diffusion+purity", {"sampler": "purity"})]),
     "maskgit": ("MaskGIT", TABLE1_ARMS["MaskGIT"][0], [("MaskGIT", {})]),
-    "ar": ("AR", {"method": "ar"}, [("AR", {})]),
+    "ar": ("AR", TABLE1_ARMS["AR"][0], [("AR", {})]),
 }
 MODES = ("time", "steps")
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
