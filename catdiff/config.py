@@ -42,6 +42,7 @@ class Config:
     drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
     drop_ratio: float = 0.2
     drop_l0: float = -1.0          # drop ratio of L0's z_0 pass; < 0 = the strategy's (catdiff.objective)
+    t_draw: str = "iid"            # training times: iid | stratified (catdiff.schedule.draw_times)
     l0_rows: float = 1.0           # fraction of the batch whose z_0 pass estimates L0 (catdiff.objective); 1 = all rows
     ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
@@ -258,6 +259,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "logger": ("auto", "csv", "tensorboard", "wandb"),
     "final": ("argmax", "sample"),
+    "t_draw": ("iid", "stratified"),
 }
 AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "accum", "log_every", "ckpt_every",
               "eval_samples", "sample_steps", "n_samples", "eval_batches")

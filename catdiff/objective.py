@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import predicted_embedding
-from .schedule import ShiftedCosineSchedule
+from .schedule import ShiftedCosineSchedule, draw_times
 
 OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")
 DROPS = ("rand", "linear", "rand_ratio", "none")
@@ -94,7 +94,7 @@ class CATDMObjective:
         cfg, sch = self.cfg, self.schedule
         B = x.shape[0]
         codebook = teacher.codebook  # same shapes and ids as the student's (it is its EMA copy)
-        t = torch.rand(B, device=x.device)
+        t = draw_times(B, x.device, cfg.t_draw)
         # one student pass over [z_0 of the first K rows ; z_t of all B] (L0 needs z_0 at t = 0);
         # the batch is a random draw, so its first K rows are a random subset (l0_rows = K / B)
         K = max(1, round(cfg.l0_rows * B))

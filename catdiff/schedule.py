@@ -63,3 +63,19 @@ class ShiftedCosineSchedule:
 
 def from_config(cfg) -> ShiftedCosineSchedule:
     return ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
+
+
+T_DRAWS = ("iid", "stratified")
+
+
+def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:
+    """[n] training times in [0, 1): ``iid`` U(0, 1) per row, or ``stratified``, one per
+    interval [i/n, (i+1)/n) from one shared offset u ~ U(0, 1), t_i = (u + i/n) mod 1 (the
+    low-discrepancy sampler of Kingma et al. 2021, Variational Diffusion Models, appendix I.1).
+    Each t_i is still U(0, 1), so the loss's expectation is unchanged; the batch covers the
+    time axis evenly, which lowers the variance of its mean."""
+    if how == "iid":
+        return torch.rand(n, device=device)
+    if how == "stratified":
+        return (torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1.0
+    raise ValueError(f"unknown t_draw {how!r}; choose one of {T_DRAWS}")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from catdiff.schedule import ShiftedCosineSchedule
+from catdiff.schedule import ShiftedCosineSchedule, draw_times
 
 
 @pytest.mark.parametrize("shift", [0.0, -2.0, 3.0])
@@ -44,3 +44,27 @@ def test_derivative_matches_finite_difference():
 def test_bad_bounds():
     with pytest.raises(ValueError, match="logsnr_min"):
         ShiftedCosineSchedule(0.0, 5.0, -5.0)
+
+
+def test_stratified_times_cover_the_axis_one_per_interval():
+    torch.manual_seed(0)
+    for n in (1, 7, 64):
+        t = draw_times(n, "cpu", "stratified")
+        assert t.shape == (n,) and ((t >= 0) & (t < 1)).all()
+        assert torch.equal((t * n).floor().long().sort().values, torch.arange(n))  # one in each [i/n, (i+1)/n)
+    # yet each row's t is U(0, 1) over draws (the loss's expectation is unchanged)
+    first = torch.stack([draw_times(4, "cpu", "stratified")[0] for _ in range(4000)])
+    assert first.mean().item() == pytest.approx(0.5, abs=0.02) and first.std().item() == pytest.approx(12**-0.5, abs=0.02)
+    # the batch mean of stratified draws varies far less than of iid ones (the point of it)
+    means = {how: torch.stack([draw_times(32, "cpu", how).mean() for _ in range(500)]).std().item()
+             for how in ("iid", "stratified")}
+    assert means["stratified"] < means["iid"] / 4
+
+
+def test_iid_times_are_the_old_draw_and_unknown_names_fail():
+    torch.manual_seed(3)
+    want = torch.rand(16)
+    torch.manual_seed(3)
+    assert torch.equal(draw_times(16, "cpu", "iid"), want)  # the default leaves earlier runs reproducible
+    with pytest.raises(ValueError, match="unknown t_draw 'sobol'"):
+        draw_times(4, "cpu", "sobol")
