@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from catdiff import Engine
-from catdiff.config import MUTABLE_KEYS, for_task, parse_sets
+from catdiff.config import MUTABLE_KEYS, Config, for_task, parse_sets
 from catdiff.hooks import registry
 
 # name -> (training overrides, sampling overrides); arms with equal training overrides share one model
@@ -61,10 +61,13 @@ NOT_TRAINING = frozenset(MUTABLE_KEYS) - {"seed", "steps", "batch_size", "lr", "
 
 def model_key(task: str, overrides: dict) -> str:
     """A name for the model these overrides train: a hash of the resolved config (task defaults,
-    derived values and all), without the keys that do not change the model. Equal configs
-    reached by different overrides (``{}`` and the defaults written out) share a name."""
-    resolved = for_task(registry().get("tasks", task).factory(), overrides=overrides)
-    cfg = {k: v for k, v in resolved.to_dict().items() if k not in NOT_TRAINING}
+    derived values and all) where it differs from the core defaults, without the keys that do
+    not change the model. Equal configs reached by different overrides (``{}`` and the
+    defaults written out) share a name, and a key added to Config later (at its default)
+    leaves the names of kept models as they were."""
+    resolved = for_task(registry().get("tasks", task).factory(), overrides=overrides).to_dict()
+    core = Config().to_dict()
+    cfg = {k: v for k, v in resolved.items() if k not in NOT_TRAINING and (k not in core or v != core[k])}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
