@@ -54,9 +54,9 @@ COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/
 
 
 # keys that do not change the trained model (sampling, bookkeeping, the machine), so not part
-# of a saved model's name; seed, steps, batch and LR do change it
+# of a saved model's name; seed, steps, batch, LR and precision do change it
 NOT_TRAINING = frozenset(MUTABLE_KEYS) - {"seed", "steps", "batch_size", "lr", "weight_decay", "warmup",
-                                           "grad_clip", "ema_eval", "accum"}
+                                           "grad_clip", "ema_eval", "accum", "precision"}
 
 
 def model_key(task: str, overrides: dict) -> str:

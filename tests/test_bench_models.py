@@ -16,7 +16,8 @@ def test_model_names_follow_the_resolved_training_config():
     written_out = {"drop": "rand", "drop_ratio": 0.2, "drop_l0": 0.5}  # the digits defaults
     assert model_key("digits", {}) == model_key("digits", written_out)
     assert model_key("digits", {}) == model_key("digits", {"threads": 1, "sample_steps": 7, "sampler": "ddim"})
-    for changed in ({"seed": 1}, {"steps": 10}, {"lr": 1e-3}, {"drop": "none"}, {"method": "d3pm"}):
+    for changed in ({"seed": 1}, {"steps": 10}, {"lr": 1e-3}, {"drop": "none"}, {"method": "d3pm"},
+                    {"precision": "bf16"}):
         assert model_key("digits", {}) != model_key("digits", changed), changed
 
 
