@@ -34,11 +34,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import CHOICES
 from .model import predicted_embedding
 from .schedule import ShiftedCosineSchedule, draw_times
 
-OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")
-DROPS = ("rand", "linear", "rand_ratio", "none")
+OBJECTIVES = CHOICES["objective"]
+DROPS = CHOICES["drop"]
 
 
 def kl_categorical(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import CHOICES
 from .objective import ddim_point
 
 SAMPLERS = ("ancestral", "ddim")
-FINALS = ("argmax", "sample")
+FINALS = CHOICES["final"]
 
 
 def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None, prev=None):

@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .config import CHOICES
+
 
 class ShiftedCosineSchedule:
     def __init__(self, shift: float = 0.0, logsnr_min: float = -15.0, logsnr_max: float = 8.0):
@@ -65,7 +67,7 @@ def from_config(cfg) -> ShiftedCosineSchedule:
     return ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
 
 
-T_DRAWS = ("iid", "stratified")
+T_DRAWS = CHOICES["t_draw"]
 
 
 def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:

@@ -23,9 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..sampler import guided_log_probs
-
-FINALS = ("argmax", "sample")
+from ..sampler import FINALS, guided_log_probs
 
 
 class MaskReplace:
