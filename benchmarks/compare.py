@@ -206,11 +206,6 @@ def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, step
             samples: int, threads: int, clock: str, sets: dict, log) -> dict:
     label, train, arms = METHODS[method]
     overrides = dict(sets, **train, seed=seed, threads=threads)
-    if train.get("method", "catdm") != "catdm":
-        # CATDM-only input features that a task may default on (text-tdavid: evidence=true); the
-        # engine refuses them for discrete methods, whose network reads token ids, not z_t
-        for key in ("evidence", "self_cond"):
-            overrides.setdefault(key, False)
     if steps:
         overrides["steps"] = steps
     eng = Engine(task, **overrides)
