@@ -69,3 +69,28 @@ def test_reruns_skip_finished_records(results, tmp_path):
                             sample_steps=(2,), samples=16, sets=TINY, previous=records,
                             log=lambda *a: pytest.fail("reran a finished record"))
     assert again == records
+
+
+def test_sampler_sweep_temperature_is_restored(capsys):
+    """sampler_sweep.py: tau rescales the posterior logits of every step and leaves the model as
+    it was; its table has a row per setting."""
+    import torch
+
+    import sampler_sweep
+    from catdiff import Engine
+
+    eng = Engine("digits", seed=0, threads=1, steps=0, **TINY)
+    z, t = torch.randn(2, 64, TINY["embed_dim"]), torch.full((2,), 0.5)
+    before = eng.ema_eval.logits(z, t)
+    calls = []
+    eng.task.generate = lambda e, n: (calls.append(e.ema_eval.logits(z, t)), (torch.zeros(n, 64, dtype=torch.long), None))[1]
+    eng.task.evaluate = lambda tokens, labels, out: {"fid_digits_classifier": 1.0, "fid_digits_classifier_real_test": 0.5}
+    assert sampler_sweep.fid(eng, 4, 0.5, {"sample_steps": 3}) == (1.0, 0.5)
+    torch.testing.assert_close(calls[0], before / 0.5)
+    torch.testing.assert_close(eng.ema_eval.logits(z, t), before)  # restored
+    assert "logits" not in eng.ema_eval.__dict__ and eng.cfg.sample_steps != 3
+
+    sampler_sweep.main(["--task", "digits", "--steps", "2", "--samples", "8",
+                        *[f"--set={k}={v}" for k, v in TINY.items()]])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "FID |" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _, _ in sampler_sweep.SETTINGS]
