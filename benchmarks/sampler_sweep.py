@@ -32,7 +32,7 @@ SETTINGS = [
     ("ancestral, 100 steps", 1.0, {"sample_steps": 100}),
     ("ddim, 50 steps", 1.0, {"sample_steps": 50, "sampler": "ddim"}),
     ("ancestral, 50 steps, final=sample", 1.0, {"sample_steps": 50, "final": "sample"}),
-    *[(f"ancestral, 50 steps, tau {tau}", tau, {"sample_steps": 50}) for tau in (0.6, 0.8, 1.25, 1.5)],
+    *[(f"ancestral, 50 steps, tau {tau}", tau, {"sample_steps": 50}) for tau in (0.6, 0.8, 1.25, 1.5, 2.0)],
 ]
 
 
