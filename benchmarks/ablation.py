@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import math
@@ -51,6 +52,19 @@ COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/
            ("class_entropy", "class H"), ("embedding_total_variance", "emb var"),
            ("embedding_participation_ratio", "eff.dims"), ("train_seconds", "train s"),
            ("sample_seconds", "sample s")]
+
+
+@contextlib.contextmanager
+def config_set(cfg, values: dict):
+    """Set ``values`` on ``cfg`` (e.g. sampling settings of one evaluation) and restore them after."""
+    saved = {k: getattr(cfg, k) for k in values}
+    try:
+        for k, v in values.items():
+            setattr(cfg, k, v)
+        yield cfg
+    finally:
+        for k, v in saved.items():
+            setattr(cfg, k, v)
 
 
 # keys that do not change the trained model (sampling, bookkeeping, the machine), so not part
@@ -109,14 +123,8 @@ class Runner:
 
     def run(self, train: dict, sample: dict, seed: int) -> dict:
         eng = self.engine(train, seed)
-        saved = {k: getattr(eng.cfg, k) for k in sample}
-        for k, v in sample.items():
-            setattr(eng.cfg, k, v)
-        try:
+        with config_set(eng.cfg, sample):
             m = eng.evaluate(n_samples=self.samples)
-        finally:
-            for k, v in saved.items():
-                setattr(eng.cfg, k, v)
         m["train_seconds"] = eng.train_seconds
         return m
 

@@ -73,7 +73,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import ARMS as TABLE1_ARMS  # noqa: E402
+from ablation import ARMS as TABLE1_ARMS, config_set  # noqa: E402
 from catdiff import Engine  # noqa: E402
 from catdiff.config import parse_sets  # noqa: E402
 
@@ -171,20 +171,14 @@ def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log) ->
     counts = [None] if eng.cfg.method == "ar" else list(sample_steps)
     for arm, over in arms:
         for n in counts:
-            saved = {k: getattr(eng.cfg, k) for k in (*over, "sample_steps")}
-            for k, v in over.items():
-                setattr(eng.cfg, k, v)
-            if n is not None:
-                eng.cfg.sample_steps = n
             counter = CallCounter(eng.ema_eval.net)
             try:
-                c0, w0 = clock(), time.perf_counter()
-                tokens, labels = task.generate(eng, samples)
-                dt, dw = clock() - c0, time.perf_counter() - w0
+                with config_set(eng.cfg, dict(over, **({} if n is None else {"sample_steps": n}))):
+                    c0, w0 = clock(), time.perf_counter()
+                    tokens, labels = task.generate(eng, samples)
+                    dt, dw = clock() - c0, time.perf_counter() - w0
             finally:
                 counter.close()
-                for k, v in saved.items():
-                    setattr(eng.cfg, k, v)
             metrics = task.evaluate(tokens, labels, None)
             batches = math.ceil(samples / SAMPLE_BATCH)
             row = dict(arm=arm, sampler=over.get("sampler", eng.cfg.sampler or eng.method.samplers[0]),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ablation import config_set  # noqa: E402
 from compare import CLOCKS, fid_keys, train_time  # noqa: E402
 from catdiff import Engine  # noqa: E402
 from catdiff.config import parse_sets  # noqa: E402
@@ -39,17 +40,13 @@ SETTINGS = [
 
 def fid(eng: Engine, samples: int, temperature: float, overrides: dict) -> tuple[float, float]:
     """(FID, floor) of ``samples`` draws from ``eng`` under the setting."""
-    saved = {k: getattr(eng.cfg, k) for k in overrides}
     logits = eng.ema_eval.logits
     if temperature != 1.0:
         eng.ema_eval.logits = lambda *a, **k: logits(*a, **k) / temperature  # an instance attribute shadows the method
     try:
-        for k, v in overrides.items():
-            setattr(eng.cfg, k, v)
-        tokens, labels = eng.task.generate(eng, samples)
+        with config_set(eng.cfg, overrides):
+            tokens, labels = eng.task.generate(eng, samples)
     finally:
-        for k, v in saved.items():
-            setattr(eng.cfg, k, v)
         eng.ema_eval.__dict__.pop("logits", None)
     metrics = eng.task.evaluate(tokens, labels, None)
     key, floor = fid_keys(metrics)
