@@ -168,8 +168,7 @@ def objective_cost(args, device, peak) -> None:
     same student pass, no teacher), same backbone and batch, paired rounds; and the CATDM step
     with L0 estimated on a quarter of the rows (``l0_rows=0.25``: the z_0 pass on B/4 rows)."""
     from catdiff.model import Codebook, Denoiser, ema_copy, ema_update
-    from catdiff.objective import CATDMObjective
-    from catdiff.schedule import from_config
+    from catdiff.methods.catdm import CATDMObjective, ShiftedCosineSchedule
 
     cfg = digits_config()
     K, M, B = 17, 64, cfg.batch_size
@@ -182,7 +181,7 @@ def objective_cost(args, device, peak) -> None:
         model = Denoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
         teacher, slow = ema_copy(model), ema_copy(model)
         opt = adamw(model.parameters(), lr=1e-4)
-        loss_fn = CATDMObjective(run, from_config(run))
+        loss_fn = CATDMObjective(run, ShiftedCosineSchedule(run.shift, run.logsnr_min, run.logsnr_max))
 
         def step(model=model, teacher=teacher, slow=slow, opt=opt, loss_fn=loss_fn):
             loss, _ = loss_fn(model, teacher, x)
@@ -420,12 +419,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {name:<26}ours {flops / t_o / bf_mm:.3f}  stock {flops / t_s / bf_mm:.3f}")
 
     # 3. objective
-    try:
-        import catdiff.objective  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - the section is optional until the objective lands
-        print(f"\n[objective] skipped: catdiff.objective does not import ({type(e).__name__}: {e})")
-    else:
-        objective_cost(args, device, peak)
+    objective_cost(args, device, peak)
     conv_cost(args, device)
     loop_cost(args, device)
 

@@ -11,7 +11,6 @@ def catdiff_backbones():
 
 @hookimpl
 def catdiff_methods():
-    from .method import builtin_methods
-    from .methods import discrete_methods
+    from .methods import builtin_methods
 
-    return {**builtin_methods(), **discrete_methods()}
+    return builtin_methods()

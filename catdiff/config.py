@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError, read_text
+from .methods.catdm.objective import DROPS, OBJECTIVES
+from .methods.catdm.schedule import T_DRAWS
+from .methods.shared import FINALS
 
 
 @dataclass
@@ -38,12 +41,12 @@ class Config:
     fixed_codebook: bool = False
     shift: float = -3.0            # s of the shifted cosine schedule (paper gives none; digits sweep); 0 = "w/o NS"
     logsnr_min: float = -15.0
-    logsnr_max: float = 8.0        # z_0's noise std e^-4: see catdiff/schedule.py for why not higher
+    logsnr_max: float = 8.0        # z_0's noise std e^-4: see catdiff/methods/catdm/schedule.py for why not higher
     drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
     drop_ratio: float = 0.2
-    drop_l0: float = -1.0          # drop ratio of L0's z_0 pass; < 0 = the strategy's (catdiff.objective)
-    t_draw: str = "iid"            # training times: iid | stratified (catdiff.schedule.draw_times)
-    l0_rows: float = 1.0           # fraction of the batch whose z_0 pass estimates L0 (catdiff.objective); 1 = all rows
+    drop_l0: float = -1.0          # drop ratio of L0's z_0 pass; < 0 = the strategy's (catdiff.methods.catdm.objective)
+    t_draw: str = "iid"            # training times: iid | stratified (catdiff.methods.catdm.schedule.draw_times)
+    l0_rows: float = 1.0           # fraction of the batch whose z_0 pass estimates L0 (catdiff.methods.catdm.objective); 1 = all rows
     ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
     ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
     cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
@@ -252,14 +255,15 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- validation
+# the method modules own their allowed values (config imports them; they never import config)
 CHOICES = {
     "positions": ("sinusoidal", "rotary"),
-    "objective": ("catdm", "csdm", "csdm_l2", "ce"),
-    "drop": ("rand", "linear", "rand_ratio", "none"),
+    "objective": OBJECTIVES,
+    "drop": DROPS,
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "logger": ("auto", "csv", "tensorboard", "wandb"),
-    "final": ("argmax", "sample"),
-    "t_draw": ("iid", "stratified"),
+    "final": FINALS,
+    "t_draw": T_DRAWS,
 }
 AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "accum", "log_every", "ckpt_every",
               "eval_samples", "sample_steps", "n_samples", "eval_batches")

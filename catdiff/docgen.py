@@ -36,7 +36,7 @@ MEANINGS = {
     "beta_dm": "weight of L_DM in L0 + beta_dm L_DM + beta_cm L_CM (paper 003 sec. 5.1)",
     "l2_weight": "weight of the embedding L2 penalty of `objective=csdm_l2`",
     "fixed_codebook": "true: the codebook is not trained (a fixed random embedding)",
-    "logsnr_min": "log-SNR at t = 1 (the clip of the schedule; catdiff/schedule.py)",
+    "logsnr_min": "log-SNR at t = 1 (the clip of the schedule; catdiff/methods/catdm/schedule.py)",
     "drop_ratio": "ratio of the random-dropping strategy (paper: 0.2)",
     "batch_size": "sequences per optimizer step",
     "weight_decay": "AdamW weight decay",

@@ -4,8 +4,10 @@ The engine owns data, the network, optimisation, EMAs, checkpoints and metrics; 
 owns what is specific to one kind of diffusion. Every method trains the same
 :class:`catdiff.model.Denoiser` (codebook + backbone): continuous methods diffuse the
 codebook embeddings, discrete-state methods use the codebook as the input embedding table
-of (masked / corrupted) token ids. Methods arrive through the ``catdiff_methods`` hook;
-the config key ``method`` picks one (default ``catdm``).
+of (masked / corrupted) token ids. Methods arrive through the ``catdiff_methods`` hook (the
+first-party ones in :mod:`catdiff.methods`, one module or package each, registered by
+:mod:`catdiff.builtins` exactly as a plugin registers its own); the config key ``method``
+picks one (default ``catdm``). This module is the interface alone.
 """
 from __future__ import annotations
 
@@ -13,9 +15,6 @@ from typing import Any, Mapping
 
 import torch
 
-from .objective import CATDMObjective, likelihood_bound
-from .sampler import sample as continuous_sample
-from .schedule import from_config as schedule_from_config
 
 
 class Method:
@@ -73,36 +72,3 @@ class Method:
         """Whether this method implements :meth:`nll_bound`."""
         return type(self).nll_bound is not Method.nll_bound
 
-
-class CATDM(Method):
-    """CATDM (paper 003): continuous diffusion over the learned codebook; the objective's
-    ablations (csdm, csdm_l2, ce, w/o CM/NS/RD) are config switches of this method."""
-
-    name = "catdm"
-    continuous = True
-    samplers = ("ancestral", "ddim")
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.schedule = schedule_from_config(cfg)
-        self.objective = CATDMObjective(cfg, self.schedule)
-
-    @property
-    def uses_target_ema(self) -> bool:  # L_CM is the only reader of the target EMA
-        return self.cfg.objective == "catdm" and self.cfg.beta_cm > 0
-
-    def loss(self, model, target, x, cond):
-        return self.objective(model, target, x, cond)
-
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        return continuous_sample(model, self.schedule, n, seq_len, steps=steps, method=sampler, final=final,
-                                 cond=cond, guidance=guidance, null_id=null_id, known=known,
-                                 known_mask=known_mask, generator=generator, device=device)
-
-    def nll_bound(self, model, x, cond, t):
-        return likelihood_bound(model, x, self.schedule, cond, t)
-
-
-def builtin_methods() -> dict[str, Any]:
-    return {"catdm": CATDM}

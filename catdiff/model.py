@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -10,6 +11,16 @@ from torch import nn
 def predicted_embedding(logits: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Paper eq. 2: EMB_hat_i = sum_k P(x_i = k | z_t; t) e_k."""
     return torch.softmax(logits, -1) @ codebook
+
+
+class DenoiserOutput(NamedTuple):
+    """What :meth:`Denoiser.forward` returns."""
+
+    logits: torch.Tensor                # [B, M, K] (float32 with token evidence)
+    z: torch.Tensor                     # [B, M, D] the network input: noisy or plain embeddings
+    target_emb: torch.Tensor | None     # [B, M, D] EMB_phi(targets) when targets are given
+    codebook: torch.Tensor              # [K, D] the data rows (paper eq. 2's e_k)
+    aux: torch.Tensor | None            # [B] the backbone's own loss, when it has one
 
 
 class Codebook(nn.Module):
@@ -79,9 +90,10 @@ class Denoiser(nn.Module):
     def _input(self, z, prev):
         return z if prev is None or not self.self_cond else z + self.prev_proj(prev.to(z.dtype))
 
-    def forward(self, tokens_in, alpha, sigma, noise, t, cond=None, targets=None, prev=None):
-        """z = alpha * EMB(tokens_in) + sigma * noise (z = EMB(tokens_in) when ``alpha`` is None,
-        as discrete-state methods use it); returns (logits, z, EMB(targets), E_data, aux).
+    def forward(self, tokens_in, alpha=None, sigma=None, noise=None, t=None, cond=None, targets=None,
+                prev=None) -> DenoiserOutput:
+        """z = alpha * EMB(tokens_in) + sigma * noise; without ``alpha`` z = EMB(tokens_in), the
+        embed-only call of discrete-state methods: ``model(x_t, t=t, cond=cond, targets=x)``.
 
         ``aux`` is the backbone's own per-sequence loss [B] (e.g. target-length prediction)
         when the backbone defines ``aux_loss(cond, targets)`` and ``targets`` are given, else
@@ -96,7 +108,7 @@ class Denoiser(nn.Module):
             emb_targets = self.codebook(targets)
             if hasattr(self.net, "aux_loss"):
                 aux = self.net.aux_loss(cond, targets)
-        return logits, z, emb_targets, self.codebook.data, aux
+        return DenoiserOutput(logits, z, emb_targets, self.codebook.data, aux)
 
     def logits(self, z, t, cond=None, prev=None, keep=None):
         """The network's logits, plus token evidence at the ``keep`` positions (default: all)."""

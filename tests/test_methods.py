@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from catdiff import Engine, config, hooks
-from catdiff.method import CATDM, Method
-from catdiff.methods.common import MaskReplace, time_grid, x0_log_probs
+from catdiff.method import Method
+from catdiff.methods import CATDM
+from catdiff.methods.discrete import MaskReplace, time_grid, x0_log_probs
 from catdiff.methods.d3pm import cosine_abar
 from catdiff.methods.maskgit import mask_inputs
 from catdiff.methods.vqdiffusion import linear_schedule, reveal
-from catdiff.model import Codebook
+from catdiff.model import Codebook, DenoiserOutput
 from toytask import ToyCondTask, ToyTask
 
 
@@ -132,9 +133,8 @@ class Stub(nn.Module):
             out = out + (cond != 3).float()[:, None, None] * self.shift
         return out
 
-
-    def forward(self, tokens, alpha, sigma, noise, t, cond=None, targets=None):
-        return self.logits(self.codebook(tokens), t, cond), None, None, None, None
+    def forward(self, tokens, alpha=None, sigma=None, noise=None, t=None, cond=None, targets=None):
+        return DenoiserOutput(self.logits(self.codebook(tokens), t, cond), None, None, None, None)
 
 
 @pytest.mark.parametrize("method", ["d3pm", "vqdiffusion"])

@@ -3,8 +3,8 @@ import torch
 
 from catdiff.config import Config
 from catdiff.model import Codebook, Denoiser, ema_copy
-from catdiff.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
-from catdiff.schedule import ShiftedCosineSchedule
+from catdiff.methods.catdm.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
+from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
 from catdiff.backbones import build_encoder
 
 

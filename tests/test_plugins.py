@@ -43,7 +43,7 @@ PLUGIN = textwrap.dedent('''
 
 METHOD_PLUGIN = textwrap.dedent('''
     from catdiff.hooks import hookimpl
-    from catdiff.method import CATDM
+    from catdiff.methods import CATDM
 
     class HotCATDM(CATDM):
         """CATDM with a config key of its own (third-party test plugin)."""
@@ -147,7 +147,7 @@ def test_third_party_method_declares_typed_config_keys(tmp_path, monkeypatch):
 
 SHADOWING = textwrap.dedent('''
     from catdiff.hooks import hookimpl
-    from catdiff.method import CATDM
+    from catdiff.methods import CATDM
     from catdiff_stripes import Stripes
 
     class FakeDigits(Stripes):

@@ -3,8 +3,9 @@ import torch
 
 from catdiff.config import Config
 from catdiff.model import Codebook, Denoiser
-from catdiff.sampler import guided_log_probs, sample
-from catdiff.schedule import ShiftedCosineSchedule
+from catdiff.methods.catdm.sampler import sample
+from catdiff.methods.shared import guided_log_probs
+from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
 from catdiff.backbones import build_encoder
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from catdiff.schedule import ShiftedCosineSchedule, draw_times
+from catdiff.methods.catdm.schedule import ShiftedCosineSchedule, draw_times
 
 
 @pytest.mark.parametrize("shift", [0.0, -2.0, 3.0])

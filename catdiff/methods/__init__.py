@@ -1,5 +1,9 @@
-"""Discrete-state methods, each an objective with its sampler, training the same Denoiser as
-CATDM (the codebook is their input embedding table; [mask] is row K):
+"""The first-party methods, one module or package each, all on the same Denoiser:
+
+- ``catdm``: CATDM (paper 003), continuous diffusion over the learned codebook, :mod:`.catdm`
+
+the discrete-state methods (the codebook is their input embedding table; [mask] is row K;
+shared machinery in :mod:`.discrete`):
 
 - ``d3pm``: D3PM-uniform (Austin et al. 2021), :mod:`.d3pm`
 - ``vqdiffusion``: VQ-Diffusion mask-and-replace with Improved VQ-Diffusion sampling
@@ -9,14 +13,18 @@ CATDM (the codebook is their input embedding table; [mask] is row K):
 and the autoregressive baseline they are compared against (the same backbone made causal):
 
 - ``ar``: a causal Transformer decoder with exact likelihood and KV-cache decoding, :mod:`.ar`
+
+What every method shares (guidance, Gumbel draws, argument checks, the aux loss): :mod:`.shared`.
 """
 from .ar import AR
+from .catdm import CATDM
 from .d3pm import D3PM
 from .maskgit import MaskGIT
 from .vqdiffusion import VQDiffusion
 
-__all__ = ["AR", "D3PM", "MaskGIT", "VQDiffusion", "discrete_methods"]
+__all__ = ["AR", "CATDM", "D3PM", "MaskGIT", "VQDiffusion", "builtin_methods"]
 
 
-def discrete_methods() -> dict:
-    return {m.name: m for m in (D3PM, VQDiffusion, MaskGIT, AR)}
+def builtin_methods() -> dict:
+    """``{name: Method subclass}`` of the first-party methods (what :mod:`catdiff.builtins` registers)."""
+    return {m.name: m for m in (CATDM, D3PM, VQDiffusion, MaskGIT, AR)}

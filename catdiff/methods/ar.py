@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..backbones.encoder import KVCache
 from ..errors import UserError
 from ..method import Method
-from .common import check_sampling, gumbel, with_aux
+from .shared import check_sampling, gumbel, with_aux
 
 
 def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
@@ -132,9 +132,9 @@ class AR(Method):
     def loss(self, model, target, x, cond):
         check_causal(target.net)  # target: the unwrapped EMA copy (same architecture)
         t = torch.zeros(len(x), device=x.device)
-        logits, _, _, _, aux = model(shift_right(x, target.codebook.mask_id), None, None, None, t, cond, targets=x)
-        loss = F.cross_entropy(logits.float().transpose(1, 2), x)
-        return with_aux(loss, {"l_ce": loss}, aux)
+        out = model(shift_right(x, target.codebook.mask_id), t=t, cond=cond, targets=x)
+        loss = F.cross_entropy(out.logits.float().transpose(1, 2), x)
+        return with_aux(loss, {"l_ce": loss}, out.aux)
 
     @torch.no_grad()
     def nll_bound(self, model, x, cond, t):

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
-from .common import MaskReplace, check_sampling, draw, integer_times, kl, time_grid, with_aux, x0_log_probs
+from .discrete import MaskReplace, integer_times, kl, time_grid, x0_log_probs
+from .shared import check_sampling, draw, with_aux
 
 
 class DiscreteDiffusion(Method):
@@ -61,13 +62,13 @@ class DiscreteDiffusion(Method):
         """Per-sequence (L_{t-1}, CE of the x0 prediction, backbone aux) at integer times ``t_int``."""
         x0 = F.one_hot(x, q.K)
         x_t = draw(q.marginal(x0, t_int), None)
-        logits, _, _, _, aux = model(x_t, None, None, None, t_int.float() / self.T, cond, targets=x)
-        logp0 = F.log_softmax(logits.double(), -1)
+        out = model(x_t, t=t_int.float() / self.T, cond=cond, targets=x)
+        logp0 = F.log_softmax(out.logits.double(), -1)
         p_theta = q.posterior(x_t, logp0.exp(), t_int, t_int - 1, self.reweight)
         q_true = q.posterior(x_t, x0, t_int, t_int - 1, False)
         l_t = kl(q_true, p_theta).sum(-1)
         ce = -logp0.gather(-1, x[..., None]).squeeze(-1).sum(-1)
-        return l_t, ce, aux
+        return l_t, ce, out.aux
 
     def loss(self, model, target, x, cond):
         t_int = torch.randint(1, self.T + 1, (x.shape[0],), device=x.device)

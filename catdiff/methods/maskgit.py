@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
-from .common import check_sampling, choose, draw, gumbel, with_aux, x0_log_probs
+from .discrete import choose, x0_log_probs
+from .shared import check_sampling, draw, gumbel, with_aux
 
 
 def mask_schedule(r: torch.Tensor) -> torch.Tensor:
@@ -46,10 +47,10 @@ class MaskGIT(Method):
 
     def loss(self, model, target, x, cond):
         x_in, masked, frac = mask_inputs(x, target.codebook.mask_id)  # target: the unwrapped EMA copy
-        logits, _, _, _, aux = model(x_in, None, None, None, frac, cond, targets=x)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), x, reduction="none")
+        out = model(x_in, t=frac, cond=cond, targets=x)
+        ce = F.cross_entropy(out.logits.float().transpose(1, 2), x, reduction="none")
         loss = (ce * masked).sum() / masked.sum()
-        return with_aux(loss, {"l_mask_ce": loss}, aux)
+        return with_aux(loss, {"l_mask_ce": loss}, out.aux)
 
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import MaskReplace, check_sampling, choose, draw, gumbel, time_grid, x0_log_probs
+from .discrete import MaskReplace, choose, time_grid, x0_log_probs
+from .shared import check_sampling, draw, gumbel
 from .d3pm import DiscreteDiffusion
 
 

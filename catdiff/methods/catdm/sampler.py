@@ -17,29 +17,11 @@ alpha_t EMB(x) + sigma_t eps of the given tokens, and copied into the output.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .config import CHOICES
+from ..shared import check_sampling, guided_log_probs, read_final
 from .objective import ddim_point
 
 SAMPLERS = ("ancestral", "ddim")
-FINALS = CHOICES["final"]
-
-
-def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None, prev=None):
-    """log P(x~ | z_t; t[, y]) with classifier-free guidance weight ``guidance``; ``prev`` is
-    the previous step's EMB_hat for a self-conditioned model (None: no estimate yet)."""
-    def logits(z, t, cond, prev):
-        return model.logits(z, t, cond) if prev is None else model.logits(z, t, cond, prev)
-
-    if guidance == 0 or cond is None:
-        return F.log_softmax(logits(z, t, cond, prev).float(), -1)
-    if null_id is None:
-        raise ValueError("guidance > 0 needs a class-conditional model (num_classes > 0)")
-    both = logits(torch.cat([z, z]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_id)]),
-                  None if prev is None else torch.cat([prev, prev]))
-    logp_c, logp_u = F.log_softmax(both.float(), -1).chunk(2)
-    return F.log_softmax((1 + guidance) * logp_c - guidance * logp_u, -1)
 
 
 @torch.no_grad()
@@ -63,14 +45,7 @@ def sample(
     """Draw ``n`` token sequences [n, seq_len] from a Denoiser (use the eval EMA)."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {SAMPLERS}")
-    if final not in FINALS:
-        raise ValueError(f"unknown final step {final!r}; choose one of {FINALS}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if (known is None) != (known_mask is None):
-        raise ValueError("infilling needs both `known` tokens and `known_mask`")
-    if known is not None and (known.shape != (n, seq_len) or known_mask.shape != (n, seq_len)):
-        raise ValueError(f"known/known_mask must be [{n}, {seq_len}], got {tuple(known.shape)}, {tuple(known_mask.shape)}")
+    known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device="cpu").to(device)
@@ -79,7 +54,6 @@ def sample(
     e_data = model.codebook.data
     z = randn(n, seq_len, dim)
     if known is not None:
-        known, known_mask = known.to(device), known_mask.to(device)
         known_emb = model.codebook(known)
     grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
     prev = None  # self-conditioning: the previous step's EMB_hat
@@ -105,11 +79,7 @@ def sample(
         a0, s0 = schedule.alpha_sigma(t0)
         z = torch.where(known_mask[..., None], a0[:, None, None] * known_emb + s0[:, None, None] * randn(n, seq_len, dim), z)
     logp = guided_log_probs(model, z, t0, cond, guidance, null_id, prev)
-    if final == "argmax":
-        x = logp.argmax(-1)
-    else:
-        gumbel = -torch.log(-torch.log(torch.rand(logp.shape, generator=generator).clamp_min(1e-20).to(device)))
-        x = (logp + gumbel).argmax(-1)
+    x = read_final(logp, final, generator)
     if known is not None:
         x = torch.where(known_mask, known, x)
     return x

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .config import CHOICES
+T_DRAWS = ("iid", "stratified")  # config key ``t_draw``
 
 
 class ShiftedCosineSchedule:
@@ -61,13 +61,6 @@ class ShiftedCosineSchedule:
     def dsnr_dt(self, t: torch.Tensor) -> torch.Tensor:
         """SNR'(t) = exp(lambda) lambda'(t) (negative)."""
         return torch.exp(self.logsnr(t)) * self.dlogsnr_dt(t)
-
-
-def from_config(cfg) -> ShiftedCosineSchedule:
-    return ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
-
-
-T_DRAWS = CHOICES["t_draw"]
 
 
 def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:

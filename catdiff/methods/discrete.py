@@ -1,4 +1,4 @@
-"""Shared pieces of the discrete-state methods.
+"""Discrete-state machinery shared by D3PM, VQ-Diffusion and MaskGIT.
 
 :class:`MaskReplace` is the forward process of VQ-Diffusion (paper 004 eqs. 1-4) over the
 K data states plus [mask] (state K, the codebook's ``mask_id``); D3PM-uniform (Austin et al.
@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..sampler import FINALS, guided_log_probs
+from .shared import draw, guided_log_probs
 
 
 class MaskReplace:
@@ -90,14 +90,8 @@ def kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.where(q > 0, q * (q.clamp_min(1e-300).log() - p.clamp_min(1e-300).log()), 0.0).sum(-1)
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One categorical draw per row of ``probs`` [..., S] (Gumbel-max on log-probabilities)."""
-    return (probs.clamp_min(1e-300).log() + gumbel(probs.shape, generator, probs.device)).argmax(-1)
 
 
-def gumbel(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp(1e-20, 1 - 1e-12)
-    return -torch.log(-torch.log(u)).to(device)
 
 
 def time_grid(T: int, steps: int) -> list[int]:
@@ -108,17 +102,6 @@ def time_grid(T: int, steps: int) -> list[int]:
     return grid.flip(0).tolist()
 
 
-def check_sampling(n: int, seq_len: int, final: str, known, known_mask, device):
-    """Validate the common sample() arguments; returns (known, known_mask) on ``device`` or Nones."""
-    if final not in FINALS:
-        raise ValueError(f"unknown final step {final!r}; choose one of {FINALS}")
-    if (known is None) != (known_mask is None):
-        raise ValueError("infilling needs both `known` tokens and `known_mask`")
-    if known is None:
-        return None, None
-    if known.shape != (n, seq_len) or known_mask.shape != (n, seq_len):
-        raise ValueError(f"known/known_mask must be [{n}, {seq_len}], got {tuple(known.shape)}, {tuple(known_mask.shape)}")
-    return known.to(device), known_mask.to(device).bool()
 
 
 def x0_log_probs(model, x_t, t, cond, guidance: float, null_id: int | None) -> torch.Tensor:
@@ -139,12 +122,3 @@ def choose(score: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> 
     rank = score.argsort(1, descending=True).argsort(1)
     return eligible & (rank < count[:, None])
 
-
-def with_aux(loss: torch.Tensor, logs: dict[str, torch.Tensor], aux: torch.Tensor | None):
-    """(loss + the backbone's auxiliary loss (e.g. the encdec length head) when it has one, the
-    detached float logs with ``aux`` and ``loss`` added): what ``Method.loss`` returns."""
-    if aux is not None:
-        logs["aux"] = aux.mean()
-        loss = loss + logs["aux"]
-    logs["loss"] = loss
-    return loss, {k: v.detach().float() for k, v in logs.items()}

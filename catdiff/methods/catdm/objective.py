@@ -34,12 +34,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import CHOICES
-from .model import predicted_embedding
+from ...model import predicted_embedding
+from ..shared import with_aux
 from .schedule import ShiftedCosineSchedule, draw_times
 
-OBJECTIVES = CHOICES["objective"]
-DROPS = CHOICES["drop"]
+OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")  # config key ``objective``
+DROPS = ("rand", "linear", "rand_ratio", "none")  # config key ``drop``
 
 
 def kl_categorical(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -107,9 +107,9 @@ class CATDMObjective:
         alpha2, sigma2 = sch.alpha_sigma(t2)
         noise = torch.randn(K + B, x.shape[1], codebook.weight.shape[1], device=x.device)
         prev2 = self.self_condition(model, x_in, alpha2, sigma2, noise, t2, cond2) if cfg.self_cond else None
-        logits2, z2, emb2, e_data, aux = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2, prev=prev2)
-        logits0, logits_t = logits2.float().split([K, B])
-        z_t, emb = z2[K:], emb2[K:]  # emb = EMB_phi(x), the clean target
+        out = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2, prev=prev2)
+        logits0, logits_t = out.logits.float().split([K, B])
+        z_t, emb, e_data = out.z[K:], out.target_emb[K:], out.codebook  # emb = EMB_phi(x), the clean target
         prev_t = None if prev2 is None else prev2[K:]
 
         # L0 = E[-log P(x | z_0; 0)]  (sec. 4.2), estimated on the K rows
@@ -144,11 +144,7 @@ class CATDMObjective:
             else:
                 reg = torch.zeros_like(l_dm)
             loss = l0.mean() + (cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
-        if aux is not None:  # the backbone's own loss (e.g. target length), on every row of the pass
-            logs["aux"] = aux.mean()
-            loss = loss + aux.mean()
-        logs["loss"] = loss
-        return loss, {k: v.detach() for k, v in logs.items()}
+        return with_aux(loss, logs, out.aux)  # + the backbone's own loss (e.g. target length), every row
 
     @staticmethod
     @torch.no_grad()
@@ -158,8 +154,8 @@ class CATDMObjective:
         prev = torch.zeros_like(noise)
         if rows.any():
             sub = lambda v: None if v is None else v[rows]  # noqa: E731
-            logits, _, _, e_data, _ = model(x_in[rows], alpha[rows], sigma[rows], noise[rows], t[rows], sub(cond))
-            prev[rows] = predicted_embedding(logits.float(), e_data.float()).to(prev.dtype)
+            out = model(x_in[rows], alpha[rows], sigma[rows], noise[rows], t[rows], sub(cond))
+            prev[rows] = predicted_embedding(out.logits.float(), out.codebook.float()).to(prev.dtype)
         return prev
 
     def consistency(self, teacher, x, t, z_t, logp_t, cond, prev_t=None):

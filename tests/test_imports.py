@@ -1,0 +1,88 @@
+"""The package's import graph: no module may (directly or through others) import itself.
+
+Every ``import`` statement counts, also those inside functions (a deferred import still ties
+the modules together; it only hides the circle until run time)."""
+import ast
+from pathlib import Path
+
+import catdiff
+
+ROOT = Path(catdiff.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, name: str) -> set[str]:
+    """The catdiff modules that ``path`` imports (``from . import x`` resolved to x when it is a module)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "catdiff"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "catdiff":
+                continue
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    edges = {}
+    for name, path in files.items():
+        targets = set()
+        for mod in imports_of(path, name):
+            # importing a.b.c runs a/__init__, a/b/__init__ too; count the deepest existing module
+            while mod and mod not in files:
+                mod = mod.rpartition(".")[0]
+            if mod and mod != name and mod != "catdiff":
+                targets.add(mod)
+        edges[name] = targets
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_catdiff_has_no_import_cycle():
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_method_math_does_not_read_the_run_config_module():
+    edges = graph()
+    for name, targets in edges.items():
+        if name.startswith("catdiff.methods"):
+            assert "catdiff.config" not in targets, f"{name} imports catdiff.config"
