@@ -124,6 +124,10 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
     raise UserError(f"config {name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
+# entries of a saved ``task_options`` that were messages between components in format 1
+# (``ar`` set ``causal`` for the backbone); dropped when such a config is loaded
+V1_MESSAGES = ("causal",)
+
 _TYPES = {f.name: type(f.default) for f in fields(Config) if f.name != "task_options"}
 
 
@@ -140,6 +144,8 @@ def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None
         for key, value in layer.items():
             if key == "task_options":
                 for k, v in dict(value).items():
+                    if k in V1_MESSAGES and k not in types:
+                        continue  # written by catdiff 0.1 between components; now a constructor argument
                     options[k] = _coerce(k, v, types[k]) if k in types else v
             elif key in _TYPES:
                 values[key] = _coerce(key, value, _TYPES[key])

@@ -138,7 +138,8 @@ class Engine:
         self.method: Method = reg.get("methods", cfg.method).factory(cfg)
         self.sampler_name(cfg.sampler)  # fail at construction, not after training
         backbone = reg.get("backbones", cfg.backbone).factory(
-            cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes)
+            cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes,
+            **self.method.backbone_options)
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
         self.task.init_codebook(codebook)
         for key in ("self_cond", "evidence"):

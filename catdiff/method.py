@@ -32,6 +32,9 @@ class Method:
                       read as ``self.option("my_key")``
       mutable_options the options that may change when a run is resumed (sampling settings);
                       the others must match the checkpoint's
+      backbone_options keyword arguments the engine passes to the backbone factory, e.g.
+                      ``{"causal": True}`` (the ``ar`` method); a backbone that cannot honour
+                      one fails with a TypeError naming it
     """
 
     name: str = ""
@@ -40,6 +43,7 @@ class Method:
     samplers: tuple[str, ...] = ()
     options: Mapping[str, Any] = {}
     mutable_options: tuple[str, ...] = ()
+    backbone_options: Mapping[str, Any] = {}
     cfg: Any = None
 
     def __init__(self, cfg):

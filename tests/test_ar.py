@@ -75,9 +75,9 @@ def test_encoder_kv_cache_equals_full_recomputation(kind):
         net(z[:, :2], t, cond, cache=cache)
 
 
-def test_causal_flag_comes_from_task_options_and_is_off_by_default():
+def test_causal_is_a_constructor_argument_and_off_by_default():
     off = EncoderTransformer(Config(**TINY), 11, 12)
-    on = EncoderTransformer(Config(**TINY, task_options={"causal": True}), 11, 12)
+    on = EncoderTransformer(Config(**TINY), 11, 12, causal=True)
     assert not off.causal and on.causal and on.local is None
     on.load_state_dict(off.state_dict())  # same parameters: causality is a mask, not a weight
     z, t = torch.randn(2, 12, 16), torch.rand(2)
@@ -92,9 +92,9 @@ def test_encdec_kv_cache_equals_full_recomputation():
 
     for positions in ("sinusoidal", "rotary"):
         cfg = SimpleNamespace(layers=2, heads=2, width=32, mlp_ratio=2.0, dropout=0.0, embed_dim=8, positions=positions,
-                              pos_scale=1.0, task_options={"causal": True})
+                              pos_scale=1.0, task_options={})
         torch.manual_seed(0)
-        net = perturb(EncoderDecoder(cfg, 11, 6, 13, 0).eval())
+        net = perturb(EncoderDecoder(cfg, 11, 6, 13, 0, causal=True).eval())
         assert net.causal
         z, t = torch.randn(3, 6, 8), torch.zeros(3)
         src = torch.tensor([[3, 4, 5, 0], [6, 0, 0, 0], [7, 8, 9, 10]])
@@ -107,7 +107,7 @@ def test_encdec_kv_cache_equals_full_recomputation():
             bumped[:, 3] += 1.0
             moved = (net(bumped, t, src) - full).abs().amax((0, 2))
         assert (moved[:3] == 0).all() and (moved[3:] > 1e-4).all(), moved
-        bidirectional = EncoderDecoder(SimpleNamespace(**{**vars(cfg), "task_options": {}}), 11, 6, 13, 0)
+        bidirectional = EncoderDecoder(cfg, 11, 6, 13, 0)
         assert not bidirectional.causal
 
 
@@ -234,7 +234,9 @@ def test_infill_keeps_known_tokens(trained, sampler):
 def test_options_and_errors():
     eng = Engine(ToyTask(), method="ar", **TINY)
     assert eng.method.samplers == ("sample", "greedy", "beam") and eng.method.has_bound
-    assert eng.cfg.task_options["causal"] and eng.model.net.causal and eng.ema_eval.net.causal
+    assert "causal" not in eng.cfg.task_options  # asked for through Method.backbone_options, not the config
+    assert eng.model.net.causal and eng.ema_eval.net.causal
+    assert not Engine(ToyTask(), **TINY).model.net.causal
     for bad in (dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(beam_size=0)):
         with pytest.raises(ValueError, match="temperature|top_p|beam_size"):
             Engine(ToyTask(), method="ar", **bad, **TINY)

@@ -42,3 +42,10 @@ def test_v1_checkpoint_resumes_and_keeps_method_options(tmp_path):
     assert eng.step == 6
     eng.save()
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 6
+
+
+def test_v1_ar_config_message_is_not_carried_forward():
+    saved = torch.load(FIXTURES / "digits-ar.pt", weights_only=False)["config"]
+    assert saved["task_options"]["causal"] is True  # what format 1 wrote
+    eng = Engine.load(FIXTURES / "digits-ar.pt")
+    assert "causal" not in eng.cfg.task_options and eng.model.net.causal

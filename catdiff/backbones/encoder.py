@@ -49,8 +49,8 @@ Design choices (documented because the paper does not pin them down):
   its one huge weight falls out of cache in the weight-gradient matmul and in AdamW).
   The remaining cost over a stock encoder is AdaLN's own parameters, 4 * width^2 per block
   (+33% weights for AdamW to update), which only matters at small batch sizes.
-- Causal mode (``causal=True``; the ``ar`` method's decoder, built so when ``cfg.task_options``
-  has ``causal`` set, see :func:`causal_option`): position i attends to positions <= i (the Transformer decoder's masked
+- Causal mode (``causal=True``, a constructor argument; the ``ar`` method asks the engine for it
+  through ``Method.backbone_options``): position i attends to positions <= i (the Transformer decoder's masked
   self-attention, Vaswani et al. 2017), and the local mixing convolution keeps only the taps at
   or before its centre in sequence (raster) order, PixelCNN's mask "B" (van den Oord et al.
   2016). ``forward(..., cache=KVCache)`` then runs incremental decoding: the inputs are the next
@@ -112,11 +112,6 @@ def token_grid(spec: str, seq_len: int) -> tuple[int, int] | None:
     if h <= 0 or w <= 0 or h * w != seq_len:
         raise ValueError(f"token_grid {spec!r} holds {h * w} tokens, but the sequence has {seq_len}")
     return h, w
-
-
-def causal_option(cfg) -> bool:
-    """Whether a backbone built from ``cfg`` should be causal: ``cfg.task_options["causal"]``."""
-    return bool((getattr(cfg, "task_options", None) or {}).get("causal", False))
 
 
 class LocalMixing(nn.Module):
@@ -337,10 +332,10 @@ class EncoderTransformer(nn.Module):
     ``[0, num_classes]`` where ``num_classes`` means "no condition" (the learned null
     embedding, also used when ``cond`` is None). ``causal``: position i sees positions <= i only
     (see the module doc); ``forward(z, t, cond, cache=KVCache(seq_len))`` then decodes
-    incrementally. ``causal=None`` reads it from ``cfg.task_options`` (:func:`causal_option`).
+    incrementally.
     """
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool | None = None):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False):
         super().__init__()
         width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
         if width <= 0 or heads <= 0 or layers <= 0:
@@ -357,7 +352,7 @@ class EncoderTransformer(nn.Module):
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.num_classes = num_classes
-        self.causal = causal_option(cfg) if causal is None else bool(causal)
+        self.causal = bool(causal)
 
         self.in_proj = nn.Linear(self.embed_dim, width)
         # exactly one of the two is set: rotary tables, or the sinusoids added to the input

@@ -9,8 +9,8 @@ ignores the time argument. Training minimises the next-token cross-entropy (teac
 the mean over tokens.
 
 Network: the backbone (``encoder``, or ``encdec`` for translation, causal on the target side)
-is built causal because this method sets ``causal`` in ``cfg.task_options`` before the engine
-builds it (same size and options as the task's backbone; a local-mixing convolution keeps
+is built causal because this method's ``backbone_options`` ask the engine for ``causal=True``
+(same size and options as the task's backbone; a local-mixing convolution keeps
 its causal taps only). Its input at position i is the codebook embedding of x_{i-1}, with the
 learned [mask] row standing for the start token at i = 0; the time input is constant (0).
 Class conditioning enters through the backbone's AdaLN (its class embedding; null = the
@@ -54,7 +54,7 @@ def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
 def check_causal(net) -> None:
     if not getattr(net, "causal", False):
         raise ValueError(f"method ar needs a causal backbone; {type(net).__name__} was built without causal=True "
-                         f"(the encoder and encdec backbones read cfg.task_options['causal'], which ar sets)")
+                         f"(the engine passes the method's backbone_options to the backbone factory)")
 
 
 def filtered_log_probs(logp: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -111,10 +111,10 @@ class AR(Method):
     samplers = ("sample", "greedy", "beam")
     options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "beam_size": 4}
     mutable_options = ("temperature", "top_k", "top_p", "beam_size")
+    backbone_options = {"causal": True}
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        cfg.task_options["causal"] = True  # read by the backbone the engine builds next
         if not self.option("temperature") > 0:
             raise UserError(f"temperature must be > 0, got {self.option('temperature')}")
         if self.option("top_k") < 0 or not 0 < self.option("top_p") <= 1:

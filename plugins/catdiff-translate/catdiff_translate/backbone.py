@@ -27,8 +27,8 @@ The source vocabulary size and pad id come from the task through ``cfg.task_opti
 (``src_vocab``, ``pad_id``; translation tasks fill them in ``setup``). The pad id marks
 padding in the source and is the PAD token of the targets.
 
-Causal target side (``causal``; the ``ar`` method's translation model, built so when
-``cfg.task_options`` has ``causal`` set): the decoder's self-attention is masked so target
+Causal target side (``causal=True``; the ``ar`` method's translation model, which asks the
+engine for it through ``Method.backbone_options``): the decoder's self-attention is masked so target
 position i sees positions <= i (the Transformer decoder, Vaswani et al. 2017); the encoder and
 the cross-attention are unchanged. ``forward(..., cache=KVCache(M))`` then decodes
 incrementally: the source is encoded once and each layer's cross-attention keys and values
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones.encoder import (AdaLN, KVCache, attention, causal_option, modulation, rotary_or_none, rotate,
+from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, rotary_or_none, rotate,
                                       sinusoidal, zero_linear)
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks
@@ -140,10 +140,10 @@ class EncoderDecoder(nn.Module):
     Sizes from ``cfg.layers`` (per stack), ``cfg.heads``, ``cfg.width``, ``cfg.mlp_ratio``,
     ``cfg.dropout`` (on embeddings and sublayer outputs, fairseq's ``dropout``; no attention or
     activation dropout, fairseq's defaults for these architectures), ``cfg.embed_dim``.
-    ``causal``: a causal target side (see the module doc); None reads it from ``cfg.task_options``.
+    ``causal``: a causal target side (see the module doc).
     """
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int, src_vocab: int, pad_id: int, causal: bool | None = None):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, src_vocab: int, pad_id: int, causal: bool = False):
         super().__init__()
         width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
         if width <= 0 or heads <= 0 or layers <= 0 or width % heads:
@@ -156,7 +156,7 @@ class EncoderDecoder(nn.Module):
         self.embed_dim, self.width, self.heads = int(cfg.embed_dim), width, heads
         self.vocab_size, self.seq_len, self.src_vocab, self.pad_id = vocab_size, seq_len, src_vocab, pad_id
         self.dropout = dropout
-        self.causal = causal_option(cfg) if causal is None else bool(causal)
+        self.causal = bool(causal)
 
         self.src_emb = nn.Embedding(src_vocab, width, padding_idx=pad_id)
         nn.init.normal_(self.src_emb.weight, std=width**-0.5)
@@ -261,7 +261,7 @@ class EncoderDecoder(nn.Module):
         return state
 
 
-def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0) -> EncoderDecoder:
+def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False) -> EncoderDecoder:
     """Factory of the ``encdec`` backbone (``catdiff_backbones`` hook signature)."""
     if num_classes:
         raise ValueError("the encdec backbone conditions on source sequences, not class labels (num_classes must be 0)")
@@ -269,4 +269,4 @@ def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0) -> En
     if int(opts.get("src_vocab", 0) or 0) <= 0 or "pad_id" not in opts:
         raise ValueError("the encdec backbone needs task options src_vocab (> 0) and pad_id: a translation task "
                          "sets them in setup(); another task must declare and fill them")
-    return EncoderDecoder(cfg, vocab_size, seq_len, int(opts["src_vocab"]), int(opts["pad_id"]))
+    return EncoderDecoder(cfg, vocab_size, seq_len, int(opts["src_vocab"]), int(opts["pad_id"]), causal=causal)
