@@ -147,9 +147,11 @@ def _fmt(value: object) -> str:
 
 def _allowed(name: str) -> str:
     from catdiff import config as c
+    from catdiff.methods.catdm import CHOICES as catdm_choices
 
-    if name in getattr(c, "CHOICES", {}):
-        return " \\| ".join(f"`{v}`" for v in c.CHOICES[name])
+    choices = {**getattr(c, "CHOICES", {}), **catdm_choices}
+    if name in choices:
+        return " \\| ".join(f"`{v}`" for v in choices[name])
     for attr, text in (("AT_LEAST_1", ">= 1"), ("AT_LEAST_0", ">= 0"), ("FRACTIONS", "in [0, 1]"),
                        ("POSITIVE", "> 0")):
         if name in getattr(c, attr, ()):

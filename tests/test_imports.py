@@ -86,3 +86,10 @@ def test_method_math_does_not_read_the_run_config_module():
     for name, targets in edges.items():
         if name.startswith("catdiff.methods"):
             assert "catdiff.config" not in targets, f"{name} imports catdiff.config"
+
+
+def test_run_level_finals_match_the_samplers():
+    from catdiff.config import CHOICES
+    from catdiff.methods.shared import FINALS
+
+    assert CHOICES["final"] == FINALS

@@ -14,6 +14,8 @@ from .objective import DROPS, OBJECTIVES, CATDMObjective, likelihood_bound
 from .sampler import SAMPLERS, sample
 from .schedule import T_DRAWS, ShiftedCosineSchedule
 
+CHOICES = {"objective": OBJECTIVES, "drop": DROPS, "t_draw": T_DRAWS}  # allowed values of CATDM's keys
+
 __all__ = ["CATDM", "CATDMObjective", "ShiftedCosineSchedule", "likelihood_bound", "sample"]
 
 
@@ -24,7 +26,7 @@ class CATDM(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        for key, allowed in (("objective", OBJECTIVES), ("drop", DROPS), ("t_draw", T_DRAWS)):
+        for key, allowed in CHOICES.items():
             if getattr(cfg, key) not in allowed:
                 raise UserError(f"config {key}={getattr(cfg, key)!r}: must be one of {', '.join(allowed)}")
         self.schedule = ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
