@@ -46,21 +46,26 @@ def test_records_and_table_rows(results):
 
 
 def test_equal_time_steps_follow_step_costs(results):
+    """Both modes ran and the time mode stopped within its plan (no timing assertion: how far
+    a real clock gets depends on the machine; the arithmetic is tested with a virtual clock)."""
     records, _ = results
     by = {(r["method"], r["mode"]): r for r in records}
     for m in ("catdm", "ar"):
         assert by[m, "steps"]["steps"] == STEPS
-        t = by[m, "time"]
-        step = t["s_per_step"]
-        assert t["train_s"] <= BUDGET + 3 * step + 0.2  # stops at the budget (a chunk may end a step over)
-        assert t["steps"] <= t["steps_planned"]
-        assert t["train_s"] >= 0.6 * BUDGET or t["steps"] == t["steps_planned"]
-    cost = {m: by[m, "steps"]["s_per_step"] for m in ("catdm", "ar")}
-    assert cost["catdm"] > 1.3 * cost["ar"]  # the z_0 pass and the teacher
-    # the cheaper method reaches more steps in the same budget; how many more follows the step
-    # costs only loosely at a 2 s budget on a shared machine (1.6x the cost ratio was seen), so
-    # the direction is asserted, not the ratio
-    assert by["ar", "time"]["steps"] > by["catdm", "time"]["steps"]
+        assert 0 < by[m, "time"]["steps"] <= by[m, "time"]["steps_planned"]
+
+
+@pytest.mark.parametrize("cost", [0.01, 0.02, 0.05])
+def test_train_time_reaches_the_steps_a_budget_buys(cost):
+    """With a virtual clock that advances ``cost`` seconds per optimizer step, equal time means
+    budget / cost steps: a method twice as dear gets half the steps."""
+    from catdiff import Engine
+
+    eng = Engine(task="digits", steps=2000, batch_size=4, threads=1, **TINY)
+    res = compare.train_time(eng, 2.0, clock=lambda: eng.step * cost)
+    assert eng.step == res["steps_planned"] == round(2.0 / cost)
+    assert res["train_s"] == pytest.approx(2.0)
+    assert res["probe_s_per_step"] == pytest.approx(cost)
 
 
 def test_reruns_skip_finished_records(results, tmp_path):
