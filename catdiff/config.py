@@ -1,4 +1,8 @@
-"""Run configuration: one flat dataclass, resolved as defaults < task defaults < file < overrides."""
+"""Run configuration: one flat dataclass, resolved as defaults < task defaults < file < overrides.
+
+"Choose for me" is ``None`` (``--set lr=auto``; ``none`` and ``null`` are read the same), never a
+sentinel number: the engine or the method fills it in, and the saved config holds the value.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +31,7 @@ class Config:
     conv_kernel: int = 0           # encoder: depthwise conv over neighbouring tokens before each block; 0 = off
     token_grid: str = ""           # "HxW": the tokens' 2D layout for conv_kernel (images); "" = along the sequence
     embed_dim: int = 256           # D, the codebook / diffusion space dimension
-    embed_init_std: float = -1.0   # < 0: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
+    embed_init_std: float | None = None  # None: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
 
     # method (paper 003 sec. 2, 4, 5); ablation switches, one value each
     method: str = "catdm"          # a registered method (catdiff list); the keys below are catdm's
@@ -41,7 +45,7 @@ class Config:
     logsnr_max: float = 8.0        # z_0's noise std e^-4: see catdiff/methods/catdm/schedule.py for why not higher
     drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
     drop_ratio: float = 0.2
-    drop_l0: float = -1.0          # drop ratio of L0's z_0 pass; < 0 = the strategy's (catdiff.methods.catdm.objective)
+    drop_l0: float | None = None   # drop ratio of L0's z_0 pass; None = the strategy's (catdiff.methods.catdm.objective)
     t_draw: str = "iid"            # training times: iid | stratified (catdiff.methods.catdm.schedule.draw_times)
     l0_rows: float = 1.0           # fraction of the batch whose z_0 pass estimates L0 (catdiff.methods.catdm.objective); 1 = all rows
     ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
@@ -51,8 +55,8 @@ class Config:
     evidence: bool = True          # logits += each token's own Gaussian evidence (not in the paper; catdiff.model.Denoiser); continuous methods only
 
     # discrete-state methods (catdiff.methods: d3pm, vqdiffusion, maskgit)
-    discrete_steps: int = 0        # T of d3pm / vqdiffusion; 0 = the paper's (d3pm 1000, vqdiffusion 100)
-    hybrid_weight: float = -1.0    # lambda of d3pm L_vb + lambda L_CE, vqdiffusion L_vlb + lambda L_x0; < 0 = paper's
+    discrete_steps: int | None = None  # T of d3pm / vqdiffusion; None = the paper's (d3pm 1000, vqdiffusion 100)
+    hybrid_weight: float | None = None  # lambda of d3pm L_vb + lambda L_CE, vqdiffusion L_vlb + lambda L_x0; None = paper's
     purity_scale: float = 1.0      # r of Improved VQ-Diffusion eq. 11 (vqdiffusion sampler "purity")
     mask_temperature: float = 4.5  # maskgit: Gumbel temperature of the confidence order, annealed to 0
 
@@ -60,9 +64,9 @@ class Config:
     steps: int = 2000              # 0 = no training: checkpoint and evaluate the initial (or resumed) model
     batch_size: int = 32           # the global batch of one optimizer step (all processes, all micro-batches)
     accum: int = 1                 # micro-batches per optimizer step (gradient accumulation)
-    lr: float = 0.0                # peak AdamW rate (warm-up, then cosine to 0.1 lr); 0 = min(2e-3, 0.2 / width)
+    lr: float | None = None        # peak AdamW rate (warm-up, then cosine to 0.1 lr); None = min(2e-3, 0.2 / width)
     weight_decay: float = 0.0
-    warmup: int = -1               # steps of linear LR warm-up; < 0 = steps // 40, at most 2000
+    warmup: int | None = None      # steps of linear LR warm-up; None = steps // 40, at most 2000
     grad_clip: float = 1.0
     device: str = "auto"           # auto | cpu | cuda | cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)
     precision: str = "auto"        # auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16
@@ -95,7 +99,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _coerce(name: str, value: Any, kind: type) -> Any:
+AUTO_WORDS = ("auto", "none", "null", "")
+
+
+def _coerce(name: str, value: Any, kind: type, optional: bool = False) -> Any:
+    if optional and (value is None or isinstance(value, str) and value.strip().lower() in AUTO_WORDS):
+        return None
     if isinstance(value, str):
         if kind is bool:
             low = value.strip().lower()
@@ -125,7 +134,31 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 # (``ar`` set ``causal`` for the backbone); dropped when such a config is loaded
 V1_MESSAGES = ("causal",)
 
-_TYPES = {f.name: type(f.default) for f in fields(Config) if f.name != "task_options"}
+def _field_type(f) -> tuple[type, bool]:
+    """(the value type, whether None = "choose for me" is allowed) of a Config field."""
+    if f.default is not None:
+        return type(f.default), False
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()], True
+
+
+_TYPES = {f.name: _field_type(f)[0] for f in fields(Config) if f.name != "task_options"}
+OPTIONAL = frozenset(f.name for f in fields(Config) if f.name != "task_options" and _field_type(f)[1])
+
+# format 1 (catdiff 0.1) spelled "choose for me" with sentinel numbers; they load as None
+V1_SENTINELS = {"embed_init_std": lambda v: v < 0, "drop_l0": lambda v: v < 0, "discrete_steps": lambda v: v == 0,
+                "hybrid_weight": lambda v: v < 0, "warmup": lambda v: v < 0, "lr": lambda v: v == 0}
+
+
+def migrate(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (config.json, a checkpoint's or an export's) in today's form: format-1
+    sentinels become None, component messages leave ``task_options``."""
+    out = dict(saved)
+    for key, is_sentinel in V1_SENTINELS.items():
+        if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool) and is_sentinel(out[key]):
+            out[key] = None
+    if "task_options" in out:
+        out["task_options"] = {k: v for k, v in dict(out["task_options"]).items() if k not in V1_MESSAGES}
+    return out
 
 
 def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Config:
@@ -141,11 +174,9 @@ def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None
         for key, value in layer.items():
             if key == "task_options":
                 for k, v in dict(value).items():
-                    if k in V1_MESSAGES and k not in types:
-                        continue  # written by catdiff 0.1 between components; now a constructor argument
                     options[k] = _coerce(k, v, types[k]) if k in types else v
             elif key in _TYPES:
-                values[key] = _coerce(key, value, _TYPES[key])
+                values[key] = _coerce(key, value, _TYPES[key], key in OPTIONAL)
             elif key in types:
                 options[key] = _coerce(key, value, types[key])
             else:
@@ -184,16 +215,16 @@ def plugin_options(task, method: str) -> dict[str, Any]:
 
 def derive(cfg: Config) -> Config:
     """``cfg`` with the keys left at their "derive" marker set from the run's size (issue 18):
-    ``lr=0`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP) and
-    ``warmup < 0`` -> ``min(2000, steps // 40)``. The sweep of benchmarks/defaults.py (four
+    ``lr=None`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP) and
+    ``warmup=None`` -> ``min(2000, steps // 40)``. The sweep of benchmarks/defaults.py (four
     untuned tasks, 1300 steps) found the former fixed values (lr 3e-4, warmup 100) too slow for
     small models and short runs; the rules give what the tuned small tasks use (lr 2e-3 at width
     96, warmup ~30 of 1300 steps) and the paper's text8 run (12 x 768 at 3e-4, rule 2.6e-4; 343k
     steps, warmup 2000). The saved config holds the values, so a resume compares what was trained."""
     changes: dict[str, Any] = {}
-    if cfg.lr == 0:
+    if cfg.lr is None:
         changes["lr"] = min(2e-3, 0.2 / cfg.width)
-    if cfg.warmup < 0:
+    if cfg.warmup is None:
         changes["warmup"] = min(2000, cfg.steps // 40)
     return dataclasses.replace(cfg, **changes)
 
@@ -204,7 +235,7 @@ CONTINUOUS_ONLY = ("evidence", "self_cond")
 def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """A task's run config: defaults < ``task.defaults`` < the config file < ``overrides``,
     with the ``options`` of the task and of the run's method accepted as keys."""
-    file_values = load_file(config_file) if config_file else {}
+    file_values = migrate(load_file(config_file)) if config_file else {}
     layers = (task.defaults, file_values, overrides or {}, {"task": task.name})
     method = method_of(*layers)
     options = plugin_options(task, method)
@@ -267,8 +298,8 @@ CHOICES = {
     "final": ("argmax", "sample"),  # = catdiff.methods.shared.FINALS (tests/test_imports.py)
 }
 AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "accum", "log_every", "ckpt_every",
-              "eval_samples", "sample_steps", "n_samples", "eval_batches")
-AT_LEAST_0 = ("lr", "steps", "warmup", "threads", "keep_last", "eval_every", "discrete_steps", "conv_kernel",
+              "eval_samples", "sample_steps", "n_samples", "eval_batches", "discrete_steps")
+AT_LEAST_0 = ("lr", "steps", "warmup", "threads", "keep_last", "eval_every", "conv_kernel",
               "weight_decay", "beta_dm", "beta_cm", "l2_weight", "guidance", "mask_temperature", "pos_scale")
 FRACTIONS = ("dropout", "drop_ratio", "ema_cm", "ema_eval", "cond_drop")  # in [0, 1]
 POSITIVE = ("grad_clip", "mlp_ratio", "purity_scale", "dist_timeout")
@@ -288,14 +319,16 @@ def validate(cfg: Config) -> None:
             raise bad(key, f"must be one of {', '.join(names)}")
     for f in fields(Config):
         v = getattr(cfg, f.name)
+        if v is None and f.name not in OPTIONAL:
+            raise bad(f.name, "must be set (only " + ", ".join(sorted(OPTIONAL)) + " may be auto)")
         if isinstance(v, float) and not math.isfinite(v):
             raise bad(f.name, "must be a finite number")
     for key in AT_LEAST_1:
-        if getattr(cfg, key) < 1:
-            raise bad(key, "must be >= 1")
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise bad(key, "must be >= 1" + (" or auto" if key in OPTIONAL else ""))
     for key in AT_LEAST_0:
-        if getattr(cfg, key) < 0:
-            raise bad(key, "must be >= 0")
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise bad(key, "must be >= 0" + (" or auto" if key in OPTIONAL else ""))
     for key in FRACTIONS:
         if not 0 <= getattr(cfg, key) <= 1:
             raise bad(key, "must lie in [0, 1]")
@@ -304,8 +337,11 @@ def validate(cfg: Config) -> None:
             raise bad(key, "must be > 0")
     if not 0 < cfg.l0_rows <= 1:
         raise bad("l0_rows", "must lie in (0, 1]")
-    if cfg.drop_l0 > 1:
-        raise bad("drop_l0", "must be < 0 (the strategy's) or in [0, 1]")
+    if cfg.drop_l0 is not None and not 0 <= cfg.drop_l0 <= 1:
+        raise bad("drop_l0", "must lie in [0, 1], or be auto (the strategy's)")
+    for key in ("embed_init_std", "hybrid_weight"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise bad(key, "must be >= 0, or auto (the paper's)")
     if cfg.batch_size % cfg.accum:
         raise bad("batch_size", f"must be a multiple of accum={cfg.accum} (batch_size is the global batch)")
     if cfg.width % cfg.heads:

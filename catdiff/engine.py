@@ -175,7 +175,7 @@ class Engine:
         """Stop unless the checkpoint in ``out`` trains the same model (config.resume_differences);
         print the keys that may change and did (they are stored with the next checkpoint)."""
         mutable = set(getattr(self.task, "mutable_options", ())) | set(getattr(self.method, "mutable_options", ()))
-        fixed, changed = config_mod.resume_differences(saved, self.cfg, mutable)
+        fixed, changed = config_mod.resume_differences(config_mod.migrate(saved), self.cfg, mutable)
         fmt = lambda diffs: "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)  # noqa: E731
         if fixed:
             raise UserError(f"{self.out / CKPT_NAME} trained another model than the one requested ({fmt(fixed)}). "
@@ -547,7 +547,7 @@ class Engine:
                      out: str | Path | None = None) -> "Engine":
         """An Engine of a saved config (its task by registry name unless ``task`` is given), with
         ``overrides`` on top and no resuming."""
-        saved = {**config, **overrides, "resume": False}
+        saved = {**config_mod.migrate(config), **overrides, "resume": False}
         name = saved.pop("task")
         return cls(task=task or name, out=out, **saved)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from catdiff import Engine
+from catdiff.config import migrate
 
 pytest.importorskip("catdiff_vision", reason="the fixtures are digits models (catdiff-vision)")
 
@@ -34,7 +35,9 @@ def test_v1_checkpoint_resumes_and_keeps_method_options(tmp_path):
     torch.set_num_threads(1)
     shutil.copy(FIXTURES / "digits-ar.pt", tmp_path / "last.pt")
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["config"]
-    flat = {k: v for k, v in saved.items() if k not in ("task", "task_options", "resume")}
+    assert saved["discrete_steps"] == 0 and saved["embed_init_std"] == -1  # format 1's "choose for me"
+    flat = {k: v for k, v in migrate(saved).items() if k not in ("task", "task_options", "resume")}
+    assert flat["discrete_steps"] is None and flat["embed_init_std"] is None
     eng = Engine(task="digits", out=tmp_path, **{**flat, "steps": 6, "temperature": 0.9})
     assert eng.step == 4  # resumed, not started over
     assert eng.method.option("temperature") == 0.9

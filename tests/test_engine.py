@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from catdiff import checkpoint
-from catdiff.config import for_task
+from catdiff.config import for_task, validate
+from catdiff.errors import UserError
 from catdiff.engine import Engine
 from catdiff.task import LazyTokenData, TokenData
 from toytask import ToyCondTask, ToyTask, progressions
@@ -277,6 +278,12 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
     assert cfg.lr == pytest.approx(0.2 / 768) and cfg.warmup == 2000
     cfg = for_task(Bare(), overrides=dict(lr=1e-3, warmup=0, steps=1300))
     assert (cfg.lr, cfg.warmup) == (1e-3, 0)  # set values are kept, warmup=0 included
+    cfg = for_task(Bare(), overrides=dict(width="64", heads=4, steps="1300", lr="auto", warmup="none"))
+    assert cfg.lr == pytest.approx(2e-3) and cfg.warmup == 32  # "choose for me" is auto, never a number
+    with pytest.raises(UserError, match=r"warmup=-1: must be >= 0 or auto"):
+        validate(for_task(Bare(), overrides=dict(warmup=-1)))
+    with pytest.raises(UserError, match=r"config width: expected int, got 'auto'"):
+        for_task(Bare(), overrides=dict(width="auto"))  # only the keys that may be chosen accept it
     run = tmp_path / "r"
     Engine(Bare(), out=run, width=32, heads=2, layers=1, embed_dim=8, steps=2, batch_size=4).fit()
     saved = json.loads((run / "config.json").read_text())

@@ -42,10 +42,10 @@ class DiscreteDiffusion(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.T = cfg.discrete_steps or self.default_T
+        self.T = self.default_T if cfg.discrete_steps is None else cfg.discrete_steps
         if self.T < 1:
-            raise ValueError(f"discrete_steps must be >= 1 (or 0 for the paper's T), got {cfg.discrete_steps}")
-        self.hybrid = self.default_hybrid if cfg.hybrid_weight < 0 else cfg.hybrid_weight
+            raise ValueError(f"discrete_steps must be >= 1 (or auto for the paper's T), got {cfg.discrete_steps}")
+        self.hybrid = self.default_hybrid if cfg.hybrid_weight is None else cfg.hybrid_weight
         self._trans: dict[int, MaskReplace] = {}
 
     def transitions(self, K: int) -> MaskReplace:

@@ -10,7 +10,7 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
   both student inputs (z_0 for L0 and z_t); targets stay the clean tokens.
   ``rand``: each token dropped with prob ``drop_ratio``; ``linear``: with prob
   ``drop_ratio * t`` (0 at t=0); ``rand_ratio``: a per-sequence ratio ~ U(0, drop_ratio).
-- ``drop_l0`` (ours; < 0, the default, = the strategy's ratio): the drop probability of the
+- ``drop_l0`` (ours; None, the default, = the strategy's ratio): the drop probability of the
   z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0. On digits (1500
   steps, 300 samples) 0.5 there and 0.2 on z_t gave FID 46.0 / 29.2 / 48.8 / 44.3 (seeds
   0-3) against 55.2 +- 0.9 (seeds 0, 1) for 0.2 on both, so the digits task sets it;
@@ -54,12 +54,12 @@ def prior_kl(emb: torch.Tensor, alpha1: torch.Tensor, sigma1: torch.Tensor) -> t
     return per_elem.flatten(1).sum(-1)
 
 
-def drop_mask(x: torch.Tensor, t: torch.Tensor, strategy: str, ratio: float, ratio_at_0: float = -1.0) -> torch.Tensor:
+def drop_mask(x: torch.Tensor, t: torch.Tensor, strategy: str, ratio: float, ratio_at_0: float | None = None) -> torch.Tensor:
     """Boolean [B, M]: positions whose input embedding becomes [mask] (paper sec. 5.3, Table 7).
 
-    ``ratio_at_0`` >= 0 is the drop probability of rows with t == 0 (the z_0 pass of L0)
+    ``ratio_at_0`` (None: the strategy's) is the drop probability of rows with t == 0 (the z_0 pass of L0)
     in place of the strategy's; ``strategy="none"`` drops nothing anywhere."""
-    if strategy == "none" or (ratio <= 0 and ratio_at_0 <= 0):
+    if strategy == "none" or (ratio <= 0 and not ratio_at_0):
         return torch.zeros_like(x, dtype=torch.bool)
     if strategy == "rand":
         p = torch.full_like(t, ratio)
@@ -69,7 +69,7 @@ def drop_mask(x: torch.Tensor, t: torch.Tensor, strategy: str, ratio: float, rat
         p = ratio * torch.rand_like(t)
     else:
         raise ValueError(f"unknown drop strategy {strategy!r}; choose one of {DROPS}")
-    if ratio_at_0 >= 0:
+    if ratio_at_0 is not None:
         p = torch.where(t == 0, torch.full_like(p, ratio_at_0), p)
     return torch.rand(x.shape, device=x.device) < p[:, None]
 
