@@ -52,3 +52,9 @@ def test_v1_ar_config_message_is_not_carried_forward():
     assert saved["task_options"]["causal"] is True  # what format 1 wrote
     eng = Engine.load(FIXTURES / "digits-ar.pt")
     assert "causal" not in eng.cfg.task_options and eng.model.net.causal
+
+
+@pytest.mark.parametrize("old", ["objective", "sampler", "schedule"])
+def test_moved_modules_name_their_new_home(old):
+    with pytest.raises(ImportError, match=f"catdiff.{old} moved to catdiff.methods.catdm.{old}"):
+        __import__(f"catdiff.{old}")
