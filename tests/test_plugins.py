@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from catdiff import hooks
 from catdiff.engine import Engine
@@ -188,3 +189,26 @@ def test_colliding_names_keep_builtins_and_first_party_and_are_reported(tmp_path
     assert run.returncode == 0, run.stderr
     assert ("catdiff: warning: task 'stripes' is provided by catdiff-stripes 0.1 and also by catdiff-zzz 0.1; "
             "using catdiff-stripes 0.1") in run.stderr
+
+
+def test_the_method_of_docs_plugins_md_trains_as_a_third_party_package(tmp_path, monkeypatch):
+    """The example method of docs/plugins.md, copied verbatim into a temporary package with an
+    entry point, registers, trains a few steps, samples and infills: no edit to catdiff/."""
+    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    source = next(block for block in text.split("```python\n")[1:] if "class Absorbing(Method)" in block)
+    source = source.split("\n```")[0]
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-absorbing", "catdiff_absorbing", source)
+    monkeypatch.syspath_prepend(str(site))
+    reg = build_registry()
+    assert reg.components["methods"]["absorbing"].source == "catdiff-absorbing 0.1", reg.failed
+    monkeypatch.setattr(hooks, "_REGISTRY", reg)
+    eng = Engine(ToyTask(), method="absorbing", steps=3, threads=1)
+    eng.fit()
+    assert eng.step == 3 and eng.method.continuous is False
+    x = eng.sample(4, steps=3, seed=0)
+    assert x.shape == (4, ToyTask.seq_len) and 0 <= x.min() and x.max() < ToyTask.vocab_size
+    known, mask = torch.zeros_like(x), torch.zeros(x.shape, dtype=torch.bool)
+    mask[:, 0] = True
+    assert (eng.sample(4, steps=3, known=known, known_mask=mask)[:, 0] == 0).all()
