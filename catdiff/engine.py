@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from .method import Method
 from .model import Codebook, Denoiser, ema_copy, ema_update
 from .runlock import RunLock
 from .trainlog import TrainLog, progress
-from .task import LazyTokenData, Task, TokenData
+from .task import DataSpec, LazyTokenData, Task, TokenData
 
 CKPT_NAME = "last.pt"
 # What a run writes into --out; `resume=false` moves these aside (into DIR/previous-<time>/).
@@ -135,11 +136,12 @@ class Engine:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
+        self.spec: DataSpec = self.task.data_spec()
         self.method: Method = reg.get("methods", cfg.method).factory(cfg)
         self.sampler_name(cfg.sampler)  # fail at construction, not after training
-        backbone = reg.get("backbones", cfg.backbone).factory(
-            cfg, vocab_size=self.task.vocab_size, seq_len=self.task.seq_len, num_classes=self.task.num_classes,
-            **self.method.backbone_options)
+        self.backbone_factory = reg.get("backbones", cfg.backbone).factory
+        backbone = self.backbone_factory(cfg, vocab_size=self.spec.vocab_size, seq_len=self.spec.seq_len,
+                                         num_classes=self.spec.num_classes, **self._backbone_kwargs())
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
         self.task.init_codebook(codebook)
         for key in ("self_cond", "evidence"):
@@ -195,6 +197,17 @@ class Engine:
                 torch.cuda.set_device(self.device)
         if self.cfg.batch_size % self.world:
             raise UserError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+
+    def _backbone_kwargs(self) -> dict[str, Any]:
+        """The method's ``backbone_options`` and, for a factory that accepts it, the data spec."""
+        kwargs = dict(self.method.backbone_options)
+        try:
+            params = inspect.signature(self.backbone_factory).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: no spec
+            return kwargs
+        if "spec" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["spec"] = self.spec
+        return kwargs
 
     def sampler_name(self, name: str | None) -> str:
         """``name`` (or the config's, or the method's default) checked against the method's samplers."""
@@ -479,8 +492,7 @@ class Engine:
     @property
     def task_meta(self) -> dict[str, Any]:
         """What a checkpoint or an export records of its task, checked when it is loaded."""
-        return {"name": self.task.name, "vocab_size": self.task.vocab_size, "seq_len": self.task.seq_len,
-                "num_classes": self.task.num_classes}
+        return {"name": self.task.name, **self.spec.to_dict()}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -500,7 +512,7 @@ class Engine:
     def _load_weights(self, meta: dict[str, Any], weights: dict[str, dict], path) -> None:
         """``weights``: state dicts of model / ema_cm / ema_eval, checked against the task ``meta``."""
         for key in ("vocab_size", "seq_len", "num_classes"):
-            mine = getattr(self.task, key)
+            mine = getattr(self.spec, key)
             if meta[key] != mine:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "

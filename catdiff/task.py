@@ -6,13 +6,37 @@ engine only sees integer token tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a task's data look like, handed by the engine to the method and backbone factories
+    (the backbone factory receives it as ``spec=`` when it accepts that argument) and stored
+    with every checkpoint. Built by :meth:`Task.data_spec` after ``setup``.
+
+      vocab_size   K, data tokens (ids 0..K-1; the engine adds [mask] and [null])
+      seq_len      M, tokens per sequence
+      num_classes  > 0: class labels 0..num_classes-1 condition the model (guidance)
+      conditional  the backbone reads another condition (e.g. source sentences)
+      extras       named facts a task's own backbone needs, e.g. ``{"src_vocab": 8000, "pad_id": 1}``
+    """
+
+    vocab_size: int
+    seq_len: int
+    num_classes: int = 0
+    conditional: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "num_classes": self.num_classes,
+                "conditional": self.conditional, "extras": dict(self.extras)}
 
 
 @dataclass
@@ -102,6 +126,11 @@ class Task:
     def setup(self, cfg) -> None:
         """Receive the resolved :class:`catdiff.config.Config` (override to react to it; call super)."""
         self.cfg = cfg
+
+    def data_spec(self) -> DataSpec:
+        """The data's shape for the method and the backbone (called after ``setup``). Default:
+        the class attributes; override to add ``extras`` for a backbone of your own."""
+        return DataSpec(self.vocab_size, self.seq_len, self.num_classes, bool(self.conditional or self.num_classes))
 
     def option(self, name: str) -> Any:
         """The resolved value of one of this task's ``options``."""

@@ -85,9 +85,14 @@ def test_encoder_cache_follows_the_condition_tensor():
     assert model._cache is not None and copy.deepcopy(model)._cache is None
 
 
-def test_build_encdec_needs_task_options():
+def test_build_encdec_reads_the_data_spec():
+    from catdiff.task import DataSpec
+
     with pytest.raises(ValueError, match="src_vocab"):
         build_encdec(small_cfg(task_options={}), vocab_size=K, seq_len=M)
+    spec = DataSpec(K, M, conditional=True, extras={"src_vocab": SRC_V + 2, "pad_id": PAD})
+    net = build_encdec(small_cfg(task_options={}), vocab_size=K, seq_len=M, spec=spec)
+    assert (net.src_vocab, net.pad_id) == (SRC_V + 2, PAD)
 
 
 def test_length_beam_infills_padding_and_reranks():
@@ -96,7 +101,7 @@ def test_length_beam_infills_padding_and_reranks():
 
     class Fake(TranslationTask):
         name = "fake"
-        options = {"max_len": M, "pad_id": PAD, "length_beam": 2, "noise_beam": 2, "rerank_draws": 1}
+        options = {"max_len": M, "length_beam": 2, "noise_beam": 2, "rerank_draws": 1}
 
     task = Fake()
     src = torch.tensor([[3, 4, 0], [5, 6, 7]])
@@ -199,7 +204,9 @@ def test_iwslt_text_dir_with_markers(tmp_path, monkeypatch):
     from catdiff.engine import Engine
 
     eng = Engine(task="mt-iwslt14", data_dir=str(tmp_path), layers=1, width=16, heads=2, embed_dim=8, threads=1)
-    assert eng.cfg.task_options["pad_id"] == 1 and eng.cfg.task_options["src_vocab"] == eng.task.vocab_size
+    assert eng.spec.extras == {"pad_id": 1, "src_vocab": eng.task.vocab_size} and eng.spec.conditional
+    assert "pad_id" not in eng.cfg.task_options  # a data spec, not a message through the config
+    assert (eng.model.net.src_vocab, eng.model.net.pad_id) == (eng.task.vocab_size, 1)
     test = eng.data("test")
     assert test.tokens.shape == (6, 128) and eng.task._refs["test"][0] == "that is good ."
     assert eng.task.hypotheses(test.tokens[:1]) == ["that is good ."]

@@ -23,8 +23,8 @@ We take the DiffuSeq route because the core objective and sampler work on fixed 
 token arrays; at sampling the task fixes the positions past the chosen length to PAD
 through the sampler's infilling, so the model only generates the chosen length.
 
-The source vocabulary size and pad id come from the task through ``cfg.task_options``
-(``src_vocab``, ``pad_id``; translation tasks fill them in ``setup``). The pad id marks
+The source vocabulary size and pad id come from the task's data spec (``spec.extras``:
+``src_vocab``, ``pad_id``; translation tasks derive them from their vocabularies). The pad id marks
 padding in the source and is the PAD token of the targets.
 
 Causal target side (``causal=True``; the ``ar`` method's translation model, which asks the
@@ -261,12 +261,14 @@ class EncoderDecoder(nn.Module):
         return state
 
 
-def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False) -> EncoderDecoder:
+def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False,
+                 spec=None) -> EncoderDecoder:
     """Factory of the ``encdec`` backbone (``catdiff_backbones`` hook signature)."""
     if num_classes:
         raise ValueError("the encdec backbone conditions on source sequences, not class labels (num_classes must be 0)")
-    opts = cfg.task_options
+    # the data spec's extras; a task written for catdiff 0.1 put them into task_options
+    opts = dict(spec.extras) if spec is not None and "src_vocab" in spec.extras else cfg.task_options
     if int(opts.get("src_vocab", 0) or 0) <= 0 or "pad_id" not in opts:
-        raise ValueError("the encdec backbone needs task options src_vocab (> 0) and pad_id: a translation task "
-                         "sets them in setup(); another task must declare and fill them")
+        raise ValueError("the encdec backbone needs src_vocab (> 0) and pad_id in the task's data_spec().extras "
+                         "(translation tasks derive them from their vocabularies)")
     return EncoderDecoder(cfg, vocab_size, seq_len, int(opts["src_vocab"]), int(opts["pad_id"]), causal=causal)

@@ -24,13 +24,15 @@ training text is built at first use and cached), ``auto`` (``marked`` when the t
 source contains ``@@ ``, else ``sentencepiece``). With ``data_bin`` set, the fairseq
 dictionaries and binarized splits of that directory are used instead of text.
 
-Derived options: ``setup`` writes ``src_vocab`` and ``pad_id`` into ``cfg.task_options``
-(the ``encdec`` backbone reads them there); values given by the user are overwritten.
+The ``encdec`` backbone gets the source vocabulary size and the pad id from the task's data
+spec (``data_spec().extras``: ``src_vocab``, ``pad_id``), derived from the vocabularies.
 
 Cache: ``$CATDIFF_CACHE`` (default ``~/.cache/catdiff``) ``/translate/<task>-<key>/``,
 the key hashing the data location and vocabulary settings.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import hashlib
 import os
@@ -62,8 +64,6 @@ COMMON_OPTIONS = {
     "length_beam": 3,      # top-k target lengths per source
     "noise_beam": 2,       # samples per length
     "rerank_draws": 4,     # t draws of the likelihood bound used for reranking (0 = no reranking)
-    "src_vocab": 0,        # derived in setup
-    "pad_id": 0,           # derived in setup
 }
 
 
@@ -105,7 +105,12 @@ class TranslationTask(Task):
             return  # `catdiff prepare` creates it; anything else fails on vocab_size with the message
         if src.pad_id != tgt.pad_id:
             raise UserError(f"source and target vocabularies have different pad ids ({src.pad_id}, {tgt.pad_id})")
-        cfg.task_options.update(src_vocab=src.size, pad_id=tgt.pad_id)
+
+    def data_spec(self):
+        """The base spec plus what the encdec backbone needs: ``src_vocab`` and ``pad_id``."""
+        spec = super().data_spec()  # vocab_size raises the "run prepare first" error when absent
+        src, tgt = self.vocabs()
+        return dataclasses.replace(spec, extras={"src_vocab": src.size, "pad_id": tgt.pad_id})
 
     def data_dir(self) -> Path:
         value = self.option("data_dir") or os.environ.get(self.env_var, "")
@@ -228,9 +233,10 @@ class TranslationTask(Task):
         test = engine.data("test")
         n = min(n, len(test))
         src, ref_tokens = test.labels[:n], test.tokens[:n]
-        net, pad, M = engine.ema_eval.net, self.option("pad_id"), self.seq_len
+        net, M = engine.ema_eval.net, self.seq_len
         if not hasattr(net, "length_logits"):
             raise UserError(f"task {self.name} needs a backbone with a length head (backbone=encdec)")
+        pad = net.pad_id
         k = max(1, min(int(self.option("length_beam")), M))
         d = max(1, int(self.option("noise_beam")))
         with engine.autocast:
