@@ -13,10 +13,11 @@ and the autoregressive baseline they are compared against (the same backbone mad
 from .ar import AR
 from .d3pm import D3PM
 from .maskgit import MaskGIT
+from .mdlm import MDLM
 from .vqdiffusion import VQDiffusion
 
 __all__ = ["AR", "D3PM", "MaskGIT", "VQDiffusion", "discrete_methods"]
 
 
 def discrete_methods() -> dict:
-    return {m.name: m for m in (D3PM, VQDiffusion, MaskGIT, AR)}
+    return {m.name: m for m in (D3PM, VQDiffusion, MaskGIT, MDLM, AR)}
