@@ -15,9 +15,9 @@ SUBS parameterisation (sec. 3.2.1), x_theta(z_t) = the network's prediction of x
   x_theta never puts mass on [mask] (row K has no column to be predicted in);
 - carry-over unmasking: where z_t is not [mask], x_theta is the one-hot of z_t (:func:`subs`);
   such positions add log 1 = 0 to the loss, and the sampler never changes them.
-Time input: none. The network always receives t = 0 (a constant): SUBS needs no time input
-(the fraction of [mask] tokens carries it; MDLM trains its OpenWebText models without one),
-and a network of z_t alone is what makes the cached sampler exact.
+Time input: none. The network always receives t = 0 (a constant): with SUBS the time input
+can be dropped (MDLM: the number of [mask] tokens carries it; its OpenWebText models have
+none), and a network of z_t alone is what makes the cached sampler exact.
 
 Loss: the continuous-time negative ELBO (MDLM eq. 10, summed over positions as in eq. 11):
     L(x) = E_{t ~ U[0, 1]} E_{z_t ~ q(.|x)} [ w(t) sum_{i: z_t^i = [mask]} -log x_theta^i(z_t)[x^i] ],
@@ -189,8 +189,8 @@ class MDLM(Method):
                                           guidance, null_id).float()
             a_t, a_s = alphas[j], alphas[j + 1]
             reveal = masked & (u_reveal < (a_s - a_t) / (1 - a_t))  # the masked posterior (sec. 3.1); 1 at s = 0
-            drawn = logp.argmax(-1) if j == steps - 1 and final == "argmax" else inverse_cdf(logp, u_token)
-            new = torch.where(reveal, drawn, x)  # carry-over: unmasked positions never change
-            stale = (new != x).any(1)
-            x = new
+            argmax = j == steps - 1 and final == "argmax"
+            stale = reveal.any(1)
+            x = x.clone()  # carry-over: only revealed [mask] positions change
+            x[reveal] = logp[reveal].argmax(-1) if argmax else inverse_cdf(logp[reveal], u_token[reveal])
         return x
