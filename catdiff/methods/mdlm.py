@@ -135,7 +135,6 @@ class MDLM(Method):
     continuous = False
     samplers = ("cached", "ancestral")
     options = {"mdlm_schedule": "loglinear", "mdlm_eps": 1e-3}
-    mutable_options = ()
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -189,8 +188,7 @@ class MDLM(Method):
                                           guidance, null_id).float()
             a_t, a_s = alphas[j], alphas[j + 1]
             reveal = masked & (u_reveal < (a_s - a_t) / (1 - a_t))  # the masked posterior (sec. 3.1); 1 at s = 0
-            argmax = j == steps - 1 and final == "argmax"
+            argmax = j == steps - 1 and final == "argmax"  # carry-over: only revealed [mask] positions change
             stale = reveal.any(1)
-            x = x.clone()  # carry-over: only revealed [mask] positions change
             x[reveal] = logp[reveal].argmax(-1) if argmax else inverse_cdf(logp[reveal], u_token[reveal])
         return x
