@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 FINALS = ("argmax", "sample")  # how the last step reads x from P(x | z_0; 0) (config key ``final``)
+T_DRAWS = ("iid", "stratified")  # training-time draws (CATDM's config key ``t_draw``)
 
 
 def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None, prev=None):
@@ -67,3 +68,17 @@ def with_aux(loss: torch.Tensor, logs: dict[str, torch.Tensor], aux: torch.Tenso
         loss = loss + logs["aux"]
     logs["loss"] = loss
     return loss, {k: v.detach().float() for k, v in logs.items()}
+
+
+def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:
+    """[n] training times in [0, 1): ``iid`` U(0, 1) per row, or ``stratified``, one per
+    interval [i/n, (i+1)/n) from one shared offset u ~ U(0, 1), t_i = (u + i/n) mod 1 (the
+    low-discrepancy sampler of Kingma et al. 2021, Variational Diffusion Models, appendix I.1).
+    Each t_i is still U(0, 1), so the loss's expectation is unchanged; the batch covers the
+    time axis evenly, which lowers the variance of its mean. CATDM's ``t_draw`` picks one (iid by
+    default: docs/results.md); MDLM draws stratified (its antithetic sampling)."""
+    if how == "iid":
+        return torch.rand(n, device=device)
+    if how == "stratified":
+        return (torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1.0
+    raise ValueError(f"unknown t_draw {how!r}; choose one of {T_DRAWS}")

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-T_DRAWS = ("iid", "stratified")  # config key ``t_draw``
+from ..shared import T_DRAWS, draw_times  # noqa: F401 - re-exported: CATDM's training times
 
 
 class ShiftedCosineSchedule:
@@ -62,17 +62,3 @@ class ShiftedCosineSchedule:
         """SNR'(t) = exp(lambda) lambda'(t) (negative)."""
         return torch.exp(self.logsnr(t)) * self.dlogsnr_dt(t)
 
-
-def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:
-    """[n] training times in [0, 1): ``iid`` U(0, 1) per row, or ``stratified``, one per
-    interval [i/n, (i+1)/n) from one shared offset u ~ U(0, 1), t_i = (u + i/n) mod 1 (the
-    low-discrepancy sampler of Kingma et al. 2021, Variational Diffusion Models, appendix I.1).
-    Each t_i is still U(0, 1), so the loss's expectation is unchanged; the batch covers the
-    time axis evenly, which lowers the variance of its mean. Not the default: on digits at equal
-    training time (100 CPU-s, seed 0, benchmarks/compare.py) CATDM reached FID 37.1 with it
-    against 32.5-35.3 without (docs/results.md)."""
-    if how == "iid":
-        return torch.rand(n, device=device)
-    if how == "stratified":
-        return (torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1.0
-    raise ValueError(f"unknown t_draw {how!r}; choose one of {T_DRAWS}")
