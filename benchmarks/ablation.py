@@ -46,6 +46,7 @@ ARMS = {
     "VQ-Diffusion": ({"method": "vqdiffusion"}, {"sampler": "ancestral"}),
     "VQ-Diffusion+purity": ({"method": "vqdiffusion"}, {"sampler": "purity"}),
     "MaskGIT": ({"method": "maskgit"}, {}),
+    "MDLM": ({"method": "mdlm"}, {}),  # masked diffusion on its continuous-time ELBO (cached sampler)
     "AR": ({"method": "ar"}, {}),  # the autoregressive anchor (raster order, exact NLL)
 }
 COLUMNS = [("fid_digits_classifier", "FID"), ("nll_bound_bits_per_token", "bits/tok"),

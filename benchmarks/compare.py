@@ -86,6 +86,7 @@ METHODS = {
     "vqdiffusion": ("VQ-Diffusion", TABLE1_ARMS["VQ-Diffusion"][0],
                     [("VQ-Diffusion", {"sampler": "ancestral"}), ("VQ-Diffusion+purity", {"sampler": "purity"})]),
     "maskgit": ("MaskGIT", TABLE1_ARMS["MaskGIT"][0], [("MaskGIT", {})]),
+    "mdlm": ("MDLM", TABLE1_ARMS["MDLM"][0], [("MDLM", {})]),
     "ar": ("AR", TABLE1_ARMS["AR"][0], [("AR", {})]),
 }
 MODES = ("time", "steps")
