@@ -55,9 +55,7 @@ class MaskGIT(Method):
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device)
+        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
         mask_id = model.codebook.mask_id
         x = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
         if known is not None:
