@@ -264,7 +264,7 @@ def test_method_options_follow_the_resolved_method_key(tmp_path, stepped_registr
         config.for_task(DefaultsTask(), file, {"method": "catdm"})  # overrides win: catdm has no my_steps
     with pytest.raises(ValueError, match="unknown config key 'steps_'.*my_flag, my_label, my_steps"):
         config.for_task(DefaultsTask(), overrides={"steps_": 1})
-    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: ar, catdm, d3pm, maskgit, stepped"):
+    with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: ar, catdm, d3pm, maskgit, mdlm, stepped"):
         config.for_task(ToyTask(), overrides={"method": "nope"})
     # a config saved before method options (no task_options at all) still resolves, with the defaults
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("task_options", "task")}
