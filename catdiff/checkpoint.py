@@ -95,6 +95,24 @@ def _corrupt(path: Path, reason: str) -> CheckpointError:
                            f"untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint")
 
 
+def load_file(path: str | Path, what: str, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dict of tensors and plain values saved with ``torch.save`` (a cache: a tokenizer's or a
+    classifier's weights), read with ``weights_only=True``; an empty, cut-short or foreign file,
+    or one without ``keys``, is a UserError naming it and saying ``fix`` (e.g. how to rebuild it)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"{what} {path} is damaged or not a torch file ({why[:200]}); {fix}") from None
+    missing = [k for k in keys if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise UserError(f"{what} {path} lacks {', '.join(missing)}; {fix}")
+    return payload
+
+
 def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir() and (path / "last.pt").is_file():  # a run directory stands for its checkpoint

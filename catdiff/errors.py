@@ -41,12 +41,22 @@ class Aborted(KeyboardInterrupt):
         super().__init__(f"aborted by a second {signal.Signals(signum).name}; the last complete checkpoint is kept")
 
 
+BOM = "\ufeff"
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
-    """``path`` as UTF-8 text; a non-UTF-8 file is a UserError naming the file and byte offset."""
+    """``path`` as UTF-8 text, a leading byte-order mark removed (editors on Windows write one;
+    it is not part of the text). A file that is not UTF-8, or holds NUL bytes (a binary file,
+    or UTF-16 text), is a UserError naming the file and the byte offset."""
     path = Path(path)
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{what} {path} is not UTF-8 text: byte {e.start} is {data[e.start:e.start + 1]!r} "
                         f"({e.reason}); convert it to UTF-8 (e.g. iconv -t utf-8)") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"{what} {path} is not text: byte {nul} is NUL (a binary file, or UTF-16 text); "
+                        f"give a UTF-8 text file (convert UTF-16 with iconv -f utf-16 -t utf-8)")
+    return text[1:] if text.startswith(BOM) else text

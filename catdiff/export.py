@@ -49,13 +49,22 @@ def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise UserError(f"{directory} is not a catdiff export: {name} is missing "
                             f"(write one with `catdiff export DIR/last.pt {directory}`)")
     try:
-        meta = json.loads((directory / CONFIG).read_text())
+        meta = json.loads((directory / CONFIG).read_bytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{directory / CONFIG} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{directory / CONFIG} is not a catdiff export config (no '{FORMAT}' format)")
-    if meta.get("version", 0) > VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{directory / CONFIG}: version {version!r} is not a whole number; write the export again "
+                        f"with `catdiff export`")
+    if version > VERSION:
         raise UserError(f"{directory} has export version {meta['version']}; this catdiff reads <= {VERSION}")
+    config, task, step = meta.get("config"), meta.get("task"), meta.get("step", 0)
+    if not (isinstance(config, dict) and isinstance(config.get("task"), str) and isinstance(task, dict)
+            and all(k in task for k in ("name", "vocab_size", "seq_len", "num_classes")) and isinstance(step, int)):
+        raise UserError(f"{directory / CONFIG} is incomplete or damaged (config with its task, task and step expected); "
+                        f"write the export again with `catdiff export`")
     try:
         weights = load((directory / WEIGHTS).read_bytes())
     except SafetensorError as e:

@@ -1,7 +1,11 @@
 """Graceful stops: the first SIGINT / SIGTERM during training is recorded, so the loop can
 finish its step, write a checkpoint and raise :class:`catdiff.errors.TrainingInterrupted`;
 a second one raises :class:`catdiff.errors.Aborted` at once (the atomic checkpoint writer
-keeps the previous file)."""
+keeps the previous file).
+
+A signal that was ignored when training started (SIGINT under ``nohup`` or in a background
+job of a script) stays ignored, as Python itself leaves it; the others (SIGTERM) still stop
+training with a checkpoint. On exit every handler is put back as it was before."""
 from __future__ import annotations
 
 import signal
@@ -22,7 +26,10 @@ class DeferredSignals:
 
     def __enter__(self) -> "DeferredSignals":
         if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in SIGNALS}
+            for s in SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:  # ignored by whoever started us: keep it so
+                    continue
+                self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -33,5 +40,6 @@ class DeferredSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._old.items():
-            signal.signal(s, handler)
+            # None: a handler installed outside Python, which cannot be put back; the default is closest
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         self._old = {}

@@ -76,13 +76,26 @@ class CSVLog:
             self.file = self.path.open("a", newline="")
             fields = list(row)
             if not new:
-                with self.path.open(newline="") as f:
-                    fields = next(csv.reader(f), fields)
+                fields = self._header() or fields
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
             if new:
                 self.writer.writeheader()
         self.writer.writerow({k: row.get(k, "") for k in self.writer.fieldnames})
         self.file.flush()
+
+    def _header(self) -> list[str]:
+        """The columns of the log being resumed; a UserError for a log that is not a CSV text file."""
+        with self.path.open("rb") as f:
+            line = f.readline()
+        try:
+            fields = next(csv.reader([line.decode("utf-8")]), [])
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{self.path} is not a catdiff CSV log ({e}); move it aside (the run then starts a new "
+                            "log and resumes from its checkpoint)") from None
+        if b"\0" in line:
+            raise UserError(f"{self.path} is not a catdiff CSV log (its header holds NUL bytes); move it aside (the "
+                            "run then starts a new log and resumes from its checkpoint)")
+        return fields
 
     def close(self) -> None:
         if self.file is not None:

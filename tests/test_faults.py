@@ -66,6 +66,26 @@ def test_sigterm_mid_training_checkpoints_and_resumes_bit_identically(tmp_path):
     assert same(weights(tmp_path / "cut" / "last.pt"), weights(tmp_path / "full" / "last.pt"))
 
 
+def sigint_set_to(handler):
+    """SIGINT's handler set to ``handler`` for one test, then put back as it was: the suite may be
+    started with SIGINT ignored (a background job of a script, some CI runners) or handled."""
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.fixture
+def sigint_handled():
+    yield from sigint_set_to(signal.default_int_handler)
+
+
+@pytest.fixture
+def sigint_ignored():
+    yield from sigint_set_to(signal.SIG_IGN)
+
+
 def signal_during_write(monkeypatch, engine: Engine, at_step: int, signum: int, times: int):
     """Send ``signum`` to this process from inside the checkpoint writes made at ``at_step``
     (after serialising, before the bytes reach the disk): the worst moment. ``times`` signals."""
@@ -82,7 +102,8 @@ def signal_during_write(monkeypatch, engine: Engine, at_step: int, signum: int, 
     return sent
 
 
-def test_signal_mid_write_finishes_the_write_then_stops(tmp_path, toy, monkeypatch):
+def test_signal_mid_write_finishes_the_write_then_stops(tmp_path, toy, monkeypatch, sigint_handled):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     full = Engine(toy, steps=20, threads=1).fit()
     eng = Engine(toy, out=tmp_path, steps=20, ckpt_every=5, threads=1)
     signal_during_write(monkeypatch, eng, at_step=10, signum=signal.SIGINT, times=1)
@@ -93,7 +114,27 @@ def test_signal_mid_write_finishes_the_write_then_stops(tmp_path, toy, monkeypat
     monkeypatch.undo()
     resumed = Engine(toy, out=tmp_path, steps=20, threads=1).fit()
     assert same_weights(full, resumed)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored as they were
+
+
+def test_with_sigint_ignored_sigterm_still_saves_and_sigint_stays_ignored(tmp_path, toy, monkeypatch, sigint_ignored):
+    term = signal.getsignal(signal.SIGTERM)
+    eng = Engine(toy, out=tmp_path, steps=8, ckpt_every=4, threads=1)
+    real = eng.method.loss
+
+    def signals_at(*args):
+        if eng.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: training goes on
+        if eng.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(eng.method, "loss", signals_at)
+    with pytest.raises(TrainingInterrupted) as info:
+        eng.fit()
+    assert info.value.signum == signal.SIGTERM and info.value.step == 6
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is term
 
 
 def test_second_signal_aborts_at_once_and_keeps_the_previous_checkpoint(tmp_path, toy, monkeypatch):

@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -66,37 +67,61 @@ def find_text8(path: str | os.PathLike | None) -> Path:
         f"(or text8.zip) is published at {TEXT8_URL}")
 
 
-def read_text8(path: Path) -> str:
-    """The text of ``text8`` or of the member ``text8`` inside ``text8.zip``, checked to be clean."""
+def min_chars(seq_len: int = 256, fractions=(0.9, 0.05, 0.05)) -> int:
+    """The fewest characters whose :func:`split_text` gives every split at least one chunk of ``seq_len``."""
+    n = max(3 * seq_len, int(seq_len / min(fractions)) - 16)  # the rounding of the boundaries moves it by a few
+    while min(len(part) for part in split_text(" " * n, fractions).values()) < seq_len:
+        n += 1
+    return n
+
+
+def read_text8(path: Path, seq_len: int = 256) -> str:
+    """The text of ``text8`` or of the member ``text8`` inside ``text8.zip``, checked to be clean
+    and long enough for one chunk of ``seq_len`` characters in each of the 90/5/5 splits."""
+    path = Path(path)
+    fix = f"download it again from {TEXT8_URL}"
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if "text8" not in z.namelist():
-                raise FileNotFoundError(f"{path} has no member 'text8' (members: {z.namelist()[:5]})")
-            raw = z.read("text8")
+        try:
+            with zipfile.ZipFile(path) as z:
+                if "text8" not in z.namelist():
+                    raise UserError(f"{path} has no member 'text8' (members: {z.namelist()[:5]}); {fix}")
+                raw = z.read("text8")
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise UserError(f"{path} is a damaged zip archive ({e}); {fix}") from None
     else:
-        raw = Path(path).read_bytes()
-    if re.search(rb"[^a-z ]", raw):
-        raise UserError(f"{path} is not text8: it holds characters other than a-z and space")
+        raw = path.read_bytes()
+        if raw.startswith(b"PK\x03\x04"):
+            raise UserError(f"{path} is a truncated or damaged zip archive; {fix}")
+    bad = re.search(rb"[^a-z ]", raw)
+    if bad:
+        raise UserError(f"{path} is not text8: byte {bad.start()} is {raw[bad.start():bad.start() + 1]!r}, but text8 "
+                        f"holds only a-z and space; give the file `text8` (or text8.zip) from {TEXT8_URL}")
+    need = min_chars(seq_len)
+    if len(raw) < need:
+        raise UserError(f"{path} holds {len(raw):,} characters; text8 needs at least {need:,} (one chunk of {seq_len} "
+                        f"in each of the 90/5/5 splits; the real file has 100,000,000): {fix}")
     return raw.decode("ascii")
 
 
 def read_sword_blocks(module_dir: Path, testament: str = "ot") -> str:
     """Decompress every block of a SWORD zText/zCom module (``ot.czs`` + ``ot.czz``) in order."""
-    import zlib
-
     index, data = module_dir / f"{testament}.czs", module_dir / f"{testament}.czz"
     for f in (index, data):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found")
+    fix = "reinstall the module (apt install --reinstall sword-comm-tdavid) or point sword_dir at an intact copy"
     raw_index, blob = index.read_bytes(), data.read_bytes()
-    if len(raw_index) % 12:
-        raise UserError(f"{index}: size {len(raw_index)} is not a multiple of 12 (uint32 triples)")
+    if not raw_index or len(raw_index) % 12:
+        raise UserError(f"{index}: size {len(raw_index)} is not a positive multiple of 12 (uint32 triples); {fix}")
     parts = []
     for offset, size, usize in struct.iter_unpack("<III", raw_index):
-        block = zlib.decompressobj().decompress(blob[offset : offset + size])
-        if len(block) != usize:
-            raise UserError(f"{data}: block at {offset} inflates to {len(block)} bytes, index says {usize}")
-        parts.append(block.decode("utf-8"))
+        try:
+            block = zlib.decompressobj().decompress(blob[offset : offset + size])
+            if len(block) != usize:
+                raise UserError(f"{data}: block at {offset} inflates to {len(block)} bytes, index says {usize}; {fix}")
+            parts.append(block.decode("utf-8"))
+        except (zlib.error, UnicodeDecodeError) as e:
+            raise UserError(f"{data}: block at byte {offset} is damaged ({e}); {fix}") from None
     return "".join(parts)
 
 
@@ -114,7 +139,10 @@ def tdavid_text(module_dir: Path, cache_dir: Path | None) -> str:
         key = hashlib.sha1(repr([(f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:12]
         cache = cache_dir / f"tdavid-{key}.txt"
         if cache.is_file():
-            return cache.read_text(encoding="ascii")
+            try:
+                return cache.read_text(encoding="ascii")
+            except UnicodeDecodeError:  # damaged: rebuilt below and replaced
+                pass
     text = clean_text(strip_markup(read_sword_blocks(module_dir))).strip()
     if cache is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)

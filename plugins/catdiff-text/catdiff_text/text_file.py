@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,7 +45,7 @@ from catdiff.task import TokenData
 from . import corpus, sources
 from .tasks import FILL, FREE, TextTask
 from .tokenizer import ALPHABET, clean_text
-from .vocab import BpeVocab, CharVocab, derive_alphabet, finish_alphabet, restrict, train_bpe
+from .vocab import BpeVocab, CharVocab, derive_alphabet, finish_alphabet, load_proto, restrict, train_bpe
 
 ALPHABET_PRESETS = {"text8": ALPHABET}
 TOKENIZERS = ("chars", "sentencepiece")
@@ -126,7 +127,10 @@ class TextFileTask(TextTask):
         path = cache_root(self.option("cache_dir")) / f"spm-{key}.model"
         self.bpe_cache_path = path
         if path.is_file():
-            return path.read_bytes()
+            cached = path.read_bytes()
+            if load_proto(cached) is not None:
+                return cached
+            print(f"catdiff: the cached BPE model {path} is damaged; training it again", file=sys.stderr)
         proto = train_bpe(train, int(self.option("bpe_vocab")), self.option("unknown"))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")

@@ -115,13 +115,25 @@ def train_bpe(text: str, vocab_size: int, unknown: str) -> bytes:
     return model.getvalue()
 
 
+def load_proto(proto: bytes):
+    """A SentencePieceProcessor of the serialised model ``proto``; None when it is empty or damaged."""
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=proto) if proto else None
+    except RuntimeError:
+        return None
+    return sp if sp is not None and sp.get_piece_size() > 0 else None
+
+
 class BpeVocab:
     """A sentencepiece model (serialised bytes, :func:`train_bpe`) plus one newline id."""
 
     def __init__(self, proto: bytes):
-        import sentencepiece as spm
-
-        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.sp = load_proto(proto)
+        if self.sp is None:
+            raise UserError(f"the BPE model ({len(proto)} bytes; option spm_proto) is empty or not a sentencepiece "
+                            "model; leave spm_proto unset so the model is trained on the data")
         self.newline_id = self.sp.get_piece_size()
         self.vocab_size = self.newline_id + 1
         lengths = [0 if self.sp.is_control(i) else 1 if self.sp.is_unknown(i) else len(self.sp.id_to_piece(i))

@@ -30,8 +30,10 @@ def read_array(path: str | Path, what: str) -> np.ndarray:
         import torch
 
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, pickle of other objects, ...
-        raise UserError(f"task tokens: cannot read {what} {p}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated file, pickle of other objects, ...
+        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(f"task tokens: cannot read {what} {p} ({why[:200]}); save the array with "
+                        f"{'numpy.save' if p.suffix == '.npy' else 'torch.save'} again") from None
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"task tokens: {what} {p} holds a {type(obj).__name__}, not a tensor; save the array "
                         "itself with torch.save(tensor, path)")

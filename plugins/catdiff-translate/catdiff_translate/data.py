@@ -22,16 +22,46 @@ TEXT_LAYOUT = (
 )
 
 
+def text_lines(path: Path, what: str = "corpus file") -> list[str]:
+    """The lines of a UTF-8 text file, split at ``\\n`` only (``\\r\\n`` endings allowed), as
+    fairseq's scripts count them: a form feed or U+2028 inside a sentence does not split it."""
+    text = read_text(path, what).replace("\r\n", "\n")
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def count_lines(path: Path) -> int:
+    """The number of lines :func:`text_lines` finds, counted on the bytes (no decoding)."""
+    data = path.read_bytes()
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def check_aligned(data_dir: Path, src: str, tgt: str) -> None:
+    """A UserError naming both files and both counts for the first split whose source and
+    target files (those present) differ in line count."""
+    for split in SPLIT_FILES.values():
+        paths = [data_dir / f"{split}.{lang}" for lang in (src, tgt)]
+        if all(p.is_file() for p in paths):
+            counts = [count_lines(p) for p in paths]
+            if counts[0] != counts[1]:
+                raise _misaligned(paths, counts)
+
+
+def _misaligned(paths: list[Path], counts: list[int]) -> UserError:
+    return UserError(f"{paths[0]} has {counts[0]} lines but {paths[1]} has {counts[1]}; they must be line-aligned "
+                     f"translations (line i of one translates line i of the other)")
+
+
 def read_parallel(data_dir: Path, split: str, src: str, tgt: str) -> tuple[list[str], list[str]]:
     """Lines of ``{split}.{src}`` and ``{split}.{tgt}`` (same count required)."""
     paths = [data_dir / f"{SPLIT_FILES[split]}.{lang}" for lang in (src, tgt)]
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(str(p))
-    src_lines, tgt_lines = (read_text(p, "corpus file").splitlines() for p in paths)
+            raise FileNotFoundError(f"corpus file {p} not found; {data_dir} needs {paths[0].name} and {paths[1].name} "
+                                    f"(one sentence per line, line-aligned)")
+    src_lines, tgt_lines = (text_lines(p) for p in paths)
     if len(src_lines) != len(tgt_lines):
-        raise UserError(f"{paths[0]} has {len(src_lines)} lines but {paths[1]} has {len(tgt_lines)}; "
-                         f"they must be line-aligned translations")
+        raise _misaligned(paths, [len(src_lines), len(tgt_lines)])
     return src_lines, tgt_lines
 
 
@@ -78,22 +108,25 @@ def ding_pairs(path: Path, min_words: int, max_words: int) -> list[tuple[str, st
     translation of a German sentence wins (deduplicated, file order).
     """
     pairs: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("#") or " :: " not in line:
+    for line in text_lines(path, "Ding dictionary file"):
+        if line.startswith("#") or " :: " not in line:
+            continue
+        de, en = line.split(" :: ", 1)
+        de_parts, en_parts = de.split(" | "), en.split(" | ")
+        if len(de_parts) != len(en_parts):
+            continue
+        for a, b in zip(de_parts, en_parts):
+            a, b = a.strip(), b.strip()
+            if not (a.endswith((".", "?", "!")) and b.endswith((".", "?", "!"))):
                 continue
-            de, en = line.rstrip("\n").split(" :: ", 1)
-            de_parts, en_parts = de.split(" | "), en.split(" | ")
-            if len(de_parts) != len(en_parts):
+            if _NOTATION.search(a) or _NOTATION.search(b):
                 continue
-            for a, b in zip(de_parts, en_parts):
-                a, b = a.strip(), b.strip()
-                if not (a.endswith((".", "?", "!")) and b.endswith((".", "?", "!"))):
-                    continue
-                if _NOTATION.search(a) or _NOTATION.search(b):
-                    continue
-                if min_words <= len(a.split()) <= max_words and min_words <= len(b.split()) <= max_words:
-                    pairs.setdefault(a, b)
+            if min_words <= len(a.split()) <= max_words and min_words <= len(b.split()) <= max_words:
+                pairs.setdefault(a, b)
+    if not pairs:
+        raise UserError(f"Ding dictionary file {path} holds no sentence pair of {min_words}..{max_words} words "
+                        f"('german sentence. :: english sentence.' lines, as in Debian's trans-de-en "
+                        f"/usr/share/trans/de-en); give that file (--set ding_file=PATH)")
     return list(pairs.items())
 
 

@@ -45,7 +45,7 @@ from catdiff.task import Task, TokenData
 
 from .backbone import PRESETS
 from .bleu import bleu_metric
-from .data import TEXT_LAYOUT, pad_rows, read_data_bin, read_parallel
+from .data import TEXT_LAYOUT, check_aligned, pad_rows, read_data_bin, read_parallel
 from .vocab import FairseqDictionary, SentencePieceVocab, remove_bpe_markers, train_sentencepiece
 
 
@@ -160,6 +160,7 @@ class TranslationTask(Task):
             return d, d
         path = self.spm_path()
         if not path.is_file():
+            check_aligned(self.data_dir(), self.src_lang, self.tgt_lang)  # a broken corpus first: prepare needs it
             raise FileNotFoundError(f"task {self.name}: sentencepiece model {path} not found; train it with "
                                     f"`catdiff prepare {self.name}` (same --set options as the run)")
         v = SentencePieceVocab(path)

@@ -33,7 +33,18 @@ class SentencePieceVocab:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"sentencepiece model {self.path} not found")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        if not self.path.stat().st_size:
+            raise UserError(f"sentencepiece model {self.path} is empty; delete it and train it again with "
+                            f"`catdiff prepare TASK --force` (or give another spm_model)")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except RuntimeError as e:
+            raise UserError(f"sentencepiece model {self.path} is damaged or not a sentencepiece model "
+                            f"({str(e).strip().splitlines()[0][:200]}); train it again with `catdiff prepare TASK "
+                            f"--force` (or give another spm_model)") from None
+        if self.sp.get_piece_size() < 2:
+            raise UserError(f"sentencepiece model {self.path} holds {self.sp.get_piece_size()} pieces; train it again "
+                            f"with `catdiff prepare TASK --force`")
         self.pad_id = self.sp.pad_id()
         if self.pad_id < 0:
             raise UserError(f"{self.path} has no pad piece; train it with train_sentencepiece (pad_id=0)")
@@ -98,6 +109,9 @@ class FairseqDictionary:
             if word in symbols and not overwrite:
                 raise UserError(f"{path}:{n}: duplicate symbol {word!r} (add '#fairseq:overwrite' to allow it)")
             symbols.append(word)
+        if len(symbols) == len(FAIRSEQ_SPECIALS):
+            raise UserError(f"fairseq dictionary {path} holds no symbols; give the dict.xx.txt that fairseq-preprocess "
+                            f"wrote ('symbol count' lines)")
         return cls(symbols)
 
     @classmethod

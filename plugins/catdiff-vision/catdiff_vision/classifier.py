@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from catdiff.checkpoint import load_file
+
 from . import data
 from .grey_levels import GreyLevelTokenizer
 
@@ -191,7 +193,8 @@ def weights_path() -> Path:
 def load_weights(path: str | Path) -> DigitsCNN:
     path = Path(path)
     if path not in _LOADED:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_file(path, "digits classifier", "delete it; it is trained again on the next use",
+                            ("state_dict",))
         model = DigitsCNN()
         model.load_state_dict(payload["state_dict"])
         model.eval()

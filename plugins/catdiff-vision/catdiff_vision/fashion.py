@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.checkpoint import load_file
 from catdiff.task import Task, TokenData
 
 from . import fashion_data
@@ -92,7 +93,8 @@ class FashionTask(Task):
 
         if not self.vq_path.is_file():
             raise self._missing(self.vq_path)
-        payload = torch.load(self.vq_path, map_location="cpu", weights_only=True)
+        payload = load_file(self.vq_path, "VQ tokenizer", f"delete it and run `catdiff prepare {self.name}` again",
+                            ("hparams", "state_dict"))
         model = VQTokenizer(**payload["hparams"])
         model.load_state_dict(payload["state_dict"])
         return model.eval().requires_grad_(False)
@@ -122,7 +124,8 @@ class FashionTask(Task):
             self.vq_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"state_dict": model.state_dict(), "hparams": self.vq_hparams(), "test_reconstruction": rec},
                        self.vq_path)
-        rec = torch.load(self.vq_path, map_location="cpu", weights_only=True)["test_reconstruction"]
+        rec = load_file(self.vq_path, "VQ tokenizer", f"delete it and run `catdiff prepare {self.name}` again",
+                        ("test_reconstruction",))["test_reconstruction"]
         if log:
             log(f"VQ tokenizer {self.vq_path}: test MSE {rec['vq_mse']:.5f} (pixels in [0, 1]), PSNR {rec['vq_psnr']:.2f} dB, "
                 f"{rec['vq_codes_used']:.0f}/{self.option('codes')} codes used")

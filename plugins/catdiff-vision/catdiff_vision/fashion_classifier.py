@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catdiff.checkpoint import load_file
 from catdiff.errors import UserError
 
 from .classifier import single_thread
@@ -94,7 +95,9 @@ def load(path: str | Path) -> FashionCNN:
     key = str(path)
     if key not in _LOADED:
         model = FashionCNN()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+        payload = load_file(path, "fashion classifier", "delete it; `catdiff prepare fashion-mnist` trains it again",
+                            ("state_dict",))
+        model.load_state_dict(payload["state_dict"])
         _LOADED[key] = model.eval().requires_grad_(False)
     return _LOADED[key]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,19 @@ def available(explicit=None) -> bool:
 
 
 def _idx(path: Path, ndim: int) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
+    fix = "install the Debian package dataset-fashion-mnist again, or point data_dir at intact *-ubyte.gz files"
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as e:  # not gzip (BadGzipFile), cut short, damaged
+        raise UserError(f"{path}: not a readable gzip file ({e or type(e).__name__}); {fix}") from None
     magic = int.from_bytes(raw[:4], "big")
-    if magic != 0x800 + ndim:
-        raise UserError(f"{path}: not an idx{ndim} ubyte file (magic {magic:#x})")
+    if len(raw) < 4 + 4 * ndim or magic != 0x800 + ndim:
+        raise UserError(f"{path}: not an idx{ndim} ubyte file (magic {magic:#x}); {fix}")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    have, need = len(raw) - 4 - 4 * ndim, int(np.prod(dims))
+    if have != need:
+        raise UserError(f"{path}: {have} bytes of data, its header ({' x '.join(map(str, dims))}) says {need}; {fix}")
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from catdiff.errors import UserError
+
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -80,8 +82,15 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
+        """``(image, label, error)``: ``error`` is "" or "PATH: why" (the image then zeros), raised
+        by name in the main process (:func:`make_encoder`) rather than as a worker's traceback."""
         rel, label = self.items[i]
-        return load_image(self.root / rel, self.size), label
+        try:
+            return load_image(self.root / rel, self.size), label, ""
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds; name the file
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return torch.zeros(3, self.size, self.size), label, f"{self.root / rel}: not a readable image ({why}); " \
+                "remove or replace the file"
 
 
 def image_batches(root: str | Path, size: int, workers: int):
@@ -97,7 +106,10 @@ def make_encoder(vqgan, flip: bool, device="cpu"):
     """``encode((images [R, 3, S, S], labels [R])) -> (tokens [R, h*w], labels [R] or None)`` for
     :func:`shards.write_shards` (the batches come from :func:`image_batches`)."""
     def encode(batch):
-        images, labels = batch
+        images, labels, *errors = batch
+        bad = [e for e in (errors[0] if errors else []) if e]
+        if bad:
+            raise UserError(bad[0] + (f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""))
         images, labels = images.to(device), np.asarray(labels)
         if flip:  # rows: originals, then their mirror images, per batch
             images = torch.cat([images, images.flip(-1)])

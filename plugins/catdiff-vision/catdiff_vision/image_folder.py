@@ -52,6 +52,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.checkpoint import load_file
 from catdiff.errors import UserError
 from catdiff.task import LazyTokenData, Task
 
@@ -208,7 +209,8 @@ class ImageFolderTask(Task):
         if not path.is_file():
             raise FileNotFoundError(f"small VQ tokenizer {path} not found: run `catdiff prepare image-folder --images "
                                     "DIR` with the run's options (or point cache_dir at the cache it was trained in)")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_file(path, "small VQ tokenizer", "delete it and run `catdiff prepare image-folder --images DIR` "
+                            "again with the run's options", ("hparams", "state_dict"))
         model = VQTokenizer(**payload["hparams"])
         model.load_state_dict(payload["state_dict"])
         return SmallVQ(model.eval().requires_grad_(False))

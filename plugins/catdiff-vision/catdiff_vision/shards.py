@@ -76,7 +76,7 @@ def write_shards(out_dir: str | Path, items: Sequence[Any], encode: Callable[[Se
              "shard_size": shard_size, "items": len(items), "settings": settings, "meta": meta or {},
              "shards": [], "complete": False}
     if index_path.is_file():
-        old = json.loads(index_path.read_text())
+        old = read_index(index_path)
         if old.get("fingerprint") != fp:
             raise FileExistsError(f"{out} holds shards of other inputs or settings (fingerprint {old.get('fingerprint')} "
                                   f"!= {fp}); choose a new output directory or delete it")
@@ -129,6 +129,32 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
     return progress(total, f"extract {desc}", initial=min(initial, total), disable=not enabled)
 
 
+def read_index(path: Path) -> dict[str, Any]:
+    """``index.json`` of a shard directory, checked; a UserError names the file and what to do."""
+    fix = f"delete {path.parent} and rerun the `catdiff prepare` command that wrote it"
+    try:
+        index = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a valid shard index ({str(e).splitlines()[0][:120]}); {fix}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise UserError(f"{path}: shard format {got!r} != {FORMAT} (not an index written by `catdiff prepare`); {fix}")
+    shards = index.get("shards")
+    ok = (isinstance(index.get("complete"), bool) and all(_whole(index.get(k)) for k in ("seq_len", "vocab_size"))
+          and isinstance(shards, list) and all(
+              isinstance(s, dict) and isinstance(s.get("id"), int) and _whole(s.get("rows"), 0)
+              and isinstance(s.get("tokens"), str) and isinstance(s.get("labels", ""), str) for s in shards)
+          and isinstance(index.get("meta", {}), dict))
+    if not ok:
+        raise UserError(f"{path} is incomplete or damaged (complete, seq_len, vocab_size and shards with id, rows and "
+                        f"tokens expected); {fix}")
+    return index
+
+
+def _whole(value, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 class ShardedTokens:
     """Read-only view of a shard directory: ``len``, ``rows(idx)``, ``has_labels``, ``lazy()`` and ``token_data()``."""
 
@@ -137,19 +163,28 @@ class ShardedTokens:
         path = self.dir / INDEX
         if not path.is_file():
             raise FileNotFoundError(f"no token shards in {self.dir} (missing {INDEX})")
-        self.index = json.loads(path.read_text())
-        if self.index.get("format") != FORMAT:
-            raise UserError(f"{path}: shard format {self.index.get('format')} != {FORMAT}")
+        self.index = read_index(path)
         if not self.index["complete"] and not allow_incomplete:
             raise FileNotFoundError(f"token extraction into {self.dir} is incomplete ({len(self.index['shards'])} shards "
                                     "written); rerun the same `catdiff prepare` command to resume it")
         self.seq_len, self.vocab_size = int(self.index["seq_len"]), int(self.index["vocab_size"])
         self.meta = self.index.get("meta", {})
         shards = self.index["shards"]
-        self._tokens = [np.memmap(self.dir / s["tokens"], DTYPE, "r", shape=(s["rows"], self.seq_len)) for s in shards]
-        self._labels = [np.memmap(self.dir / s["labels"], DTYPE, "r", shape=(s["rows"],))
-                        for s in shards if "labels" in s] or None
+        self._tokens = [self._map(s["tokens"], (s["rows"], self.seq_len)) for s in shards]
+        self._labels = [self._map(s["labels"], (s["rows"],)) for s in shards if "labels" in s] or None
         self.offsets = np.cumsum([0] + [s["rows"] for s in shards])
+
+    def _map(self, name: str, shape: tuple[int, ...]) -> np.memmap:
+        path = self.dir / name
+        need = int(np.prod(shape)) * DTYPE.itemsize
+        size = path.stat().st_size if path.is_file() else None
+        if size != need:
+            have = "is missing" if size is None else f"has {size} bytes"
+            raise UserError(f"token shard {path} {have}, {self.dir / INDEX} says {need}: the shard directory is damaged; "
+                            f"delete it and rerun `catdiff prepare` (it resumes from the intact shards)")
+        if not need:  # numpy cannot map an empty file
+            return np.zeros(shape, DTYPE)
+        return np.memmap(path, DTYPE, "r", shape=shape)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

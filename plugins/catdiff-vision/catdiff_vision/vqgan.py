@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff.errors import UserError
+from catdiff.errors import UserError, read_text
 
 # The FFHQ / LSUN / ImageNet f16-1024 configuration (taming configs/*_vqgan.yaml).
 F16_1024 = {
@@ -40,8 +40,9 @@ DDCONFIG_KEYS = ("z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_
 VQ_TARGETS = ("taming.models.vqgan.VQModel",)
 
 
-class CheckpointMismatch(RuntimeError):
-    """A checkpoint whose keys or shapes do not fit the configured VQGAN."""
+class CheckpointMismatch(UserError, RuntimeError):
+    """A checkpoint that is not readable, or whose keys or shapes do not fit the configured VQGAN
+    (a UserError: the CLI prints it as one line; a RuntimeError for older callers)."""
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -264,17 +265,58 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"VQGAN config {path} not found: provide taming's model.yaml (the project config "
                                 "saved next to the checkpoint, `configs/*-project.yaml` in a taming log directory)")
-    doc = yaml.safe_load(path.read_text()) or {}
-    model = doc.get("model", doc)
+    fix = ("give taming's model.yaml of this checkpoint (model.target taming.models.vqgan.VQModel, "
+           "model.params.ddconfig, n_embed, embed_dim)")
+    try:
+        doc = yaml.safe_load(read_text(path, "VQGAN config"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise UserError(f"VQGAN config {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); {fix}") from None
+    if doc is None:
+        raise UserError(f"VQGAN config {path} is empty; {fix}")
+    model = doc.get("model", doc) if isinstance(doc, dict) else None
+    if not isinstance(model, dict):
+        raise UserError(f"VQGAN config {path} holds a {type(doc).__name__}, not a model: mapping; {fix}")
     target = model.get("target")
     if target is not None and target not in VQ_TARGETS:
         raise UserError(f"{path}: model.target is {target!r}; only {', '.join(VQ_TARGETS)} (VectorQuantizer2) "
                          "checkpoints are supported (not GumbelVQ / EMA variants)")
     params = model.get("params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: model.params is a {type(params).__name__}, not a mapping; {fix}")
     for key in ("ddconfig", "n_embed", "embed_dim"):
         if key not in params:
             raise UserError(f"{path}: model.params.{key} missing (expected a taming VQModel config)")
-    return {"ddconfig": dict(params["ddconfig"]), "n_embed": int(params["n_embed"]), "embed_dim": int(params["embed_dim"])}
+    dd = params["ddconfig"]
+    if not isinstance(dd, dict):
+        raise UserError(f"{path}: model.params.ddconfig is a {type(dd).__name__}, not a mapping; {fix}")
+    missing = [k for k in DDCONFIG_KEYS if k not in dd]
+    if missing:
+        raise UserError(f"{path}: model.params.ddconfig lacks {', '.join(missing)}; {fix}")
+
+    def bad(key, value, want):
+        return UserError(f"{path}: {key} is {value!r}; expected {want}")
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    for key in ("n_embed", "embed_dim"):
+        if not whole(params[key]):
+            raise bad(f"model.params.{key}", params[key], "a whole number >= 1")
+    for key in ("z_channels", "resolution", "in_channels", "out_ch", "ch", "num_res_blocks"):
+        if not whole(dd[key]):
+            raise bad(f"model.params.ddconfig.{key}", dd[key], "a whole number >= 1")
+    if not (isinstance(dd["ch_mult"], list) and dd["ch_mult"] and all(whole(m) for m in dd["ch_mult"])):
+        raise bad("model.params.ddconfig.ch_mult", dd["ch_mult"], "a non-empty list of whole numbers >= 1")
+    if not (isinstance(dd["attn_resolutions"], list) and all(isinstance(r, int) for r in dd["attn_resolutions"])):
+        raise bad("model.params.ddconfig.attn_resolutions", dd["attn_resolutions"], "a list of whole numbers")
+    widths = sorted({dd["ch"] * m for m in [1, *dd["ch_mult"]]})
+    if any(w % 32 for w in widths):  # every block normalises in 32 groups
+        raise bad("model.params.ddconfig.ch", dd["ch"], f"channel counts ch * ch_mult divisible by 32 (got {widths})")
+    if not isinstance(dd.get("dropout", 0.0), (int, float)) or not isinstance(dd.get("double_z", False), bool):
+        raise bad("model.params.ddconfig dropout / double_z", (dd.get("dropout"), dd.get("double_z")), "a number / true or false")
+    return {"ddconfig": dict(dd), "n_embed": params["n_embed"], "embed_dim": params["embed_dim"]}
 
 
 class _StubUnpickler(pickle.Unpickler):
@@ -294,6 +336,12 @@ class _StubPickle:
     __name__ = "pickle"
 
 
+def _unreadable(path: Path, e: BaseException) -> CheckpointMismatch:
+    why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return CheckpointMismatch(f"VQGAN checkpoint {path} is damaged or not a torch checkpoint ({why[:200]}); give "
+                              "taming's last.ckpt (download it again if it was cut short)")
+
+
 def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a lightning ``last.ckpt`` (or a bare state dict saved with torch.save).
 
@@ -310,13 +358,20 @@ def read_state_dict(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise _unreadable(path, e) from None
         if not trust:
             raise CheckpointMismatch(
                 f"{path} holds pickled objects besides tensors (typical of lightning checkpoints), which the safe "
                 f"loader refuses ({str(e).splitlines()[0]}). If you trust the file, allow it with the task option "
                 "`trust_checkpoint=true` (or env CATDIFF_TRUST_CHECKPOINT=1, or trust=True in Python)") from None
         warnings.warn(f"loading {path} with torch.load(weights_only=False) (trusted checkpoint)")
-        payload = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubPickle)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubPickle)
+        except Exception as e:  # noqa: BLE001 - a damaged pickle raises many kinds
+            raise _unreadable(path, e) from None
+    except Exception as e:  # noqa: BLE001 - empty, truncated or not a torch file: torch raises many kinds
+        raise _unreadable(path, e) from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatch(f"{path} has no state_dict of tensors (keys: {list(payload)[:10] if isinstance(payload, dict) else type(payload).__name__})")
