@@ -122,3 +122,9 @@ def choose(score: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> 
     rank = score.argsort(1, descending=True).argsort(1)
     return eligible & (rank < count[:, None])
 
+
+def all_masked(n: int, seq_len: int, mask_id: int, known, known_mask, device) -> torch.Tensor:
+    """[n, seq_len] token ids, all [mask] but the ``known`` positions: where absorbing-state
+    samplers (VQ-Diffusion's fewer-tokens, MaskGIT, MDLM) start."""
+    x = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
+    return x if known is None else torch.where(known_mask, known, x)

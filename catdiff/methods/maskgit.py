@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
-from .discrete import choose, x0_log_probs
+from .discrete import all_masked, choose, x0_log_probs
 from .shared import check_sampling, draw, gumbel, with_aux
 
 
@@ -57,9 +57,7 @@ class MaskGIT(Method):
                generator, device):
         known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
         mask_id = model.codebook.mask_id
-        x = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
-        if known is not None:
-            x = torch.where(known_mask, known, x)
+        x = all_masked(n, seq_len, mask_id, known, known_mask, device)
         unknown = (x == mask_id).sum(1)
         for i in range(steps):
             masked = x == mask_id

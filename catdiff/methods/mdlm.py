@@ -69,7 +69,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..method import Method
-from .discrete import x0_log_probs
+from .discrete import all_masked, x0_log_probs
 from .shared import check_sampling, draw_times, with_aux
 
 SCHEDULES = ("loglinear", "cosine")
@@ -169,9 +169,7 @@ class MDLM(Method):
                generator, device):
         known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
         mask_id = model.codebook.mask_id
-        x = torch.full((n, seq_len), mask_id, dtype=torch.long, device=device)
-        if known is not None:
-            x = torch.where(known_mask, known, x)
+        x = all_masked(n, seq_len, mask_id, known, known_mask, device)
         alphas = alpha(self.schedule, torch.linspace(1, 0, steps + 1, dtype=torch.float64)).tolist()
         logp = torch.zeros(n, seq_len, model.codebook.vocab_size, device=device)  # x0 predictions, per row
         stale = torch.ones(n, dtype=torch.bool, device=device)  # rows whose prediction is out of date

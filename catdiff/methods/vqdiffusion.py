@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .discrete import MaskReplace, choose, time_grid, x0_log_probs
+from .discrete import MaskReplace, all_masked, choose, time_grid, x0_log_probs
 from .shared import check_sampling, draw, gumbel
 from .d3pm import DiscreteDiffusion
 
@@ -61,9 +61,7 @@ class VQDiffusion(DiscreteDiffusion):
             raise ValueError(f"steps must be >= 1, got {steps}")
         q = self.process(model)
         gbar = q.gbar[1:].to(device)
-        x = torch.full((n, seq_len), q.K, dtype=torch.long, device=device)  # all [mask]
-        if known is not None:
-            x = torch.where(known_mask, known, x)
+        x = all_masked(n, seq_len, q.K, known, known_mask, device)
         steps = min(steps, seq_len)
         for i in range(steps):
             masked = x == q.K
