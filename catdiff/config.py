@@ -1,7 +1,15 @@
-"""Run configuration: one flat dataclass, resolved as defaults < task defaults < file < overrides.
+"""Run configuration: the run-level keys, plus the settings of the run's components.
+
+The core declares the run-level keys below (task, method, backbone, seed, the model around any
+backbone, optimisation, the machine, bookkeeping, sampling and evaluation); the run's method,
+backbone and task declare theirs (:mod:`catdiff.settings`). All keys are flat and unique, so
+``--set key=value``, ``--config FILE`` and ``Engine(key=value)`` reach every one, and
+``config.json`` is one flat table of them. A run's config resolves as
+**defaults < the task's defaults < a config file < overrides** (:func:`for_task`).
 
 "Choose for me" is ``None`` (``--set lr=auto``; ``none`` and ``null`` are read the same), never a
-sentinel number: the engine or the method fills it in, and the saved config holds the value.
+sentinel number: the engine or the component fills it in, and the saved config holds the value.
+This module imports no torch (``catdiff --help`` stays fast).
 """
 from __future__ import annotations
 
@@ -12,241 +20,275 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UserError, read_text
+from .settings import Setting, merge
+
+
+def _section(title: str):
+    """A field maker for one group of run-level keys: ``key(default, doc, **Setting fields)``."""
+    def key(default: Any, doc: str, **kw: Any):
+        return field(default=default, metadata={"group": title, "doc": doc, **kw})
+    return key
+
+
+run = _section("Run: what is trained")
+model = _section("Model: the codebook and conditioning around any backbone")
+optim = _section("Optimisation")
+machine = _section("Machine")
+books = _section("Bookkeeping")
+sampling = _section("Sampling and evaluation")
+
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 @dataclass
 class Config:
-    task: str = "digits"
-    seed: int = 0
+    task: str = run("digits", "the registered task to train (`catdiff list`); `catdiff run TASK` sets it")
+    method: str = run("catdm", "a registered method (`catdiff list`); its settings become keys of the run")
+    backbone: str = run("encoder", "a registered backbone: `encoder` (core), `encdec` (catdiff-translate)")
+    seed: int = run(0, "seed of initialisation, data order, dropping/noise and sampling", mutable=True)
 
-    # backbone
-    backbone: str = "encoder"
-    layers: int = 4
-    heads: int = 4
-    width: int = 128
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    positions: str = "rotary"      # encoder / encdec decoder: rotary (in attention) | sinusoidal (added to the input)
-    pos_scale: float = 1.0         # amplitude of the added sinusoids
-    conv_kernel: int = 0           # encoder: depthwise conv over neighbouring tokens before each block; 0 = off
-    token_grid: str = ""           # "HxW": the tokens' 2D layout for conv_kernel (images); "" = along the sequence
-    embed_dim: int = 256           # D, the codebook / diffusion space dimension
-    embed_init_std: float | None = None  # None: D ** -0.25, i.e. variance D^-1/2 (the paper's N(0, D^-1/2))
+    embed_dim: int = model(256, "D, the codebook / diffusion space dimension", low=1)
+    embed_init_std: float | None = model(None, "std of the codebook's initial rows; auto = D ** -0.25, i.e. "
+                                         "variance D^-1/2 (the paper's N(0, D^-1/2))", low=0, auto=True)
+    fixed_codebook: bool = model(False, "true: the codebook is not trained (a fixed random embedding)")
+    cond_drop: float = model(0.1, "classifier-free guidance: the share of conditions dropped to null in training",
+                             low=0, high=1)
 
-    # method (paper 003 sec. 2, 4, 5); ablation switches, one value each
-    method: str = "catdm"          # a registered method (catdiff list); the keys below are catdm's
-    objective: str = "catdm"       # catdm | csdm | csdm_l2 | ce
-    beta_dm: float = 0.005
-    beta_cm: float = 1.0           # 0 gives "CATDM w/o CM"
-    l2_weight: float = 1e-3        # csdm_l2 only
-    fixed_codebook: bool = False
-    shift: float = -3.0            # s of the shifted cosine schedule (paper gives none; digits sweep); 0 = "w/o NS"
-    logsnr_min: float = -15.0
-    logsnr_max: float = 8.0        # z_0's noise std e^-4: see catdiff/methods/catdm/schedule.py for why not higher
-    drop: str = "rand"             # rand | linear | rand_ratio | none ("w/o RD")
-    drop_ratio: float = 0.2
-    drop_l0: float | None = None   # drop ratio of L0's z_0 pass; None = the strategy's (catdiff.methods.catdm.objective)
-    t_draw: str = "iid"            # training times: iid | stratified (catdiff.methods.catdm.schedule.draw_times)
-    l0_rows: float = 1.0           # fraction of the batch whose z_0 pass estimates L0 (catdiff.methods.catdm.objective); 1 = all rows
-    ema_cm: float = 0.99           # EMA rate of the CM target (network and codebook)
-    ema_eval: float = 0.9999       # slow EMA used for sampling and evaluation
-    cond_drop: float = 0.1         # classifier-free guidance: condition dropped to null
-    self_cond: bool = False        # self-conditioning on the previous EMB_hat (not in the paper; catdiff.model.Denoiser)
-    evidence: bool = True          # logits += each token's own Gaussian evidence (not in the paper; catdiff.model.Denoiser); continuous methods only
+    steps: int = optim(2000, "optimizer steps; 0 = no training: checkpoint and evaluate the initial (or resumed) "
+                       "model", low=0, mutable=True)
+    batch_size: int = optim(32, "the global batch of one optimizer step (all processes, all micro-batches)",
+                            low=1, mutable=True)
+    accum: int = optim(1, "micro-batches per optimizer step (gradient accumulation)", low=1, mutable=True)
+    lr: float | None = optim(None, "peak AdamW rate (warm-up, then cosine to 0.1 lr); auto = min(2e-3, 0.2 / width)",
+                             low=0, auto=True, mutable=True)
+    weight_decay: float = optim(0.0, "AdamW weight decay", low=0, mutable=True)
+    warmup: int | None = optim(None, "steps of linear LR warm-up; auto = steps // 40, at most 2000",
+                               low=0, auto=True, mutable=True)
+    grad_clip: float = optim(1.0, "maximum gradient norm", low=0, low_open=True, mutable=True)
+    ema_eval: float = optim(0.9999, "rate of the slow EMA used for sampling and evaluation", low=0, high=1,
+                            mutable=True)
 
-    # discrete-state methods (catdiff.methods: d3pm, vqdiffusion, maskgit)
-    discrete_steps: int | None = None  # T of d3pm / vqdiffusion; None = the paper's (d3pm 1000, vqdiffusion 100)
-    hybrid_weight: float | None = None  # lambda of d3pm L_vb + lambda L_CE, vqdiffusion L_vlb + lambda L_x0; None = paper's
-    purity_scale: float = 1.0      # r of Improved VQ-Diffusion eq. 11 (vqdiffusion sampler "purity")
-    mask_temperature: float = 4.5  # maskgit: Gumbel temperature of the confidence order, annealed to 0
+    device: str = machine("auto", "auto | cpu | cuda | cuda:N | mps (under torchrun, cuda = cuda:LOCAL_RANK)",
+                          pattern=DEVICE, rule="auto, cpu, cuda, cuda:N or mps", mutable=True)
+    precision: str = machine("auto", "auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16",
+                             choices=("auto", "fp32", "bf16", "fp16"), mutable=True)
+    compile: bool = machine(False, "torch.compile the training network and the one used for sampling", mutable=True)
+    threads: int = machine(0, "torch threads on CPU; 0 = torch default", low=0, mutable=True)
+    dist_timeout: float = machine(600.0, "seconds a DDP rank waits for its peers before failing with an error",
+                                  low=0, low_open=True, mutable=True)
 
-    # optimisation
-    steps: int = 2000              # 0 = no training: checkpoint and evaluate the initial (or resumed) model
-    batch_size: int = 32           # the global batch of one optimizer step (all processes, all micro-batches)
-    accum: int = 1                 # micro-batches per optimizer step (gradient accumulation)
-    lr: float | None = None        # peak AdamW rate (warm-up, then cosine to 0.1 lr); None = min(2e-3, 0.2 / width)
-    weight_decay: float = 0.0
-    warmup: int | None = None      # steps of linear LR warm-up; None = steps // 40, at most 2000
-    grad_clip: float = 1.0
-    device: str = "auto"           # auto | cpu | cuda | cuda:N (under torchrun, cuda = cuda:LOCAL_RANK)
-    precision: str = "auto"        # auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16
-    compile: bool = False          # torch.compile the training network and the one used for sampling
-    threads: int = 0               # torch threads on CPU; 0 = torch default
-    dist_timeout: float = 600.0    # seconds a DDP rank waits for its peers before failing with an error
+    log_every: int = books(50, "steps between reads of the training curves (and the finite-loss check)",
+                           low=1, mutable=True)
+    ckpt_every: int = books(500, "steps between checkpoints (last.pt); one is always written at the end",
+                            low=1, mutable=True)
+    keep_last: int = books(0, "step-numbered checkpoints kept beside last.pt (step-00001000.pt, ...)",
+                           low=0, mutable=True)
+    eval_every: int = books(0, "steps between evaluations during training (bound + sample metrics); 0 = off",
+                            low=0, mutable=True)
+    eval_samples: int = books(64, "samples for the sample metrics of those evaluations", low=1, mutable=True)
+    logger: str = books("auto", "csv (always written) plus: auto (TensorBoard when installed) | tensorboard | wandb",
+                        choices=("auto", "csv", "tensorboard", "wandb"), mutable=True)
+    resume: bool = books(True, "false: start over in --out, moving the old run's files aside", mutable=True)
 
-    # bookkeeping
-    log_every: int = 50            # steps between reads of the training curves (and the finite-loss check)
-    ckpt_every: int = 500
-    keep_last: int = 0             # step-numbered checkpoints kept beside last.pt (step-00001000.pt, ...)
-    eval_every: int = 0            # steps between evaluations during training (bound + sample metrics); 0 = off
-    eval_samples: int = 64         # samples for the sample metrics of those evaluations
-    logger: str = "auto"           # csv (always written) plus: auto (TensorBoard when installed) | tensorboard | wandb
-    resume: bool = True            # false: start over in --out, moving the old run's files aside
+    sampler: str = sampling("", "a sampler of the method; \"\" = the method's default (`catdiff list METHOD`)",
+                            mutable=True)
+    sample_steps: int = sampling(100, "sampling steps of `sample` and evaluation (`catdiff sample --steps` "
+                                 "overrides)", low=1, mutable=True)
+    final: str = sampling("argmax", "how x is read from the last step's distribution: argmax | sample",
+                          choices=("argmax", "sample"), mutable=True)  # = catdiff.methods.shared.FINALS
+    guidance: float = sampling(0.0, "classifier-free guidance weight w; 0 = off (conditional tasks only)",
+                               low=0, mutable=True)
+    n_samples: int = sampling(500, "samples drawn by evaluation (`catdiff run`, `catdiff eval --n`)", low=1,
+                              mutable=True)
+    eval_batches: int = sampling(8, "test batches for the likelihood bound", low=1, mutable=True)
 
-    # sampling and evaluation
-    sampler: str = ""              # "" = the method's default (catdm: ancestral | ddim)
-    sample_steps: int = 100
-    final: str = "argmax"          # argmax | sample: how x is read from P(x | z_0; 0)
-    guidance: float = 0.0
-    n_samples: int = 500
-    eval_batches: int = 8          # test batches for the likelihood bound
+    # the values of the run's components' settings (method, backbone, task), by name; read them
+    # as attributes (``cfg.shift``) like the run-level keys
+    options: dict = field(default_factory=dict)
 
-    # plugin keys, set like any other: the ``options`` of the task (data paths, tokenizer files, ...)
-    # and of the method (``Method.options``); the name predates method options (saved configs use it)
-    task_options: dict = field(default_factory=dict)
+    def __getattr__(self, name: str) -> Any:  # only reached when no field or attribute matches
+        options = self.__dict__.get("options")
+        if options is not None and name in options:
+            return options[name]
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"config key {name!r} is not a setting of this run (method "
+                             f"{self.__dict__.get('method')!r}, backbone {self.__dict__.get('backbone')!r}, "
+                             f"task {self.__dict__.get('task')!r})")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in RUN_NAMES and name in self.__dict__.get("options", ()):
+            self.options[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def task_options(self) -> dict:
+        """The components' settings (catdiff 0.1's name for :attr:`options`)."""
+        return self.options
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key's value, one flat table (what ``config.json`` and checkpoints hold)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        return {**out, **self.options}
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` (run-level keys or component settings)."""
+        run_changes = {k: v for k, v in changes.items() if k in RUN_NAMES}
+        options = {**self.options, **{k: v for k, v in changes.items() if k not in RUN_NAMES}}
+        return dataclasses.replace(self, **run_changes, options=options)
 
 
-AUTO_WORDS = ("auto", "none", "null", "")
+def _run_setting(f: dataclasses.Field) -> Setting:
+    meta = dict(f.metadata)
+    group = meta.pop("group")
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()]
+    return Setting(f.name, f.default, meta.pop("doc"), type=kind, **meta), group
 
 
-def _coerce(name: str, value: Any, kind: type, optional: bool = False) -> Any:
-    if optional and (value is None or isinstance(value, str) and value.strip().lower() in AUTO_WORDS):
-        return None
-    if isinstance(value, str):
-        if kind is bool:
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise UserError(f"config {name}: expected true/false, got {value!r}")
-        if kind is str:
-            return value
-        try:
-            value = float(value) if kind is int and "e" in value.lower() and "x" not in value.lower() else kind(value)
-        except ValueError:
-            raise UserError(f"config {name}: expected {kind.__name__}, got {value!r}") from None
-    if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
-        return value
-    if kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if kind is int and value != int(value):
-            raise UserError(f"config {name}: expected an integer, got {value!r}")
-        return kind(value)
-    if not isinstance(value, (dict, list, tuple)) and kind not in (int, float, bool, str):
-        return kind(value)
-    raise UserError(f"config {name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+RUN_SETTINGS: dict[str, Setting] = {}
+RUN_GROUPS: dict[str, str] = {}  # run-level key -> its section title (docs)
+for _f in fields(Config):
+    if _f.name != "options":
+        RUN_SETTINGS[_f.name], RUN_GROUPS[_f.name] = _run_setting(_f)
+RUN_NAMES = frozenset(RUN_SETTINGS) | {"options"}
 
-
-# entries of a saved ``task_options`` that were messages between components in format 1
-# (``ar`` set ``causal`` for the backbone); dropped when such a config is loaded
-V1_MESSAGES = ("causal",)
-
-def _field_type(f) -> tuple[type, bool]:
-    """(the value type, whether None = "choose for me" is allowed) of a Config field."""
-    if f.default is not None:
-        return type(f.default), False
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type).split("|")[0].strip()], True
-
-
-_TYPES = {f.name: _field_type(f)[0] for f in fields(Config) if f.name != "task_options"}
-OPTIONAL = frozenset(f.name for f in fields(Config) if f.name != "task_options" and _field_type(f)[1])
-
-# format 1 (catdiff 0.1) spelled "choose for me" with sentinel numbers; they load as None
+# format 1 (catdiff 0.1) had one flat Config: these of its keys are settings of a component now
+# (a saved format-1 config records them for every run, whatever its method or backbone)
+V1_MOVED = frozenset((
+    "layers", "heads", "width", "mlp_ratio", "dropout", "positions", "pos_scale", "conv_kernel", "token_grid",
+    "objective", "beta_dm", "beta_cm", "l2_weight", "shift", "logsnr_min", "logsnr_max", "drop", "drop_ratio",
+    "drop_l0", "t_draw", "l0_rows", "ema_cm", "self_cond", "evidence", "discrete_steps", "hybrid_weight",
+    "purity_scale", "mask_temperature"))
+# format 1 spelled "choose for me" with sentinel numbers; they load as None
 V1_SENTINELS = {"embed_init_std": lambda v: v < 0, "drop_l0": lambda v: v < 0, "discrete_steps": lambda v: v == 0,
                 "hybrid_weight": lambda v: v < 0, "warmup": lambda v: v < 0, "lr": lambda v: v == 0}
+# entries of a format-1 ``task_options`` that were messages between components (``ar`` set
+# ``causal`` for the backbone); dropped on load
+V1_MESSAGES = ("causal",)
 
 
 def migrate(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config (config.json, a checkpoint's or an export's) in today's form: format-1
-    sentinels become None, component messages leave ``task_options``."""
-    out = dict(saved)
+    """A saved config (config.json, a checkpoint's or an export's) in today's flat form: the
+    nested ``task_options`` of format 1 lifted to the top, its sentinels None, its messages gone."""
+    out = {k: v for k, v in saved.items() if k not in ("task_options", "options")}
+    for nested in ("task_options", "options"):
+        out.update({k: v for k, v in dict(saved.get(nested) or {}).items() if k not in V1_MESSAGES})
     for key, is_sentinel in V1_SENTINELS.items():
         if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool) and is_sentinel(out[key]):
             out[key] = None
-    if "task_options" in out:
-        out["task_options"] = {k: v for k, v in dict(out["task_options"]).items() if k not in V1_MESSAGES}
     return out
 
 
-def resolve(*layers: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Config:
-    """Merge override mappings (later wins) onto the defaults, checking names and types.
+# ----------------------------------------------------------------------------- the run's settings
+def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
+    """name -> Setting of every key the run's method, backbone and task declare; a key declared
+    by two of them differently, or shadowing a run-level key, raises ValueError naming both
+    (a plugin's bug). Unknown method or backbone names raise the registry's UnknownName."""
+    from .hooks import registry
+    from .settings import declared
 
-    ``options`` are plugin keys (a task's and its method's) with their defaults (types follow
-    the defaults); their values land in ``Config.task_options``. A layer may also carry
-    ``task_options`` as a mapping (a saved config does)."""
-    options = dict(options or {})
-    types = {k: type(v) for k, v in options.items()}
+    reg = registry()
+    owners = [(f"method {method!r}", declared(reg.get("methods", method).factory)),
+              (f"backbone {backbone!r}", declared(reg.get("backbones", backbone).factory)),
+              (f"task {task.name!r}", declared(task))]
+    return merge(owners, reserved={k: "the core (a run-level key)" for k in RUN_NAMES})
+
+
+def owner_of(key: str) -> str | None:
+    """``"method 'catdm'"``: a registered component that declares ``key`` (for error messages)."""
+    from .hooks import registry
+    from .settings import declared
+
+    reg = registry()
+    for kind in ("methods", "backbones", "tasks"):
+        for name, comp in reg.components[kind].items():
+            if any(s.name == key for s in declared(comp.factory)):
+                return f"{kind[:-1]} {name!r}"
+    return None
+
+
+def resolve(*layers: Mapping[str, Any], settings: Mapping[str, Setting] | None = None) -> Config:
+    """Merge override mappings (later wins) onto the defaults: each key is a run-level key or one
+    of ``settings`` (the run's components'), coerced to its type; the merged values are checked."""
+    settings = dict(settings or {})
     values: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key == "task_options":
-                for k, v in dict(value).items():
-                    options[k] = _coerce(k, v, types[k]) if k in types else v
-            elif key in _TYPES:
-                values[key] = _coerce(key, value, _TYPES[key], key in OPTIONAL)
-            elif key in types:
-                options[key] = _coerce(key, value, types[key])
-            else:
-                known = sorted(_TYPES) + sorted(types)
-                raise UserError(f"unknown config key {key!r}. Known keys: {', '.join(known)}")
-    return Config(**values, task_options=options)
+            spec = RUN_SETTINGS.get(key) or settings.get(key)
+            if spec is None:
+                raise UserError(_unknown(key, f"method {pick('method', *layers)!r}, backbone "
+                                             f"{pick('backbone', *layers)!r}", settings))
+            values[key] = spec.coerce(value)
+    options = {name: values.pop(name, s.default) for name, s in settings.items()}
+    for name, value in {**values, **options}.items():
+        (RUN_SETTINGS.get(name) or settings[name]).check(value)
+    return Config(**values, options=options)
 
 
-def method_of(*layers: Mapping[str, Any]) -> str:
-    """The ``method`` key as :func:`resolve` would set it from ``layers`` (later wins)."""
-    name = Config.method
+def _unknown(key: str, run: str, settings: Mapping[str, Setting]) -> str:
+    owner = owner_of(key)
+    if owner:
+        return f"config key {key!r} is a setting of {owner}, which this run ({run}) does not use"
+    known = sorted(RUN_SETTINGS) + sorted(settings)
+    return f"unknown config key {key!r}. Known keys: {', '.join(known)}"
+
+
+def pick(key: str, *layers: Mapping[str, Any]) -> str:
+    """The value of run-level ``key`` (method, backbone) as the layers set it (later wins)."""
+    value = RUN_SETTINGS[key].default
     for layer in layers:
-        if "method" in layer:
-            name = str(layer["method"])
-    return name
-
-
-def plugin_options(task, method: str) -> dict[str, Any]:
-    """The config keys declared by ``task`` and by the registered method ``method`` (its
-    factory's ``options``; a :class:`catdiff.method.Method` subclass is such a factory), with
-    their defaults. Unknown methods raise the registry's KeyError (listing the known ones)."""
-    from .hooks import registry
-
-    method_opts = dict(getattr(registry().get("methods", method).factory, "options", None) or {})
-    task_opts = dict(task.options)
-    for owner, opts in ((f"task {task.name!r}", task_opts), (f"method {method!r}", method_opts)):
-        core = sorted(set(opts) & (set(_TYPES) | {"task_options"}))
-        if core:
-            raise ValueError(f"{owner} declares option(s) {', '.join(core)}, which are core config keys; rename them")
-    clash = sorted(set(task_opts) & set(method_opts))
-    if clash:
-        raise ValueError(f"config key(s) {', '.join(clash)} declared both by task {task.name!r} and by "
-                         f"method {method!r} (their options); one of the plugins must rename them")
-    return {**task_opts, **method_opts}
+        if key in layer:
+            value = str(layer[key])
+    return value
 
 
 def derive(cfg: Config) -> Config:
-    """``cfg`` with the keys left at their "derive" marker set from the run's size (issue 18):
-    ``lr=None`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP) and
-    ``warmup=None`` -> ``min(2000, steps // 40)``. The sweep of benchmarks/defaults.py (four
-    untuned tasks, 1300 steps) found the former fixed values (lr 3e-4, warmup 100) too slow for
-    small models and short runs; the rules give what the tuned small tasks use (lr 2e-3 at width
-    96, warmup ~30 of 1300 steps) and the paper's text8 run (12 x 768 at 3e-4, rule 2.6e-4; 343k
-    steps, warmup 2000). The saved config holds the values, so a resume compares what was trained."""
+    """``cfg`` with its "choose for me" run-level keys filled in from the run's size (issue 18):
+    ``lr=None`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP; width 128
+    where the backbone has no ``width``) and ``warmup=None`` -> ``min(2000, steps // 40)``. The
+    sweep of benchmarks/defaults.py found fixed values (lr 3e-4, warmup 100) too slow for small
+    models and short runs; the rules give what the tuned small tasks use (lr 2e-3 at width 96,
+    warmup ~30 of 1300 steps) and the paper's text8 run (12 x 768 at 3e-4). The saved config
+    holds the values, so a resume compares what was trained."""
     changes: dict[str, Any] = {}
     if cfg.lr is None:
-        changes["lr"] = min(2e-3, 0.2 / cfg.width)
+        changes["lr"] = min(2e-3, 0.2 / cfg.options.get("width", 128))
     if cfg.warmup is None:
         changes["warmup"] = min(2000, cfg.steps // 40)
     return dataclasses.replace(cfg, **changes)
 
 
-CONTINUOUS_ONLY = ("evidence", "self_cond")
+def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
+             overrides: Mapping[str, Any] | None = None) -> Config:
+    """A task's run config: defaults < ``task.defaults`` < ``config`` (a file, or a saved
+    config's mapping) < ``overrides``; the keys are the run-level ones and the settings of the
+    run's method, backbone and task.
+
+    A task's defaults may pin settings of several methods (``shift`` for catdm, ...): those the
+    run's components do not declare are skipped. So are format-1 core keys in a saved config
+    or file (:data:`V1_MOVED`). Any other unknown key is an error naming its owner if it has one."""
+    saved = migrate(config) if isinstance(config, Mapping) else migrate(load_file(config)) if config else {}
+    overrides = dict(overrides or {})
+    method = pick("method", task.defaults, saved, overrides)
+    backbone = pick("backbone", task.defaults, saved, overrides)
+    settings = component_settings(task, method, backbone)
+    known = lambda k: k in RUN_SETTINGS or k in settings  # noqa: E731
+    task_defaults = {k: v for k, v in task.defaults.items() if known(k)}
+    saved = {k: v for k, v in saved.items() if known(k) or k not in V1_MOVED}
+    return derive(resolve(task_defaults, saved, overrides, {"task": task.name}, settings=settings))
 
 
-def for_task(task, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """A task's run config: defaults < ``task.defaults`` < the config file < ``overrides``,
-    with the ``options`` of the task and of the run's method accepted as keys."""
-    file_values = migrate(load_file(config_file)) if config_file else {}
-    layers = (task.defaults, file_values, overrides or {}, {"task": task.name})
-    method = method_of(*layers)
-    options = plugin_options(task, method)
+def make(**values: Any) -> Config:
+    """A config without a task: the run-level keys and the settings of the ``method`` and
+    ``backbone`` in ``values`` (default catdm, encoder), e.g. to build a backbone in a test."""
     from .hooks import registry
+    from .settings import declared
 
-    if not getattr(registry().get("methods", method).factory, "continuous", True):
-        # evidence / self_cond belong to continuous methods: the core's and the task's defaults of
-        # them do not apply to a discrete method (a value the user sets still errors in the Engine)
-        task_defaults = {k: v for k, v in task.defaults.items() if k not in CONTINUOUS_ONLY}
-        layers = ({k: False for k in CONTINUOUS_ONLY}, task_defaults, *layers[1:])
-    return derive(resolve(*layers, options=options))
+    reg = registry()
+    owners = [(f"method {pick('method', values)!r}", declared(reg.get("methods", pick("method", values)).factory)),
+              (f"backbone {pick('backbone', values)!r}", declared(reg.get("backbones", pick("backbone", values)).factory))]
+    return derive(resolve(values, settings=merge(owners)))
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -288,100 +330,27 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-# ----------------------------------------------------------------------------- validation
-# the run-level keys' allowed values; a method checks its own keys' values when it is built
-# (CATDM: objective, drop, t_draw). This module imports no torch (`catdiff --help` stays fast).
-CHOICES = {
-    "positions": ("sinusoidal", "rotary"),
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "logger": ("auto", "csv", "tensorboard", "wandb"),
-    "final": ("argmax", "sample"),  # = catdiff.methods.shared.FINALS (tests/test_imports.py)
-}
-AT_LEAST_1 = ("layers", "heads", "width", "embed_dim", "batch_size", "accum", "log_every", "ckpt_every",
-              "eval_samples", "sample_steps", "n_samples", "eval_batches", "discrete_steps")
-AT_LEAST_0 = ("lr", "steps", "warmup", "threads", "keep_last", "eval_every", "conv_kernel",
-              "weight_decay", "beta_dm", "beta_cm", "l2_weight", "guidance", "mask_temperature", "pos_scale")
-FRACTIONS = ("dropout", "drop_ratio", "ema_cm", "ema_eval", "cond_drop")  # in [0, 1]
-POSITIVE = ("grad_clip", "mlp_ratio", "purity_scale", "dist_timeout")
 
-
+# ----------------------------------------------------------------------------- checks and resuming
 def validate(cfg: Config) -> None:
-    """Check every core value (ranges, names, combinations that need no task); a UserError
-    names the key, the value and what is allowed. Called when the Engine is built."""
-    import math
-    import re
-
-    def bad(key: str, need: str) -> UserError:
-        return UserError(f"config {key}={getattr(cfg, key)!r}: {need}")
-
-    for key, names in CHOICES.items():
-        if getattr(cfg, key) not in names:
-            raise bad(key, f"must be one of {', '.join(names)}")
-    for f in fields(Config):
-        v = getattr(cfg, f.name)
-        if v is None and f.name not in OPTIONAL:
-            raise bad(f.name, "must be set (only " + ", ".join(sorted(OPTIONAL)) + " may be auto)")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise bad(f.name, "must be a finite number")
-    for key in AT_LEAST_1:
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise bad(key, "must be >= 1" + (" or auto" if key in OPTIONAL else ""))
-    for key in AT_LEAST_0:
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
-            raise bad(key, "must be >= 0" + (" or auto" if key in OPTIONAL else ""))
-    for key in FRACTIONS:
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise bad(key, "must lie in [0, 1]")
-    for key in POSITIVE:
-        if getattr(cfg, key) <= 0:
-            raise bad(key, "must be > 0")
-    if not 0 < cfg.l0_rows <= 1:
-        raise bad("l0_rows", "must lie in (0, 1]")
-    if cfg.drop_l0 is not None and not 0 <= cfg.drop_l0 <= 1:
-        raise bad("drop_l0", "must lie in [0, 1], or be auto (the strategy's)")
-    for key in ("embed_init_std", "hybrid_weight"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
-            raise bad(key, "must be >= 0, or auto (the paper's)")
+    """Combinations of run-level keys (each value was checked by :func:`resolve`); a component
+    checks combinations of its own settings when it is built."""
     if cfg.batch_size % cfg.accum:
-        raise bad("batch_size", f"must be a multiple of accum={cfg.accum} (batch_size is the global batch)")
-    if cfg.width % cfg.heads:
-        raise bad("width", f"must be a multiple of heads={cfg.heads}")
-    if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
-        raise bad("conv_kernel", "must be 0 (off) or odd")
-    if cfg.token_grid and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", cfg.token_grid):
-        raise bad("token_grid", "must be HxW (e.g. 8x8) or empty")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise bad("device", "must be auto, cpu, cuda, cuda:N or mps")
-    if cfg.logsnr_min >= cfg.logsnr_max:
-        raise UserError(f"config logsnr_min={cfg.logsnr_min} must be < logsnr_max={cfg.logsnr_max}")
+        raise UserError(f"config batch_size={cfg.batch_size!r}: must be a multiple of accum={cfg.accum} "
+                        f"(batch_size is the global batch)")
 
 
-# ----------------------------------------------------------------------------- resuming
-# Keys that may differ between a checkpoint and the run that resumes it: the budget, the
-# optimisation, sampling / evaluation, bookkeeping and the machine. Every other core key
-# (task, method, objective and its switches, backbone and sizes, embed_dim, ...) defines
-# what is trained and must match; task and method options must match unless their plugin
-# lists them in ``mutable_options``.
-MUTABLE_KEYS = frozenset({
-    "seed", "steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_eval",
-    "accum", "device", "precision", "compile", "threads", "dist_timeout", "log_every", "ckpt_every", "resume",
-    "keep_last", "eval_every", "eval_samples", "logger",
-    "sampler", "sample_steps", "final", "guidance", "n_samples", "eval_batches", "purity_scale",
-    "mask_temperature",
-})
-
-
-def resume_differences(saved: Mapping[str, Any], requested: Config, mutable_options=()) -> tuple[list, list]:
+def resume_differences(saved: Mapping[str, Any], requested: Config,
+                       settings: Mapping[str, Setting] | None = None) -> tuple[list, list]:
     """(fixed, changed): lists of (key, saved value, requested value) between a checkpoint's
-    config and the requested one; ``fixed`` differences forbid resuming. Keys the checkpoint
-    does not record (older catdiff) are not compared."""
+    config and the requested one; ``fixed`` differences forbid resuming. A key may change when
+    its Setting is ``mutable`` (run-level ones from :data:`RUN_SETTINGS`, the components' from
+    ``settings``). Keys the checkpoint does not record (older catdiff) are not compared."""
+    table = {**RUN_SETTINGS, **dict(settings or {})}
     fixed, changed = [], []
-    now = requested.to_dict()
-    pairs = [(k, saved[k], now[k]) for k in now if k != "task_options" and k in saved]
-    old_opts, new_opts = dict(saved.get("task_options") or {}), now["task_options"]
-    pairs += [(k, old_opts[k], new_opts[k]) for k in new_opts if k in old_opts]
-    for key, old, new in pairs:
-        if old != new:
-            mutable = key in MUTABLE_KEYS or key in mutable_options
-            (changed if mutable else fixed).append((key, old, new))
+    old = migrate(saved)
+    for key, new in requested.to_dict().items():
+        if key in old and old[key] != new:
+            mutable = key in table and table[key].mutable
+            (changed if mutable else fixed).append((key, old[key], new))
     return fixed, changed

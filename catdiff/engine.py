@@ -118,7 +118,7 @@ def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> Non
 
 class Engine:
     def __init__(self, task: str | Task = "digits", out: str | Path | None = None,
-                 config_file: str | Path | None = None, **overrides: Any):
+                 config_file: str | Path | Mapping[str, Any] | None = None, **overrides: Any):
         reg = registry()
         if isinstance(task, Task):
             self.task = task
@@ -126,6 +126,7 @@ class Engine:
             self.task = reg.get("tasks", task).factory()
         self.cfg: Config = config_mod.for_task(self.task, config_file, overrides)
         config_mod.validate(self.cfg)
+        self.settings = config_mod.component_settings(self.task, self.cfg.method, self.cfg.backbone)
         self.task.setup(self.cfg)
         self.out = Path(out) if out is not None else None
         self._setup_distributed()
@@ -144,11 +145,10 @@ class Engine:
                                          num_classes=self.spec.num_classes, **self._backbone_kwargs())
         codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
         self.task.init_codebook(codebook)
-        for key in ("self_cond", "evidence"):
-            if getattr(cfg, key) and not self.method.continuous:
-                raise UserError(f"{key}=true needs a continuous method (catdm); method {cfg.method!r} is discrete")
-        schedule = self.method.schedule if cfg.evidence else None
-        self.model = Denoiser(codebook, backbone, self_cond=cfg.self_cond, schedule=schedule).to(self.device)
+        # the Denoiser's options for continuous methods, settings of such a method (catdm)
+        schedule = self.method.schedule if cfg.options.get("evidence") else None
+        self.model = Denoiser(codebook, backbone, self_cond=bool(cfg.options.get("self_cond")),
+                              schedule=schedule).to(self.device)
         self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
         if cfg.compile:  # in place (state_dict keys unchanged): training, the CM target and sampling
@@ -176,8 +176,7 @@ class Engine:
     def _check_resume(self, saved: dict[str, Any]) -> None:
         """Stop unless the checkpoint in ``out`` trains the same model (config.resume_differences);
         print the keys that may change and did (they are stored with the next checkpoint)."""
-        mutable = set(getattr(self.task, "mutable_options", ())) | set(getattr(self.method, "mutable_options", ()))
-        fixed, changed = config_mod.resume_differences(config_mod.migrate(saved), self.cfg, mutable)
+        fixed, changed = config_mod.resume_differences(saved, self.cfg, self.settings)
         fmt = lambda diffs: "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)  # noqa: E731
         if fixed:
             raise UserError(f"{self.out / CKPT_NAME} trained another model than the one requested ({fmt(fixed)}). "
@@ -559,9 +558,8 @@ class Engine:
                      out: str | Path | None = None) -> "Engine":
         """An Engine of a saved config (its task by registry name unless ``task`` is given), with
         ``overrides`` on top and no resuming."""
-        saved = {**config_mod.migrate(config), **overrides, "resume": False}
-        name = saved.pop("task")
-        return cls(task=task or name, out=out, **saved)
+        saved = config_mod.migrate(config)
+        return cls(task=task or saved["task"], out=out, config_file=saved, **{**overrides, "resume": False})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":

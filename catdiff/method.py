@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .settings import declared
 
 
 class Method:
@@ -27,11 +28,11 @@ class Method:
       uses_target_ema True when ``loss`` reads the fast EMA ``target`` (rate ``ema_cm``);
                       otherwise the engine does not maintain it
       samplers        names accepted by config key ``sampler`` (the first is the default)
-      options         the method's own config keys with defaults (types follow them); accepted
-                      when the run uses this method (``--set method=NAME --set my_key=...``),
-                      read as ``self.option("my_key")``
-      mutable_options the options that may change when a run is resumed (sampling settings);
-                      the others must match the checkpoint's
+      settings        the method's own config keys, a tuple of :class:`catdiff.settings.Setting`
+                      (type, default, doc, allowed values, whether a resume may change it);
+                      accepted when the run uses this method (``--set method=NAME --set key=...``)
+                      and read as ``self.cfg.key``. catdiff 0.1's ``options`` (name -> default)
+                      and ``mutable_options`` are still read (catdiff.settings.declared)
       backbone_options keyword arguments the engine passes to the backbone factory, e.g.
                       ``{"causal": True}`` (the ``ar`` method); a backbone that cannot honour
                       one fails with a TypeError naming it
@@ -41,8 +42,7 @@ class Method:
     continuous: bool = False
     uses_target_ema: bool = False
     samplers: tuple[str, ...] = ()
-    options: Mapping[str, Any] = {}
-    mutable_options: tuple[str, ...] = ()
+    settings: tuple = ()
     backbone_options: Mapping[str, Any] = {}
     cfg: Any = None
 
@@ -50,10 +50,10 @@ class Method:
         self.cfg = cfg
 
     def option(self, name: str) -> Any:
-        """The resolved value of one of this method's ``options``."""
-        if self.cfg is not None and name in self.cfg.task_options:
-            return self.cfg.task_options[name]
-        return self.options[name]
+        """The resolved value of one of this method's settings (as ``self.cfg.name``)."""
+        if self.cfg is not None and name in self.cfg.options:
+            return self.cfg.options[name]
+        return {s.name: s.default for s in declared(self)}[name]
 
     def loss(self, model, target, x: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss and detached logs for a batch ``x`` [B, M]. ``model`` may be

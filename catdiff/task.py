@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import UserError
+from .settings import declared
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,11 @@ class Task:
       conditional  True when ``labels`` hold another kind of condition for the backbone
                    (e.g. source sentences); implied by ``num_classes > 0``
       defaults     config overrides applied before the user's (model size, budget, ...)
-      options      the task's own config keys with defaults (data paths, ...); set them like
-                   any key (``--set data_dir=...``), read them as ``self.option("data_dir")``
-      mutable_options  the options that may change when a run is resumed (evaluation paths,
-                   sampling settings); every other option must match the checkpoint's
+      settings     the task's own config keys (data paths, ...), a tuple of
+                   :class:`catdiff.settings.Setting`; set them like any key (``--set
+                   data_dir=...``), read them as ``self.option("data_dir")`` (or ``cfg.data_dir``).
+                   catdiff 0.1's ``options`` (name -> default) with ``mutable_options`` (those a
+                   resume may change) are read too
       best_metric  (metric name, "min" | "max"): what ``best.pt`` keeps during ``eval_every``
                    evaluations; None: the likelihood bound (lower is better)
       description  one line for ``catdiff list``
@@ -117,6 +119,7 @@ class Task:
     num_classes: int = 0
     conditional: bool = False
     defaults: Mapping[str, Any] = {}
+    settings: tuple = ()
     options: Mapping[str, Any] = {}
     mutable_options: tuple[str, ...] = ()
     best_metric: tuple[str, str] | None = None
@@ -133,10 +136,10 @@ class Task:
         return DataSpec(self.vocab_size, self.seq_len, self.num_classes, bool(self.conditional or self.num_classes))
 
     def option(self, name: str) -> Any:
-        """The resolved value of one of this task's ``options``."""
-        if self.cfg is not None and name in self.cfg.task_options:
-            return self.cfg.task_options[name]
-        return self.options[name]
+        """The resolved value of one of this task's settings."""
+        if self.cfg is not None and name in self.cfg.options:
+            return self.cfg.options[name]
+        return {s.name: s.default for s in declared(self)}[name]
 
     def load(self, split: str) -> TokenData | LazyTokenData:
         """Return the ``"train"`` or ``"test"`` split (in memory, or :class:`LazyTokenData` for large

@@ -6,7 +6,7 @@ import torch
 
 from catdiff.backbones import EncoderTransformer, build_encoder
 from catdiff.backbones.encoder import _Modulate
-from catdiff.config import Config
+from catdiff.config import make as Config
 
 K, M, NC = 11, 12, 3
 
@@ -179,8 +179,8 @@ def test_rotary_encoder_has_no_absolute_positions():
         torch.manual_seed(0)
         out = build_encoder(small_cfg(positions=positions), K, M, 0)(z, t)
         assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-5) == same
-    with pytest.raises(ValueError, match="unknown positions"):
-        build_encoder(small_cfg(positions="learned"), K, M, 0)
+    with pytest.raises(ValueError, match=r"config positions='learned': must be sinusoidal \| rotary"):
+        small_cfg(positions="learned")  # the backbone's setting, checked when the config resolves
     with pytest.raises(ValueError, match="even head size"):
         build_encoder(Config(layers=1, heads=2, width=30, embed_dim=16, positions="rotary"), K, M, 0)
 
@@ -221,11 +221,11 @@ def test_conv_kernel_in_the_encoder_and_its_errors():
     loss.backward()
     assert all(m.conv.weight.grad.abs().sum() > 0 for m in model.local)
     assert build_encoder(small_cfg(), K, M, 0).local is None  # off by default
-    with pytest.raises(ValueError, match="positive odd"):
+    with pytest.raises(ValueError, match=r"config conv_kernel=4: must be 0 \(off\) or odd"):
         build_encoder(small_cfg(conv_kernel=4), K, M, 0)
     with pytest.raises(ValueError, match="holds 9 tokens, but the sequence has 12"):
         build_encoder(small_cfg(conv_kernel=3, token_grid="3x3"), K, M, 0)
-    with pytest.raises(ValueError, match="like '8x8'"):
-        build_encoder(small_cfg(conv_kernel=3, token_grid="twelve"), K, M, 0)
+    with pytest.raises(ValueError, match=r"config token_grid='twelve': must be HxW \(e.g. 8x8\) or empty"):
+        small_cfg(conv_kernel=3, token_grid="twelve")
     with pytest.raises(ValueError, match="needs 12 tokens, got 5"):
         model(z[:, :5], t)

@@ -38,7 +38,7 @@ def test_v1_checkpoint_resumes_and_keeps_method_options(tmp_path):
     assert saved["discrete_steps"] == 0 and saved["embed_init_std"] == -1  # format 1's "choose for me"
     flat = {k: v for k, v in migrate(saved).items() if k not in ("task", "task_options", "resume")}
     assert flat["discrete_steps"] is None and flat["embed_init_std"] is None
-    eng = Engine(task="digits", out=tmp_path, **{**flat, "steps": 6, "temperature": 0.9})
+    eng = Engine(task="digits", out=tmp_path, config_file=flat, steps=6, temperature=0.9)  # a format-1 config as a source
     assert eng.step == 4  # resumed, not started over
     assert eng.method.option("temperature") == 0.9
     eng.fit()

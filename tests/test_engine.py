@@ -157,7 +157,7 @@ class OptionTask(ToyTask):
 
 def test_task_options_are_config_keys_with_types_and_survive_checkpoints(tmp_path):
     eng = Engine(OptionTask(), out=tmp_path, steps=2, repeat="3")
-    assert eng.cfg.task_options == {"data_dir": "", "repeat": 3}
+    assert (eng.cfg.data_dir, eng.cfg.repeat) == ("", 3)  # typed as the default
     assert len(eng.data("train")) == 3 * 256
     eng.fit()
     back = Engine.from_checkpoint(tmp_path / "last.pt", task=OptionTask())
@@ -181,7 +181,8 @@ def test_self_conditioned_run_trains_checkpoints_and_samples(tmp_path, toy_cond)
     assert back.model.self_cond and same_weights(eng, back)
     torch.testing.assert_close(back.sample(4, steps=3, seed=0), eng.sample(4, steps=3, seed=0))
     assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))
-    with pytest.raises(ValueError, match="self_cond=true needs a continuous method"):
+    with pytest.raises(ValueError, match="config key 'self_cond' is a setting of method 'catdm', which this run "
+                                         r"\(method 'maskgit', backbone 'encoder'\) does not use"):
         Engine(toy_cond, self_cond=True, method="maskgit")
 
 
@@ -253,18 +254,21 @@ def test_token_evidence_run_checkpoints_and_samples(tmp_path, toy_cond):
     assert back.model.schedule is not None and same_weights(eng, back)
     torch.testing.assert_close(back.sample(4, steps=3, seed=0), eng.sample(4, steps=3, seed=0))
     assert torch.isfinite(torch.tensor(eng.likelihood(batches=1)["nll_bound_nats_per_token"]))
-    with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
+    with pytest.raises(ValueError, match="config key 'evidence' is a setting of method 'catdm'"):
         Engine(toy_cond, evidence=True, method="d3pm")
 
 
-def test_continuous_only_defaults_do_not_apply_to_discrete_methods(toy):
+def test_a_tasks_defaults_for_another_method_do_not_apply(toy):
     class EvidenceTask(ToyTask):
-        defaults = {**ToyTask.defaults, "evidence": True}
+        defaults = {**ToyTask.defaults, "evidence": False, "mask_temperature": 2.0}
 
-    assert Engine(toy).cfg.evidence  # the core default, for catdm
-    for method in ("ar", "d3pm", "maskgit", "vqdiffusion"):
-        assert not Engine(EvidenceTask(), method=method).cfg.evidence
-    with pytest.raises(ValueError, match="evidence=true needs a continuous method"):
+    assert Engine(toy).cfg.evidence and not Engine(EvidenceTask()).cfg.evidence  # catdm's setting, task default
+    for method in ("ar", "d3pm", "vqdiffusion"):
+        eng = Engine(EvidenceTask(), method=method)
+        assert "evidence" not in eng.cfg.options and "mask_temperature" not in eng.cfg.options
+        assert not eng.model.self_cond and eng.model.schedule is None
+    assert Engine(EvidenceTask(), method="maskgit").cfg.mask_temperature == 2.0
+    with pytest.raises(ValueError, match="config key 'evidence' is a setting of method 'catdm'"):
         Engine(toy, method="d3pm", evidence=True)  # asked for explicitly
 
 
@@ -280,8 +284,8 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
     assert (cfg.lr, cfg.warmup) == (1e-3, 0)  # set values are kept, warmup=0 included
     cfg = for_task(Bare(), overrides=dict(width="64", heads=4, steps="1300", lr="auto", warmup="none"))
     assert cfg.lr == pytest.approx(2e-3) and cfg.warmup == 32  # "choose for me" is auto, never a number
-    with pytest.raises(UserError, match=r"warmup=-1: must be >= 0 or auto"):
-        validate(for_task(Bare(), overrides=dict(warmup=-1)))
+    with pytest.raises(UserError, match=r"warmup=-1: must be >= 0, or auto"):
+        for_task(Bare(), overrides=dict(warmup=-1))  # no sentinel numbers in what a user sets
     with pytest.raises(UserError, match=r"config width: expected int, got 'auto'"):
         for_task(Bare(), overrides=dict(width="auto"))  # only the keys that may be chosen accept it
     run = tmp_path / "r"

@@ -118,9 +118,9 @@ def test_cosine_schedule_and_bad_options():
     assert eng.method.schedule == "cosine" and eng.method.eps == 0.01
     eng.fit()
     assert eng.sample(2, steps=5).shape == (2, ToyCondTask.seq_len)
-    with pytest.raises(UserError, match="mdlm_schedule must be one of loglinear, cosine"):
+    with pytest.raises(UserError, match=r"config mdlm_schedule='linear': must be loglinear \| cosine"):
         toy_engine(mdlm_schedule="linear")
-    with pytest.raises(UserError, match="mdlm_eps must lie in"):
+    with pytest.raises(UserError, match=r"config mdlm_eps=0.0: must be in \(0, 0.5\]"):
         toy_engine(mdlm_eps=0.0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         eng.method.sample(eng.ema_eval, 2, 12, steps=0, sampler="cached", final="argmax", cond=None, guidance=0.0,

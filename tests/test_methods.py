@@ -253,27 +253,33 @@ def stepped_registry(monkeypatch):
 
 def test_method_options_follow_the_resolved_method_key(tmp_path, stepped_registry):
     cfg = config.for_task(DefaultsTask(), overrides={"my_steps": "5", "my_flag": "yes"})  # method from task defaults
-    assert cfg.method == "stepped" and cfg.task_options == {"data_dir": "", "my_steps": 5, "my_flag": True,
-                                                           "my_label": "x"}
+    mine = ("data_dir", "my_steps", "my_flag", "my_label")
+    assert cfg.method == "stepped" and {k: cfg.options[k] for k in mine} == {"data_dir": "", "my_steps": 5,
+                                                                            "my_flag": True, "my_label": "x"}
+    # the run's settings: the method's (its own and CATDM's, inherited), the backbone's, the task's
+    from catdiff.backbones import build_encoder
+    from catdiff.methods.catdm import SETTINGS
+    assert set(cfg.options) == {s.name for s in SETTINGS + build_encoder.settings} | set(mine)
+    assert cfg.my_steps == 5 and cfg.shift == SteppedCATDM.settings[4].default
     method = SteppedCATDM(cfg)
     assert method.option("my_steps") == 5 and method.option("my_label") == "x"
     file = tmp_path / "run.json"
     file.write_text('{"method": "stepped", "my_steps": 7}')
     assert config.for_task(ToyTask(), file).task_options["my_steps"] == 7  # method from the config file
-    with pytest.raises(ValueError, match="unknown config key 'my_steps'.*data_dir"):
+    with pytest.raises(ValueError, match="config key 'my_steps' is a setting of method 'stepped', which this run"):
         config.for_task(DefaultsTask(), file, {"method": "catdm"})  # overrides win: catdm has no my_steps
     with pytest.raises(ValueError, match="unknown config key 'steps_'.*my_flag, my_label, my_steps"):
         config.for_task(DefaultsTask(), overrides={"steps_": 1})
     with pytest.raises(KeyError, match="unknown method 'nope'. Known methods: ar, catdm, d3pm, maskgit, mdlm, stepped"):
         config.for_task(ToyTask(), overrides={"method": "nope"})
-    # a config saved before method options (no task_options at all) still resolves, with the defaults
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("task_options", "task")}
+    # a config saved before the method had settings still resolves, with their defaults
+    old = {k: v for k, v in cfg.to_dict().items() if k not in (*mine, "task")}
     again = config.for_task(DefaultsTask(), overrides=old)
-    assert again.task_options["my_steps"] == 3 and SteppedCATDM(again).option("my_flag") is False
-    assert Method.options == {} and Method(config.Config()).cfg.task_options == {}
+    assert again.my_steps == 3 and SteppedCATDM(again).option("my_flag") is False
+    assert Method.settings == () and Method(config.Config()).cfg.options == {}
 
 
 def test_method_options_must_not_shadow_core_keys(stepped_registry, monkeypatch):
     monkeypatch.setattr(SteppedCATDM, "options", {"lr": 0.1})
-    with pytest.raises(ValueError, match="method 'stepped' declares option.* lr, which are core config keys"):
+    with pytest.raises(ValueError, match=r"config key 'lr' is declared by the core \(a run-level key\) and by method 'stepped'"):
         config.for_task(ToyTask(), overrides={"method": "stepped"})

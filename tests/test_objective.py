@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from catdiff.config import Config
+from catdiff.config import make as Config
 from catdiff.model import Codebook, Denoiser, ema_copy
 from catdiff.methods.catdm.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
@@ -89,8 +89,8 @@ def test_drop_ratio_of_the_z0_pass():
 
 
 def test_unknown_objective_is_rejected():
-    with pytest.raises(ValueError, match="unknown objective"):
-        CATDMObjective(Config(objective="vlb2"), ShiftedCosineSchedule())
+    with pytest.raises(ValueError, match=r"config objective='vlb2': must be catdm \| csdm \| csdm_l2 \| ce"):
+        Config(objective="vlb2")
 
 
 def test_likelihood_bound_terms_are_finite_and_nonnegative():

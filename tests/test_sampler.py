@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from catdiff.config import Config
+from catdiff.config import make as Config
 from catdiff.model import Codebook, Denoiser
 from catdiff.methods.catdm.sampler import sample
 from catdiff.methods.shared import guided_log_probs

@@ -22,19 +22,19 @@ Design choices (documented because the paper does not pin them down):
   Linear -> SiLU -> Linear. Class conditioning adds ``nn.Embedding(num_classes + 1, width)``
   to the time vector; index ``num_classes`` is the learned null condition (used when
   ``cond`` is None and by classifier-free guidance).
-- Positions (``cfg.positions``): ``sinusoidal`` (default, as the paper's transformer) adds fixed
-  sinusoids to the projected input; ``rotary`` (not in the paper; RoPE, as MDLM's and SEDD's
-  backbones use) rotates q and k instead, so attention sees relative offsets and position
+- Positions (``cfg.positions``): ``sinusoidal`` (as the paper's transformer) adds fixed
+  sinusoids to the projected input; ``rotary`` (the default; not in the paper; RoPE, as MDLM's
+  and SEDD's backbones use) rotates q and k instead, so attention sees relative offsets and position
   information does not shrink relative to the input as the learned embeddings grow.
   ``cfg.pos_scale`` multiplies the sinusoids (amplitude 1 by default; the projected input's
   norm grows with the embeddings during training, ~3x on digits by 1500 steps). Both are
   non-persistent buffers (checkpoints do not depend on ``seq_len``); shorter inputs use the
-  first M positions. Measured in README (digits, text-tdavid).
+  first M positions. Measured in docs/results.md.
 - Local mixing (``cfg.conv_kernel`` k > 0; not in the paper): before every block a depthwise
   k x k convolution over the token grid ``cfg.token_grid`` ("HxW", image tasks), or a width-k
   one along the sequence without a grid, is added to the residual stream: a conditional
-  positional encoding (Chu et al. 2021, "PEG"), i.e. a locality prior transformers lack. On
-  digits it took FID from ~28 to ~18 at the same budget (README).
+  positional encoding (Chu et al. 2021, "PEG"), i.e. a locality prior transformers lack
+  (its effect on digits: docs/results.md).
 - Mixed precision: the residual stream stays in the dtype the input projection promotes to
   (float32 under autocast, because the fixed position buffer is float32); matmuls and
   attention follow autocast. Logits are returned as float32.

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.encoder import KVCache
-from ..errors import UserError
 from ..method import Method
+from ..settings import Setting
 from .shared import check_sampling, gumbel, with_aux
 
 
@@ -109,18 +109,14 @@ class AR(Method):
     name = "ar"
     continuous = False
     samplers = ("sample", "greedy", "beam")
-    options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "beam_size": 4}
-    mutable_options = ("temperature", "top_k", "top_p", "beam_size")
+    settings = (
+        Setting("temperature", 1.0, "sampling temperature (sampler sample)", low=0, low_open=True, mutable=True),
+        Setting("top_k", 0, "keep the k most likely tokens when sampling; 0 = all", low=0, mutable=True),
+        Setting("top_p", 1.0, "nucleus sampling: keep the smallest set of tokens with this much mass",
+                low=0, low_open=True, high=1, mutable=True),
+        Setting("beam_size", 4, "beams of the beam sampler", low=1, mutable=True),
+    )
     backbone_options = {"causal": True}
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        if not self.option("temperature") > 0:
-            raise UserError(f"temperature must be > 0, got {self.option('temperature')}")
-        if self.option("top_k") < 0 or not 0 < self.option("top_p") <= 1:
-            raise UserError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.option('top_k')}, {self.option('top_p')}")
-        if self.option("beam_size") < 1:
-            raise UserError(f"beam_size must be >= 1, got {self.option('beam_size')}")
 
     def token_nll(self, model, x, cond) -> torch.Tensor:
         """-log p(x_i | x_<i, y) [B, M] by teacher forcing, through the Denoiser's ``logits``."""
@@ -162,7 +158,7 @@ class AR(Method):
             if sampler == "greedy":
                 tok = logp.argmax(-1)
             else:
-                logp = filtered_log_probs(logp, self.option("temperature"), self.option("top_k"), self.option("top_p"))
+                logp = filtered_log_probs(logp, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
                 tok = (logp.double() + gumbel(logp.shape, generator, device)).argmax(-1)
             x[:, i] = tok if known is None else torch.where(known_mask[:, i], known[:, i], tok)
             if i + 1 < seq_len:
@@ -171,7 +167,7 @@ class AR(Method):
 
     def beam(self, model, n, seq_len, cond, guidance, null_id, known, known_mask, device):
         """Beam search: ``beam_size`` prefixes per row kept by their summed log-probability."""
-        width = int(self.option("beam_size"))
+        width = int(self.cfg.beam_size)
         rows = torch.arange(n, device=device)
         stream = Stream(model, n * width, seq_len, None if cond is None else cond.repeat_interleave(width, 0),
                         guidance, null_id, device)

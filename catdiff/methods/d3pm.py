@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
+from ..settings import Setting
 from .discrete import MaskReplace, integer_times, kl, time_grid, x0_log_probs
 from .shared import check_sampling, draw, with_aux
+
+# shared by d3pm and vqdiffusion (one declaration, so one key)
+DISCRETE_STEPS = Setting("discrete_steps", None, "T of d3pm / vqdiffusion; auto = the paper's (d3pm 1000, "
+                         "vqdiffusion 100)", type=int, low=1, auto=True)
+HYBRID_WEIGHT = Setting("hybrid_weight", None, "lambda of d3pm L_vb + lambda L_CE, vqdiffusion L_vlb + "
+                        "lambda L_x0; auto = the paper's (0.001, 0.0005)", type=float, low=0, auto=True)
 
 
 class DiscreteDiffusion(Method):
@@ -36,6 +43,7 @@ class DiscreteDiffusion(Method):
 
     continuous = False
     samplers = ("ancestral",)
+    settings = (DISCRETE_STEPS, HYBRID_WEIGHT)
     default_T = 1000
     default_hybrid = 0.001
     reweight = False
@@ -43,8 +51,6 @@ class DiscreteDiffusion(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.T = self.default_T if cfg.discrete_steps is None else cfg.discrete_steps
-        if self.T < 1:
-            raise ValueError(f"discrete_steps must be >= 1 (or auto for the paper's T), got {cfg.discrete_steps}")
         self.hybrid = self.default_hybrid if cfg.hybrid_weight is None else cfg.hybrid_weight
         self._trans: dict[int, MaskReplace] = {}
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..method import Method
+from ..settings import Setting
 from .discrete import all_masked, choose, x0_log_probs
 from .shared import check_sampling, draw, gumbel, with_aux
 
@@ -44,6 +45,8 @@ class MaskGIT(Method):
     name = "maskgit"
     continuous = False
     samplers = ("confidence",)
+    settings = (Setting("mask_temperature", 4.5, "Gumbel temperature of the confidence order, annealed to 0",
+                        low=0, mutable=True),)
 
     def loss(self, model, target, x, cond):
         x_in, masked, frac = mask_inputs(x, target.codebook.mask_id)  # target: the unwrapped EMA copy

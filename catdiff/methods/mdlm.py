@@ -67,8 +67,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 from ..method import Method
+from ..settings import Setting
 from .discrete import all_masked, x0_log_probs
 from .shared import check_sampling, draw_times, with_aux
 
@@ -134,16 +134,15 @@ class MDLM(Method):
     name = "mdlm"
     continuous = False
     samplers = ("cached", "ancestral")
-    options = {"mdlm_schedule": "loglinear", "mdlm_eps": 1e-3}
+    settings = (
+        Setting("mdlm_schedule", "loglinear", "alpha_t: loglinear (1 - t) | cosine", choices=SCHEDULES),
+        Setting("mdlm_eps", 1e-3, "smallest training time (t is clamped to >= eps)", low=0, low_open=True, high=0.5),
+    )
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.schedule = self.option("mdlm_schedule")
-        self.eps = float(self.option("mdlm_eps"))
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"mdlm_schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 < self.eps < 1:
-            raise UserError(f"mdlm_eps must lie in (0, 1), got {self.eps}")
+        self.schedule = cfg.mdlm_schedule
+        self.eps = float(cfg.mdlm_eps)
 
     def nelbo(self, model, x, cond, t, mask_id: int, targets=None, generator=None):
         """(w(t) sum_i -log x_theta^i(z_t)[x^i] per sequence [B] (the eq. 10 integrand at t, one

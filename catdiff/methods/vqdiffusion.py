@@ -29,6 +29,7 @@ import torch
 
 from .discrete import MaskReplace, all_masked, choose, time_grid, x0_log_probs
 from .shared import check_sampling, draw, gumbel
+from ..settings import Setting
 from .d3pm import DiscreteDiffusion
 
 
@@ -43,6 +44,9 @@ def linear_schedule(T: int, a1=0.99999, aT=0.000009, g1=0.000009, gT=0.99999):
 class VQDiffusion(DiscreteDiffusion):
     name = "vqdiffusion"
     samplers = ("ancestral", "purity", "fewer_tokens")
+    settings = DiscreteDiffusion.settings + (
+        Setting("purity_scale", 1.0, "r of Improved VQ-Diffusion eq. 11 (the purity sampler)", low=0, low_open=True,
+                mutable=True),)
     default_T = 100
     default_hybrid = 0.0005
     reweight = True

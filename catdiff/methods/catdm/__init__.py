@@ -10,11 +10,36 @@ from __future__ import annotations
 
 from ...errors import UserError
 from ...method import Method
+from ...settings import Setting
 from .objective import DROPS, OBJECTIVES, CATDMObjective, likelihood_bound
 from .sampler import SAMPLERS, sample
 from .schedule import T_DRAWS, ShiftedCosineSchedule
 
-CHOICES = {"objective": OBJECTIVES, "drop": DROPS, "t_draw": T_DRAWS}  # allowed values of CATDM's keys
+# paper 003 sec. 2, 4, 5; the ablation switches are one value each
+SETTINGS = (
+    Setting("objective", "catdm", "training objective: catdm (eq. 4) | csdm (w/o the jointly learned "
+            "embedding terms) | csdm_l2 (csdm + an L2 penalty) | ce", choices=OBJECTIVES),
+    Setting("beta_dm", 0.005, "weight of L_DM in L0 + beta_dm L_DM + beta_cm L_CM (sec. 5.1)", low=0),
+    Setting("beta_cm", 1.0, "weight of L_CM; 0 gives \"CATDM w/o CM\"", low=0),
+    Setting("l2_weight", 1e-3, "weight of the embedding L2 penalty of objective=csdm_l2", low=0),
+    Setting("shift", -3.0, "s of the shifted cosine schedule (sec. 5.2; the paper gives none; digits sweep); "
+            "0 = \"w/o NS\""),
+    Setting("logsnr_min", -15.0, "log-SNR at t = 1 (the clip of the schedule; methods/catdm/schedule.py)"),
+    Setting("logsnr_max", 8.0, "log-SNR at t = 0: z_0's noise std e^-4 (methods/catdm/schedule.py says why "
+            "not higher)"),
+    Setting("drop", "rand", "random token dropping (sec. 5.3): rand | linear | rand_ratio | none (\"w/o RD\")",
+            choices=DROPS),
+    Setting("drop_ratio", 0.2, "ratio of the rand_ratio strategy (paper: 0.2)", low=0, high=1),
+    Setting("drop_l0", None, "drop ratio of L0's z_0 pass; auto = the strategy's (methods/catdm/objective.py)",
+            type=float, low=0, high=1, auto=True),
+    Setting("t_draw", "iid", "training times: iid | stratified (low-discrepancy, VDM appendix I.1)",
+            choices=T_DRAWS),
+    Setting("l0_rows", 1.0, "share of the batch whose z_0 pass estimates L0; 1 = all rows", low=0, high=1,
+            low_open=True),
+    Setting("ema_cm", 0.99, "EMA rate of the CM target (network and codebook)", low=0, high=1),
+    Setting("self_cond", False, "self-conditioning on the previous EMB_hat (not in the paper; catdiff.model)"),
+    Setting("evidence", True, "logits += each token's own Gaussian evidence (not in the paper; catdiff.model)"),
+)
 
 __all__ = ["CATDM", "CATDMObjective", "ShiftedCosineSchedule", "likelihood_bound", "sample"]
 
@@ -23,12 +48,12 @@ class CATDM(Method):
     name = "catdm"
     continuous = True
     samplers = SAMPLERS
+    settings = SETTINGS
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        for key, allowed in CHOICES.items():
-            if getattr(cfg, key) not in allowed:
-                raise UserError(f"config {key}={getattr(cfg, key)!r}: must be one of {', '.join(allowed)}")
+        if cfg.logsnr_min >= cfg.logsnr_max:
+            raise UserError(f"config logsnr_min={cfg.logsnr_min} must be < logsnr_max={cfg.logsnr_max}")
         self.schedule = ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
         self.objective = CATDMObjective(cfg, self.schedule)
 

@@ -15,7 +15,7 @@ of ``seq_len`` tokens (non-overlapping, the remainder dropped) of the vocabulary
   text and the settings; ``catdiff prepare text-file --set path=...`` trains it up front.
 
 What setup stores. The derived ``alphabet`` and the serialised BPE model (``spm_proto``,
-base64) are written into ``cfg.task_options``, so checkpoints carry their vocabulary and
+base64) are written into ``cfg.options``, so checkpoints carry their vocabulary and
 ``catdiff sample`` / ``eval`` rebuild the same ids without reading (or re-deriving from)
 the data. A run resumed with the same data and options derives the same vocabulary; one
 whose data now gives another vocabulary is refused by the engine's resume check.
@@ -93,13 +93,13 @@ class TextFileTask(TextTask):
         if not alphabet:
             alphabet = derive_alphabet(self.raw_splits()["train"])
         alphabet = finish_alphabet(alphabet, unknown)
-        cfg.task_options["alphabet"] = alphabet
+        cfg.options["alphabet"] = alphabet
         self.chars = CharVocab(alphabet)
         if self.option("tokenizer") == "chars":
             self.tokenizer = self.chars
         else:
             proto = self.option("spm_proto") or base64.b64encode(self._bpe_model()).decode("ascii")
-            cfg.task_options["spm_proto"] = proto
+            cfg.options["spm_proto"] = proto
             self.tokenizer = BpeVocab(base64.b64decode(proto))
         self.vocab_size = self.tokenizer.vocab_size
 

@@ -15,7 +15,7 @@ same for every run and resume and disjoint from train.
 
 What setup stores. ``vocab_size`` (max id + 1 over train and test, or the shards' declared
 vocabulary, unless given), ``seq_len`` (M) and ``num_classes`` (max label + 1, or the shards'
-class names, unless given) are written into ``cfg.task_options``, so a checkpoint is sampled
+class names, unless given) are written into ``cfg.options``, so a checkpoint is sampled
 (``catdiff sample``) with the same vocabulary without reading the data again.
 
 Metrics, besides the engine's bound in bits per token: ``unigram_bits`` (the entropy of the
@@ -125,7 +125,7 @@ class TokensTask(Task):
         maybe_labels = bool(self.option("labels")) or Path(self.option("path")).expanduser().is_dir()
         if not (vocab > 0 and seq > 0 and (classes > 0 or not maybe_labels)):
             vocab, seq, classes = self._from_data(vocab, seq, classes)
-        cfg.task_options.update(vocab_size=vocab, seq_len=seq, num_classes=classes)
+        cfg.options.update(vocab_size=vocab, seq_len=seq, num_classes=classes)
         self.vocab_size, self.seq_len, self.num_classes = vocab, seq, classes
 
     def _from_data(self, vocab: int, seq: int, classes: int) -> tuple[int, int, int]:

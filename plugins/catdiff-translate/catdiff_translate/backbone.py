@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from catdiff.backbones import TRANSFORMER, check_transformer
 from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, rotary_or_none, rotate,
                                       sinusoidal, zero_linear)
 
@@ -271,4 +272,8 @@ def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causa
     if int(opts.get("src_vocab", 0) or 0) <= 0 or "pad_id" not in opts:
         raise ValueError("the encdec backbone needs src_vocab (> 0) and pad_id in the task's data_spec().extras "
                          "(translation tasks derive them from their vocabularies)")
+    check_transformer(cfg)
     return EncoderDecoder(cfg, vocab_size, seq_len, int(opts["src_vocab"]), int(opts["pad_id"]), causal=causal)
+
+
+build_encdec.settings = TRANSFORMER  # the keys of catdiff's encoder, minus its local mixing

@@ -25,7 +25,7 @@ hash of the image list (relative paths, sizes, labels) and every setting that ch
 tokens; ``catdiff run`` prepares them when missing (single process; under DDP run
 ``catdiff prepare`` first, the error says the exact command).
 
-What setup stores in ``cfg.task_options``: the resolved ``color`` and ``image_size``,
+What setup stores in ``cfg.options``: the resolved ``color`` and ``image_size``,
 ``vocab_size``, ``seq_len``, ``grid``, ``channels``, ``num_classes``, ``class_names`` (JSON) and
 ``data_key``, so ``catdiff sample`` / ``eval`` rebuild the task from the checkpoint without
 reading the folder (decoding needs only the tokenizer: the VQGAN path, or the cached small VQ).
@@ -105,7 +105,7 @@ class ImageFolderTask(Task):
         self.__dict__.pop("tokenizer", None)
         for key in ("images", "tokenizer", "cache_dir"):  # absolute, so a checkpoint works from any directory
             if self.option(key):
-                cfg.task_options[key] = str(Path(self.option(key)).expanduser().resolve())
+                cfg.options[key] = str(Path(self.option(key)).expanduser().resolve())
         if not self.option("data_key"):  # what the user gave, before _derive resolves it (for prepare --images)
             self._given = {k: self.option(k) for k in ("color", "image_size")}
         if not self.option("data_key") and self.option("images"):
@@ -113,13 +113,13 @@ class ImageFolderTask(Task):
         if self.option("data_key"):
             self.vocab_size, self.seq_len = int(self.option("vocab_size")), int(self.option("seq_len"))
             self.num_classes = int(self.option("num_classes"))
-            if not cfg.token_grid:  # the 2D layout, for --set conv_kernel=K
-                cfg.token_grid = f"{self.option('grid')}x{self.option('grid')}"
+            if cfg.options.get("token_grid") == "":  # the encoder's 2D layout, for --set conv_kernel=K
+                cfg.options["token_grid"] = f"{self.option('grid')}x{self.option('grid')}"
         else:  # no images yet (`catdiff prepare` passes them later): a placeholder until load()/prepare()
             self.vocab_size, self.seq_len, self.num_classes = max(2, int(self.option("codes"))), 1, 0
 
     def _derive(self) -> None:
-        """List the folder, resolve colour / size / tokenizer, and store the results in task_options."""
+        """List the folder, resolve colour / size / tokenizer, and store the results in the config."""
         opt = self.option
         if opt("crop") not in fi.CROPS:
             raise UserError(f"task image-folder: option crop={opt('crop')!r} is not one of {', '.join(fi.CROPS)}")
@@ -149,7 +149,7 @@ class ImageFolderTask(Task):
                     "test_frac": float(opt("test_frac")), "tokenizer": tok, "images": listing.hexdigest()}
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self._items = (root, items)
-        self.cfg.task_options.update(
+        self.cfg.options.update(
             color=color, image_size=size, vocab_size=vocab, seq_len=grid * grid, grid=grid, channels=channels,
             num_classes=len(names), class_names=json.dumps(names), data_key=key)
 
@@ -186,7 +186,7 @@ class ImageFolderTask(Task):
     def prepare_command(self) -> str:
         """The `catdiff prepare` command line of these options (for the DDP error message)."""
         sets = "".join(f" --set {k}={str(v).lower() if isinstance(v, bool) else v}"
-                       for k, v in sorted(self.cfg.task_options.items())
+                       for k, v in sorted(self.cfg.options.items())
                        if k in OPTIONS and k not in DERIVED and k != "images" and v != OPTIONS[k])
         return f"catdiff prepare image-folder --images {self.root}{sets}"
 
@@ -258,7 +258,7 @@ class ImageFolderTask(Task):
         """Train the small VQ (if it is the tokenizer and absent) and write the train/test token
         shards (resumable); returns the cache directory."""
         if getattr(args, "images", None):
-            self.cfg.task_options.update(getattr(self, "_given", {}), images=str(args.images), data_key="")
+            self.cfg.options.update(getattr(self, "_given", {}), images=str(args.images), data_key="")
             self.setup(self.cfg)
         self._need_images()
         return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64),
