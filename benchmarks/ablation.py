@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from catdiff import Engine
-from catdiff.config import MUTABLE_KEYS, Config, for_task, parse_sets
+from catdiff.config import RUN_SETTINGS, component_settings, for_task, make, parse_sets
 from catdiff.hooks import registry
 
 # name -> (training overrides, sampling overrides); arms with equal training overrides share one model
@@ -68,10 +68,10 @@ def config_set(cfg, values: dict):
             setattr(cfg, k, v)
 
 
-# keys that do not change the trained model (sampling, bookkeeping, the machine), so not part
-# of a saved model's name; seed, steps, batch, LR and precision do change it
-NOT_TRAINING = frozenset(MUTABLE_KEYS) - {"seed", "steps", "batch_size", "lr", "weight_decay", "warmup",
-                                           "grad_clip", "ema_eval", "accum", "precision"}
+# keys a resume may change that still change the trained model (the others, sampling,
+# bookkeeping and the machine, are not part of a saved model's name)
+TRAINING = frozenset({"seed", "steps", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "ema_eval", "accum",
+                      "precision"})
 
 
 def model_key(task: str, overrides: dict) -> str:
@@ -80,9 +80,12 @@ def model_key(task: str, overrides: dict) -> str:
     not change the model. Equal configs reached by different overrides (``{}`` and the
     defaults written out) share a name, and a key added to Config later (at its default)
     leaves the names of kept models as they were."""
-    resolved = for_task(registry().get("tasks", task).factory(), overrides=overrides).to_dict()
-    core = Config().to_dict()
-    cfg = {k: v for k, v in resolved.items() if k not in NOT_TRAINING and (k not in core or v != core[k])}
+    instance = registry().get("tasks", task).factory()
+    resolved = for_task(instance, overrides=overrides).to_dict()
+    settings = {**RUN_SETTINGS, **component_settings(instance, resolved["method"], resolved["backbone"])}
+    core = make(method=resolved["method"], backbone=resolved["backbone"]).to_dict()
+    not_training = {k for k, s in settings.items() if s.mutable} - TRAINING
+    cfg = {k: v for k, v in resolved.items() if k not in not_training and (k not in core or v != core[k])}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ reported figure is a median over rounds.
 Sections
   1. matmul peak: FLOP/s of a large fp32 ``torch.mm`` and of bf16 matmuls.
   2. backbone training step (forward + backward + AdamW) for the default digits backbone
-     (``catdiff.config.Config()``) and the paper-sized image backbone (15 layers, 8 heads,
+     (``catdiff.config.make()``) and the paper-sized image backbone (15 layers, 8 heads,
      512 wide, 256 tokens, K=1024, D=256); ours vs stock, fp32 and bf16 autocast.
   3. objective cost (full CATDM step vs plain CSDM step, and CATDM with ``l0_rows=0.25``):
      see ``objective_cost``.
@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catdiff.backbones import EncoderTransformer, build_encoder  # noqa: E402
-from catdiff.config import Config  # noqa: E402
+from catdiff.config import Config, make  # noqa: E402
 from catdiff.engine import adamw  # noqa: E402
 
 FLOP_FORMULA = (
@@ -176,7 +175,7 @@ def objective_cost(args, device, peak) -> None:
     arms = {"catdm": {}, "catdm l0_rows=0.25": dict(l0_rows=0.25), "csdm": dict(objective="csdm")}
     steps = {}
     for name, changes in arms.items():
-        run = replace(cfg, **changes)
+        run = cfg.replace(**changes)
         torch.manual_seed(0)
         model = Denoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
         teacher, slow = ema_copy(model), ema_copy(model)
@@ -204,10 +203,10 @@ def objective_cost(args, device, peak) -> None:
 
 def digits_config() -> Config:
     """The `digits` task's default transformer sizes (from the vision plugin when installed), else
-    Config(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
+    catdiff.config.make(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
     defaults = _digits_defaults()
     keys = ("layers", "heads", "width", "embed_dim", "batch_size", "mlp_ratio")
-    return replace(Config(), **{k: v for k, v in defaults.items() if k in keys})
+    return make(**{k: v for k, v in defaults.items() if k in keys})
 
 
 def conv_cost(args, device) -> None:
@@ -216,7 +215,7 @@ def conv_cost(args, device) -> None:
     base = digits_config()
     B = base.batch_size
     steps = {}
-    for name, cfg in (("conv", replace(base, conv_kernel=3, token_grid="8x8")), ("plain", base)):
+    for name, cfg in (("conv", base.replace(conv_kernel=3, token_grid="8x8")), ("plain", base)):
         torch.manual_seed(0)
         steps[name] = make_step(EncoderTransformer(cfg, 17, 64).to(device), cfg, 17, 64, B, device, False)
     rounds = 4 if args.quick else 8
@@ -371,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu = device.type == "cpu"
     slow_bf16 = cpu and bf_lin < 0.5 * statistics.median(peaks)  # no native bf16 matmul on this CPU
     base = digits_config()
-    paper = replace(base, layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
+    paper = base.replace(layers=15, heads=8, width=512, mlp_ratio=4.0, embed_dim=256, dropout=0.0)
     if cpu:  # (cfg, K, M, batch, rounds, iters per round, warmup); sized for ~1 min (--quick) / ~2 min
         digits32 = (base, 17, 64, 32, 6, 1, 2) if quick else (base, 17, 64, 64, 8, 2, 2)
         paper32 = (paper, 1024, 256, 2, 4, 1, 1) if quick else (paper, 1024, 256, 4, 6, 1, 1)

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from catdiff import docgen
-from catdiff.config import Config
-from dataclasses import fields
+from catdiff.config import RUN_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -19,25 +18,18 @@ def test_configuration_md_is_current():
         "docs/configuration.md is stale (catdiff/config.py changed): run `.venv/bin/python -m catdiff.docgen`")
 
 
-def test_every_config_key_is_documented():
-    keys = docgen.parse()
-    assert [k.name for k in keys] == [f.name for f in fields(Config)]
-    assert docgen.undocumented(keys) == [], (
-        "config keys without a meaning: give them a trailing `# ...` comment in catdiff/config.py, "
-        "then run `.venv/bin/python -m catdiff.docgen`")
-
-
-def test_generator_reads_comments_and_sections(tmp_path):
-    src = tmp_path / "config.py"
-    src.write_text(
-        "from dataclasses import dataclass\n\n@dataclass\nclass Config:\n    task: str = 'digits'\n\n"
-        "    # backbone (a note); more words\n    layers: int = 4  # blocks\n"
-        "    # a leading comment\n    width: int = 128\n")
-    keys = docgen.parse(src)
-    by = {k.name: k for k in keys if k.name in ("layers", "width")}
-    assert by["layers"].meaning == "blocks" and by["layers"].section.startswith("backbone (a note)")
-    assert by["width"].meaning == "a leading comment" and by["width"].section == by["layers"].section
-    assert docgen._split_title("backbone (a, b); more") == ("backbone (a, b)", " more")
+def test_every_key_is_documented_in_its_components_section():
+    assert docgen.undocumented() == [], "settings without a doc line: give their Setting a doc"
+    text = docgen.render()
+    for name in RUN_SETTINGS:
+        assert f"| `{name}` |" in text
+    catdm = text.split("### `catdm`")[1].split("\n### ")[0]  # one section per component
+    assert "| `shift` | float | `-3.0` |" in catdm and "| `mdlm_eps` |" not in catdm
+    assert "| `objective` | str | `\"catdm\"` | `catdm` \\| `csdm` \\| `csdm_l2` \\| `ce` | fixed |" in catdm
+    assert "| `temperature` | float | `1.0` | > 0 | may change |" in text.split("### `ar`")[1].split("\n### ")[0]
+    encoder = text.split("### `encoder`")[1].split("\n### ")[0]
+    assert "| `token_grid` |" in encoder and "| `layers` | int | `4` | >= 1 | fixed |" in encoder
+    assert "| `lr` | float or auto | auto | >= 0 | may change |" in text
 
 
 def test_check_mode_detects_a_stale_file(tmp_path):
