@@ -22,6 +22,8 @@ def cmd_list(args) -> int:
     from .hooks import KINDS, registry
 
     reg = registry()
+    if args.name:
+        return _list_settings(reg, args.name)
     for kind in KINDS:
         print(f"{kind}:")
         comps = reg.components[kind]
@@ -41,6 +43,31 @@ def cmd_list(args) -> int:
         print("plugins that failed to load:")
         for name, err in reg.failed.items():
             print(f"  {name}: {err}")
+    return 0
+
+
+def _list_settings(reg, name: str) -> int:
+    """``catdiff list NAME``: the settings of the method, backbone or task NAME (``run``: the
+    run-level keys), one line each: key, type, default, allowed values, resume, meaning."""
+    from .config import RUN_SETTINGS
+    from .settings import declared
+
+    found = [("run-level keys", list(RUN_SETTINGS.values()))] if name == "run" else []
+    for kind in ("methods", "backbones", "tasks"):
+        if name in reg.components[kind]:
+            comp = reg.components[kind][name]
+            found.append((f"{kind[:-1]} {name} (from {comp.source})", list(declared(comp.factory))))
+    if not found:
+        known = sorted({n for kind in ("methods", "backbones", "tasks") for n in reg.components[kind]} | {"run"})
+        raise UserError(f"no method, backbone or task named {name!r}. Known: {', '.join(known)}")
+    for title, settings in found:
+        print(f"{title}: {len(settings)} settings" + (" (set them with --set KEY=VALUE)" if settings else ""))
+        for st in settings:
+            default = "auto" if st.default is None else repr(st.default)
+            allowed = st.allowed()
+            print(f"  {st.name:<18} {st.type.__name__ + (' | auto' if st.auto else ''):<12} {default:<12} "
+                  f"{'may change on resume' if st.mutable else 'fixed on resume':<21} {st.doc}"
+                  + (f" [{allowed}]" if allowed else ""))
     return 0
 
 
@@ -191,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of every error (or CATDIFF_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("list", help="show every task, tokenizer, backbone and metric, and which package gave it")
+    s = sub.add_parser("list", help="show every task, tokenizer, backbone and metric, and which package gave it; "
+                                    "`catdiff list NAME`: the settings of one method, backbone or task")
+    s.add_argument("name", nargs="?", help="a method, backbone or task (or `run`): list its settings")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("run", help="train, sample and evaluate a task")
@@ -278,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingInterrupted, Aborted) as e:
         print(f"catdiff: {e}", file=sys.stderr)
         return 128 + e.signum
+    except BrokenPipeError:  # the reader of stdout went away (`catdiff list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt:
         print("catdiff: interrupted; files already written are complete (checkpoints are written atomically)",
               file=sys.stderr)

@@ -242,7 +242,7 @@ def test_options_and_errors():
             Engine(ToyTask(), method="ar", **bad, **TINY)
     with pytest.raises(ValueError, match="has samplers"):
         eng.sample(2, sampler="ddim")
-    with pytest.raises(ValueError, match="config key 'top_k' is a setting of method 'ar', which this run does not"):
+    with pytest.raises(ValueError, match="config key 'top_k' is a setting of method 'ar', which this run .method 'maskgit'"):
         Engine(ToyTask(), method="maskgit", top_k=3)  # the settings belong to ar
     catdm = Engine(ToyTask(), **TINY)  # a bidirectional backbone cannot serve ar
     with pytest.raises(ValueError, match="needs a causal backbone"):

@@ -266,7 +266,7 @@ def test_method_options_follow_the_resolved_method_key(tmp_path, stepped_registr
     file = tmp_path / "run.json"
     file.write_text('{"method": "stepped", "my_steps": 7}')
     assert config.for_task(ToyTask(), file).task_options["my_steps"] == 7  # method from the config file
-    with pytest.raises(ValueError, match="config key 'my_steps' is a setting of method 'stepped', which this run"):
+    with pytest.raises(ValueError, match="config key 'my_steps' is a setting of method 'stepped', which this run .method 'catdm'"):
         config.for_task(DefaultsTask(), file, {"method": "catdm"})  # overrides win: catdm has no my_steps
     with pytest.raises(ValueError, match="unknown config key 'steps_'.*my_flag, my_label, my_steps"):
         config.for_task(DefaultsTask(), overrides={"steps_": 1})

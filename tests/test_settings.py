@@ -118,3 +118,16 @@ def test_clashing_declarations_are_refused_at_registration_naming_both(tmp_path,
     assert "config key 'lr' is declared by the core (a run-level key)" in reg.failed["method 'fast' (catdiff-clash 0.1)"]
     monkeypatch.setattr(hooks, "_REGISTRY", reg)
     assert config.for_task(ToyTask(), overrides={"method": "fine", "my_scale": "3"}).my_scale == 3.0
+
+
+def test_catdiff_list_name_prints_one_components_settings(capsys):
+    from catdiff.cli import main
+
+    assert main(["list", "mdlm"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "method mdlm (from catdiff): 2 settings (set them with --set KEY=VALUE)"
+    assert out[1].split()[:4] == ["mdlm_schedule", "str", "'loglinear'", "fixed"] and out[1].endswith("[loglinear | cosine]")
+    assert main(["list", "run"]) == 0 and "lr  " in capsys.readouterr().out
+    assert main(["list", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("catdiff: error: no method, backbone or task named 'nope'. Known: ar, catdm,") and "Traceback" not in err
