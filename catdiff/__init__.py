@@ -1,6 +1,7 @@
 """catdiff: diffusion models for categorical data (CATDM: continuous diffusion in a jointly
 learned embedding space with consistency matching)."""
 from .config import Config
+from .settings import Setting
 
 try:  # the one version source is pyproject.toml, via the installed distribution's metadata
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -8,7 +9,7 @@ try:  # the one version source is pyproject.toml, via the installed distribution
     __version__ = _version("catdiff")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
-__all__ = ["Config", "Engine", "Method", "Task", "TokenData", "__version__"]
+__all__ = ["Config", "Engine", "Method", "Setting", "Task", "TokenData", "__version__"]
 
 # name -> submodule; imported on first access so that `import catdiff` (and `catdiff --help`)
 # does not import torch

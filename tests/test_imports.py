@@ -89,7 +89,7 @@ def test_method_math_does_not_read_the_run_config_module():
 
 
 def test_run_level_finals_match_the_samplers():
-    from catdiff.config import CHOICES
+    from catdiff.config import RUN_SETTINGS
     from catdiff.methods.shared import FINALS
 
-    assert CHOICES["final"] == FINALS
+    assert RUN_SETTINGS["final"].choices == FINALS
