@@ -419,7 +419,13 @@ class Engine:
         """Stop on a non-finite loss or gradient since step ``checked`` (one host read); non-finite
         weights are never saved. Returns the step now known to be finite."""
         if not bool(finite):
-            kept = f"the last checkpoint, {self.out / CKPT_NAME}, is kept" if self.out is not None else "nothing was saved"
+            last = self.out / CKPT_NAME if self.out is not None else None
+            if last is None:
+                kept = "nothing was saved"
+            elif last.exists():
+                kept = f"the last checkpoint, {last}, is kept"
+            else:  # diverged before the first checkpoint: there is nothing to resume from
+                kept = f"no checkpoint was written yet (the first is due at step {self.cfg.ckpt_every})"
             raise UserError(f"training diverged: a non-finite loss or gradient between steps {checked + 1} and "
                             f"{self.step}; {kept}. Lower lr, raise warmup, or check the data")
         return self.step

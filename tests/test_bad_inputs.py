@@ -345,3 +345,14 @@ def test_resume_false_moves_the_old_run_aside(capsys, run):
     (old,) = run.glob("previous-*")
     assert digest(old) == before  # every file of the old run, byte for byte
     assert torch.load(run / "last.pt", weights_only=True)["config"]["method"] == "maskgit"
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tmp_path, monkeypatch):
+    real = Engine._train_step
+    monkeypatch.setattr(Engine, "_train_step", lambda self, feed, log: real(self, feed, log) & (self.step < 2))
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=5",
+                           "--set", "log_every=1")
+    assert code == 2 and "Traceback" not in err and [l for l in err.splitlines() if "catdiff" in l] == [
+        err.splitlines()[-1]], err
+    assert "training diverged" in err and "no checkpoint was written yet" in err and "last.pt" not in err, err
+    assert "Lower lr" in err and not (tmp_path / "r" / "last.pt").exists()
