@@ -180,7 +180,8 @@ def checkpoint_cases(tmp_path: Path, run: Path) -> dict[str, tuple[Path, str]]:
         "future-version": (tmp_path / "v.pt", "checkpoint version 99"),
         "incomplete": (tmp_path / "i.pt", "incomplete catdiff checkpoint (no config"),
         "malicious": (malicious(tmp_path / "m.pt", tmp_path / "MARKER"), "refused to load"),
-        "directory-without-ckpt": (tmp_path, "does not exist"),
+        "directory-without-ckpt": (tmp_path, f"{tmp_path} is a directory that holds no checkpoint (last.pt) and "
+                                              f"no export (model.safetensors); pass a checkpoint file"),
     }
 
 
