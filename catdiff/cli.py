@@ -37,11 +37,7 @@ def cmd_list(args) -> int:
                 print(f"  {'':<24} shadows the same name from {', '.join(reg.shadowed[(kind, name)])}")
     for note in reg.notes:
         print(f"note: {note}")
-    if reg.failed:
-        print("plugins that failed to load:")
-        for name, err in reg.failed.items():
-            print(f"  {name}: {err}")
-    return 0
+    return 0  # plugins that failed to load: main's warnings, on stderr
 
 
 def cmd_run(args) -> int:
@@ -266,10 +262,24 @@ def _out_of_memory(e: BaseException) -> bool:
     return torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ()))
 
 
+def _warn_broken_plugins(debug: bool) -> None:
+    """One warning line per plugin that failed to load (every command builds the registry);
+    the command goes on with the others. ``--debug`` adds each one's traceback."""
+    from .hooks import registry
+
+    reg = registry()
+    for name, err in reg.failed.items():
+        if debug:
+            print(reg.tracebacks.get(name, ""), end="", file=sys.stderr)
+        hint = "" if debug else "; run with --debug for the traceback"
+        print(f"catdiff: warning: plugin {name} failed to load and is skipped: {err}{hint}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     debug = args.debug or os.environ.get("CATDIFF_DEBUG", "") not in ("", "0")
     try:
+        _warn_broken_plugins(debug)
         if args.fn is cmd_prepare:
             return cmd_prepare(args, rest)
         if rest:

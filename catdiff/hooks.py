@@ -61,7 +61,8 @@ class Component:
 @dataclass
 class Registry:
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    failed: dict[str, str] = field(default_factory=dict)  # plugin name -> error message
+    failed: dict[str, str] = field(default_factory=dict)  # plugin name -> error message (one line)
+    tracebacks: dict[str, str] = field(default_factory=dict)  # plugin name -> its traceback (for --debug)
     # (kind, name) -> the sources that also provide it and were shadowed by the winner
     shadowed: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # plugins loaded under another name, ...
@@ -73,8 +74,10 @@ class Registry:
             singular = kind[:-1]
             listing = ", ".join(sorted(known)) or "(none)"
             hint = ""
-            if self.failed:
-                hint = "\nPlugins that failed to load: " + "; ".join(f"{n}: {e}" for n, e in self.failed.items())
+            if self.failed:  # a broken plugin may be the one that provides it
+                hint = (" It may come from a plugin that failed to load: "
+                        + "; ".join(f"{n} ({e})" for n, e in self.failed.items())
+                        + "; fix or reinstall it (run with --debug for the traceback).")
             raise UnknownName(f"unknown {singular} {name!r}. Known {kind}: {listing}.{hint}")
         comp = known[name]
         if (kind, name) in self.shadowed and (kind, name) not in self._warned:
@@ -89,6 +92,14 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
+
+    def fail(self, plugin: str, error: Exception, dist: str, hook: str = "") -> None:
+        """Record ``plugin`` (of distribution ``dist``) as broken by ``error``, raised on import or in
+        ``hook``; a plugin's first error is kept."""
+        if plugin not in self.failed:
+            first = (str(error).strip().splitlines() or [""])[0]
+            self.failed[plugin] = f"{type(error).__name__}{' in ' + hook if hook else ''}: {first} (from {dist})"
+            self.tracebacks[plugin] = "".join(traceback.format_exception(error))
 
 
 def _plugin_manager() -> pluggy.PluginManager:
@@ -124,7 +135,7 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
         try:
             plugin = ep.load()
         except Exception as e:  # noqa: BLE001 - any import error is reported, not raised
-            registry.failed[ep.name] = f"{type(e).__name__}: {e} (from {dist})"
+            registry.fail(ep.name, e, dist)
             continue
         if pm.is_registered(plugin):
             registry.notes.append(f"entry point {ep.name!r} of {dist} names module {ep.value!r}, "
@@ -143,9 +154,8 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
         for impl in sorted(hook.get_hookimpls(), key=lambda impl: order.index(impl.plugin_name)):
             try:
                 provided = impl.function() or {}
-            except Exception as e:  # noqa: BLE001
-                registry.failed[impl.plugin_name] = f"{type(e).__name__} in catdiff_{kind}: {e}"
-                traceback.print_exc()
+            except Exception as e:  # noqa: BLE001 - reported (cli: one warning line), the others still load
+                registry.fail(impl.plugin_name, e, sources[impl.plugin_name], f"catdiff_{kind}")
                 continue
             source = sources[impl.plugin_name]
             for name, factory in provided.items():
