@@ -357,3 +357,46 @@ def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tm
         err.splitlines()[-1]], err
     assert "training diverged" in err and "no checkpoint was written yet" in err and "last.pt" not in err, err
     assert "Lower lr" in err and not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_checkpoints_and_exports_record_their_plugins(capsys, tmp_path):
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "1", "--set", "n_samples=2")
+    assert code == 0, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["plugins"] == {
+        "tasks": "tests", "methods": "catdiff", "backbones": "catdiff"}
+    assert cli_run(capsys, "export", tmp_path / "r", tmp_path / "x")[0] == 0
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["plugins"]["tasks"] == "tests"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(task="stripes", plugins={"tasks": "catdiff-stripes 0.1"}),
+     "was written with task 'stripes' (plugin catdiff-stripes 0.1), which is not installed: pip install catdiff-stripes"),
+    (dict(method="hot-catdm", plugins={"methods": "catdiff-hot 2.0"}),
+     "was written with method 'hot-catdm' (plugin catdiff-hot 2.0), which is not installed: pip install catdiff-hot"),
+    (dict(task="stripes", plugins=None),  # written before checkpoints recorded their plugins
+     "was written with task 'stripes', which no installed plugin provides (installed tasks: "),
+], ids=["task", "method", "old-checkpoint"])
+@pytest.mark.parametrize("cmd", ["sample", "eval"])
+def test_a_checkpoint_of_a_plugin_not_installed_names_it(capsys, tmp_path, run, cmd, edit, message):
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["config"].update({k: v for k, v in edit.items() if k != "plugins"})
+    payload.pop("plugins", None)
+    if edit["plugins"]:
+        payload["plugins"] = edit["plugins"]
+    torch.save(payload, tmp_path / "other.pt")
+    before = digest(tmp_path)
+    code, _, err = cli_run(capsys, cmd, tmp_path / "other.pt", "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: checkpoint {tmp_path / 'other.pt'} {message}" + err.split(message)[-1].rstrip("\n")], err
+    assert digest(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_a_broken_plugin_says_it_failed_to_load(capsys, tmp_path, run, monkeypatch):
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["config"]["task"], payload["plugins"] = "stripes", {"tasks": "catdiff-stripes 0.1"}
+    torch.save(payload, tmp_path / "other.pt")
+    monkeypatch.setitem(registry().failed, "stripes", "ImportError: no libfoo (from catdiff-stripes 0.1)")
+    code, _, err = cli_run(capsys, "sample", tmp_path / "other.pt", "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 2, err
+    assert err.startswith("catdiff: warning: plugin stripes failed to load")
+    assert "task 'stripes' (plugin catdiff-stripes 0.1), which failed to load (see its warning" in err
