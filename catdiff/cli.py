@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import sys
 import traceback
 from pathlib import Path
 
 from .config import parse_sets
-from .errors import Aborted, TrainingInterrupted, UserError
+from .errors import Aborted, TrainingInterrupted, UserError, check_writable
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -130,8 +131,11 @@ def _check_sample_args(args, eng) -> None:
 def cmd_sample(args) -> int:
     import torch
 
+    from .checkpoint import write_atomic
     from .engine import Engine
 
+    out = Path(args.out)
+    check_writable(out, "samples")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     eng.leave_group()
     if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
@@ -149,9 +153,10 @@ def cmd_sample(args) -> int:
     labels = torch.full((args.n,), args.label) if args.label is not None else None
     tokens = eng.sample(args.n, steps=args.steps, guidance=args.guidance, labels=labels,
                         known=known, known_mask=mask, seed=args.seed)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(tokens, out / "samples.pt")
+    buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as "unexpected pos"
+    torch.save(tokens, buf)
+    write_atomic(buf.getbuffer(), out / "samples.pt", "sample file")
     files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
     print(f"wrote {out / 'samples.pt'}" + "".join(f"\nwrote {f}" for f in files))
     return 0
@@ -162,12 +167,13 @@ def cmd_eval(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
+    check_writable(out, "metrics.json")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     eng.leave_group()
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
-    ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print(f"\nwrote {out / 'metrics.json'}")
     return 0

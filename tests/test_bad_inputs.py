@@ -291,8 +291,8 @@ def test_read_only_output_directory(capsys, tmp_path, trained):
         code, _, err = cli_run(capsys, "run", "toy", "--out", ro / "run", "--steps", "4")
         assert code == 2 and "Read-only file system" in err and "Traceback" not in err, err
         assert digest(ro / "run") == before
-        code, _, err = cli_run(capsys, "eval", ro / "run" / "last.pt", "--n", "2")  # metrics.json cannot be written
-        assert code == 2 and "cannot write metrics" in err and "Read-only file system" in err, err
+        code, _, err = cli_run(capsys, "eval", ro / "run" / "last.pt", "--n", "2")  # refused before the work
+        assert code == 2 and f"cannot write metrics.json into {ro / 'run'}: {ro / 'run'} is not writable" in err, err
     finally:
         subprocess.run(["umount", str(ro)])
 
@@ -400,3 +400,35 @@ def test_a_checkpoint_of_a_broken_plugin_says_it_failed_to_load(capsys, tmp_path
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 2, err
     assert err.startswith("catdiff: warning: plugin stripes failed to load")
     assert "task 'stripes' (plugin catdiff-stripes 0.1), which failed to load (see its warning" in err
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the checkpoint was loaded: the output check must come before the work")
+
+
+@pytest.mark.parametrize("cmd, what", [("sample", "samples"), ("eval", "metrics.json")])
+def test_an_output_under_a_file_is_refused_before_the_work(capsys, tmp_path, run, monkeypatch, cmd, what):
+    write(tmp_path / "file", "mine")
+    monkeypatch.setattr(Engine, "load", _no_work)
+    code, _, err = cli_run(capsys, cmd, run, "--out", tmp_path / "file" / "out")
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: cannot write {what} into {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, "
+        f"not a directory; pass another --out"], err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o500 directory")
+@pytest.mark.parametrize("cmd, what", [("sample", "samples"), ("eval", "metrics.json")])
+def test_an_unwritable_output_directory_is_refused_before_the_work(capsys, tmp_path, run, monkeypatch, cmd, what):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setattr(Engine, "load", _no_work)
+    try:
+        code, _, err = cli_run(capsys, cmd, run, "--out", locked / "out")
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: cannot write {what} into {locked / 'out'}: {locked} is not writable; "
+        f"pass a writable --out directory"], err
+    assert list(locked.iterdir()) == []
