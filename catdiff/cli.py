@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from .config import parse_sets
-from .errors import Aborted, TrainingInterrupted, UserError, check_writable
+from .errors import Aborted, TrainingInterrupted, UserError, check_writable, naming
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +157,8 @@ def cmd_sample(args) -> int:
     buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as "unexpected pos"
     torch.save(tokens, buf)
     write_atomic(buf.getbuffer(), out / "samples.pt", "sample file")
-    files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
+    with naming(out):  # a task's write that names no file: name the directory
+        files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
     print(f"wrote {out / 'samples.pt'}" + "".join(f"\nwrote {f}" for f in files))
     return 0
 
@@ -309,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         msg = f"{e.filename + ': ' if e.filename else ''}{e.strerror}" if e.strerror else str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # say what a full disk left behind
+            msg += (f"{'' if e.filename else ' (run with --debug to see where)'}. That write may be incomplete; "
+                    f"the files written before it are complete (checkpoints, config.json and metrics.json are "
+                    f"written atomically). Free space or pass another --out, then rerun")
         print(f"catdiff: error: {msg}", file=sys.stderr)
         return 2
     except ImportError as e:  # an optional dependency the plugin names how to install

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from . import checkpoint, config as config_mod, export as export_mod
 from .config import Config
 from .diagnostics import collapse_report
-from .errors import TrainingInterrupted, UserError
+from .errors import TrainingInterrupted, UserError, naming
 from .feed import BatchFeed
 from .hooks import registry
 from .interrupts import DeferredSignals
@@ -739,7 +739,8 @@ class Engine:
         if on_metrics is not None:
             on_metrics(metrics)
         if out is not None and self.rank == 0:
-            self.task.save_samples(tokens, labels, out)
-            if report is not None:
-                self.task.diagnostics(report, out)
+            with naming(out):  # a task's write that names no file: name the directory
+                self.task.save_samples(tokens, labels, out)
+                if report is not None:
+                    self.task.diagnostics(report, out)
         return metrics

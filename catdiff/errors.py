@@ -7,6 +7,7 @@ user: missing or malformed data, a bad option value, a file that does not fit.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -76,3 +77,15 @@ def check_writable(directory: str | Path, what: str) -> None:
     if not os.access(base, os.W_OK | os.X_OK):  # also false on a read-only file system, even for root
         raise UserError(f"cannot write {what} into {directory}: {base} is not writable; "
                         f"pass a writable --out directory")
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError raised inside without a file name (a full disk on ``write()`` names none) is
+    raised again naming ``path``, so the one-line error says where the write failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
