@@ -2,7 +2,8 @@
 
 Every component (task, method, tokenizer, backbone, metric), built-in or third-party, arrives
 through the same five hooks. Third-party packages declare an entry point in the group
-``catdiff``; see ``docs/plugins.md``.
+``catdiff``; see ``docs/plugins.md``. A hook may name a factory by reference,
+``Lazy("module:attr")``, so that building the registry (``catdiff list``) imports no component.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import pluggy
 
 from . import builtins
 from .errors import UnknownName
-from .markers import GROUP, hookimpl, hookspec
+from .markers import GROUP, Lazy, hookimpl, hookspec
 
 KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
 # Distributions whose components win over a third-party one of the same name (after the built-ins).
 FIRST_PARTY = ("catdiff-vision", "catdiff-text", "catdiff-translate", "catdiff-tokens")
 
-__all__ = ["GROUP", "KINDS", "Component", "Registry", "build_registry", "hookimpl", "hookspec", "registry"]
+__all__ = ["GROUP", "KINDS", "Component", "Lazy", "Registry", "build_registry", "hookimpl", "hookspec", "registry"]
 
 
 class Hookspecs:
@@ -54,8 +55,19 @@ class Hookspecs:
 class Component:
     kind: str
     name: str
-    factory: Callable[..., Any]
+    ref: Callable[..., Any] | Lazy  # the factory, or a reference to it imported on first use
     source: str  # distribution (or "catdiff" for built-ins) that provided it
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.ref, Lazy):
+            self.ref = self.ref.load()
+        return self.ref
+
+    @property
+    def description(self) -> str:
+        """A task's one-line summary, read without importing a Lazy component."""
+        return getattr(self.ref, "description", "") or ""
 
 
 @dataclass
