@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import builtins
-from .errors import UnknownName
+from .errors import UnknownName, UserError
 from .markers import GROUP, Lazy, hookimpl, hookspec
 
 KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
@@ -61,7 +61,13 @@ class Component:
     @property
     def factory(self) -> Callable[..., Any]:
         if isinstance(self.ref, Lazy):
-            self.ref = self.ref.load()
+            try:
+                self.ref = self.ref.load()
+            except Exception as e:  # a broken plugin, as when its module fails to load: one line, exit 2
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise UserError(f"{self.kind[:-1]} {self.name!r} of plugin {self.source} failed to load "
+                                f"({type(e).__name__}: {first}); fix or reinstall the plugin (run with --debug "
+                                f"for the traceback)") from e
         return self.ref
 
     @property

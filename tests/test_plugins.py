@@ -138,6 +138,26 @@ def test_broken_plugins_are_one_warning_line_each_on_every_command(tmp_path):
     assert files == {p: p.read_bytes() for p in files}  # the plugins' files are untouched
 
 
+def test_a_lazy_component_that_fails_to_import_is_named_when_used(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-lazy", "catdiff_lazy", textwrap.dedent('''
+        from catdiff.hooks import Lazy, hookimpl
+
+        @hookimpl
+        def catdiff_tasks():
+            return {"lazy-task": Lazy("catdiff_lazy_gone:Task", "a task whose module is missing")}
+    '''))
+    listing = run_cli(site, "list")  # listing imports no component
+    assert listing.returncode == 0 and "a task whose module is missing" in listing.stdout, listing.stderr
+    run = run_cli(site, "run", "lazy-task", "--out", str(tmp_path / "run"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "catdiff: error: task 'lazy-task' of plugin catdiff-lazy 0.1 failed to load (ModuleNotFoundError: No module "
+        "named 'catdiff_lazy_gone'); fix or reinstall the plugin (run with --debug for the traceback)"), run.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_task_from_cli_lists_known_ones(tmp_path):
     res = run_cli(tmp_path, "run", "no-such-task", "--out", str(tmp_path / "x"))
     assert res.returncode == 2
