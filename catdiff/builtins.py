@@ -1,16 +1,15 @@
-"""Components that ship with catdiff, registered through the same hooks as any plugin."""
-from .markers import hookimpl
+"""Components that ship with catdiff, registered through the same hooks as any plugin; named by
+reference (imported on first use), so that listing them does not import torch."""
+from .markers import Lazy, hookimpl
 
 
 @hookimpl
 def catdiff_backbones():
-    from .backbones import build_encoder
-
-    return {"encoder": build_encoder}
+    return {"encoder": Lazy("catdiff.backbones:build_encoder")}
 
 
 @hookimpl
 def catdiff_methods():
-    from .methods import builtin_methods
-
-    return builtin_methods()
+    return {name: Lazy(f"catdiff.methods:{cls}") for name, cls in (
+        ("catdm", "CATDM"), ("d3pm", "D3PM"), ("vqdiffusion", "VQDiffusion"), ("maskgit", "MaskGIT"),
+        ("mdlm", "MDLM"), ("ar", "AR"))}

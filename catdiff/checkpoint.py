@@ -117,6 +117,10 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
     if path.is_dir() and (path / "last.pt").is_file():  # a run directory stands for its checkpoint
         path = path / "last.pt"
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a directory that holds no checkpoint (last.pt) and no export (model.safetensors); pass "
+            f"a checkpoint file, a run directory of `catdiff run` or a directory written by `catdiff export`")
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; train one with `catdiff run TASK --out DIR` "

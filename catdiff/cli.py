@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import sys
 import traceback
 from pathlib import Path
 
 from .config import parse_sets
-from .errors import Aborted, TrainingInterrupted, UserError
+from .errors import Aborted, TrainingInterrupted, UserError, check_writable, naming
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -31,19 +32,13 @@ def cmd_list(args) -> int:
             print("  (none)")
         for name in sorted(comps):
             c = comps[name]
-            desc = ""
-            if kind == "tasks":
-                desc = getattr(c.factory, "description", "") or ""
+            desc = c.description if kind == "tasks" else ""
             print(f"  {name:<24} from {c.source}" + (f"  - {desc}" if desc else ""))
             if (kind, name) in reg.shadowed:
                 print(f"  {'':<24} shadows the same name from {', '.join(reg.shadowed[(kind, name)])}")
     for note in reg.notes:
         print(f"note: {note}")
-    if reg.failed:
-        print("plugins that failed to load:")
-        for name, err in reg.failed.items():
-            print(f"  {name}: {err}")
-    return 0
+    return 0  # plugins that failed to load: main's warnings, on stderr
 
 
 def _list_settings(reg, name: str) -> int:
@@ -161,8 +156,11 @@ def _check_sample_args(args, eng) -> None:
 def cmd_sample(args) -> int:
     import torch
 
+    from .checkpoint import write_atomic
     from .engine import Engine
 
+    out = Path(args.out)
+    check_writable(out, "samples")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     eng.leave_group()
     if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
@@ -180,10 +178,12 @@ def cmd_sample(args) -> int:
     labels = torch.full((args.n,), args.label) if args.label is not None else None
     tokens = eng.sample(args.n, steps=args.steps, guidance=args.guidance, labels=labels,
                         known=known, known_mask=mask, seed=args.seed)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(tokens, out / "samples.pt")
-    files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
+    buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as "unexpected pos"
+    torch.save(tokens, buf)
+    write_atomic(buf.getbuffer(), out / "samples.pt", "sample file")
+    with naming(out):  # a task's write that names no file: name the directory
+        files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
     print(f"wrote {out / 'samples.pt'}" + "".join(f"\nwrote {f}" for f in files))
     return 0
 
@@ -193,12 +193,13 @@ def cmd_eval(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    ckpt = Path(args.ckpt)
+    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
+    check_writable(out, "metrics.json")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     eng.leave_group()
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
-    ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print(f"\nwrote {out / 'metrics.json'}")
     return 0
@@ -295,10 +296,24 @@ def _out_of_memory(e: BaseException) -> bool:
     return torch is not None and isinstance(e, getattr(torch, "OutOfMemoryError", ()))
 
 
+def _warn_broken_plugins(debug: bool) -> None:
+    """One warning line per plugin that failed to load (every command builds the registry);
+    the command goes on with the others. ``--debug`` adds each one's traceback."""
+    from .hooks import registry
+
+    reg = registry()
+    for name, err in reg.failed.items():
+        if debug:
+            print(reg.tracebacks.get(name, ""), end="", file=sys.stderr)
+        hint = "" if debug else "; run with --debug for the traceback"
+        print(f"catdiff: warning: plugin {name} failed to load and is skipped: {err}{hint}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     debug = args.debug or os.environ.get("CATDIFF_DEBUG", "") not in ("", "0")
     try:
+        _warn_broken_plugins(debug)
         if args.fn is cmd_prepare:
             return cmd_prepare(args, rest)
         if rest:
@@ -325,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         msg = f"{e.filename + ': ' if e.filename else ''}{e.strerror}" if e.strerror else str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # say what a full disk left behind
+            msg += (f"{'' if e.filename else ' (run with --debug to see where)'}. That write may be incomplete; "
+                    f"the files written before it are complete (checkpoints, config.json and metrics.json are "
+                    f"written atomically). Free space or pass another --out, then rerun")
         print(f"catdiff: error: {msg}", file=sys.stderr)
         return 2
     except ImportError as e:  # an optional dependency the plugin names how to install

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from . import checkpoint, config as config_mod, export as export_mod
 from .config import Config
 from .diagnostics import collapse_report
-from .errors import TrainingInterrupted, UserError
+from .errors import TrainingInterrupted, UserError, naming
 from .feed import BatchFeed
 from .hooks import registry
 from .interrupts import DeferredSignals
@@ -114,6 +114,31 @@ def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> Non
         check_token_range(tokens, task, split)
     if (task.num_classes or task.conditional) and labels is None:
         raise UserError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
+
+
+def _check_installed(what: str, config: dict[str, Any], plugins: dict[str, str] | None, task_given: bool) -> None:
+    """The task, method and backbone a checkpoint or export (``what``) was written with are provided
+    here; else a UserError names the missing one and the plugin that gave it (``plugins``: its
+    distribution and version; absent in checkpoints written before catdiff recorded them)."""
+    reg = registry()
+    config = config_mod.migrate(config)
+    for kind, key in (("tasks", "task"), ("methods", "method"), ("backbones", "backbone")):
+        name = config.get(key)
+        if (kind == "tasks" and task_given) or not isinstance(name, str) or name in reg.components[kind]:
+            continue
+        source = (plugins or {}).get(kind)
+        dist = source.split(" ")[0] if source else None
+        if dist is None:
+            why = (f"which no installed plugin provides (installed {kind}: {', '.join(reg.names(kind)) or '(none)'}); "
+                   f"install the plugin that provides it")
+        elif dist == "catdiff":
+            why = "which this version of catdiff does not provide; use the catdiff version that wrote it"
+        elif any(f"(from {dist} " in err for err in reg.failed.values()):
+            why = "which failed to load (see its warning; --debug shows the traceback)"
+        else:
+            why = f"which is not installed: pip install {dist}"
+        plugin = f" (plugin {source})" if dist not in (None, "catdiff") else ""
+        raise UserError(f"{what} was written with {kind[:-1]} {name!r}{plugin}, {why}")
 
 
 class Engine:
@@ -418,7 +443,13 @@ class Engine:
         """Stop on a non-finite loss or gradient since step ``checked`` (one host read); non-finite
         weights are never saved. Returns the step now known to be finite."""
         if not bool(finite):
-            kept = f"the last checkpoint, {self.out / CKPT_NAME}, is kept" if self.out is not None else "nothing was saved"
+            last = self.out / CKPT_NAME if self.out is not None else None
+            if last is None:
+                kept = "nothing was saved"
+            elif last.exists():
+                kept = f"the last checkpoint, {last}, is kept"
+            else:  # diverged before the first checkpoint: there is nothing to resume from
+                kept = f"no checkpoint was written yet (the first is due at step {self.cfg.ckpt_every})"
             raise UserError(f"training diverged: a non-finite loss or gradient between steps {checked + 1} and "
                             f"{self.step}; {kept}. Lower lr, raise warmup, or check the data")
         return self.step
@@ -493,10 +524,19 @@ class Engine:
         """What a checkpoint or an export records of its task, checked when it is loaded."""
         return {"name": self.task.name, **self.spec.to_dict()}
 
+    @property
+    def plugins(self) -> dict[str, str]:
+        """The distributions (with version) that provide the run's task, method and backbone, kept in
+        checkpoints and exports, so that loading one where a plugin is missing names it."""
+        reg = registry()
+        names = {"tasks": self.task.name, "methods": self.cfg.method, "backbones": self.cfg.backbone}
+        return {kind: reg.components[kind][name].source for kind, name in names.items() if name in reg.components[kind]}
+
     def state(self) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
             "task": self.task_meta,
+            "plugins": self.plugins,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema_cm": self.ema_cm.state_dict(),
@@ -549,6 +589,7 @@ class Engine:
         """Rebuild an Engine from a checkpoint: its own config (``overrides`` for sampling/eval keys),
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
+        _check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
         eng = cls._from_config(payload["config"], overrides, task, out)
         eng.load_state(payload, path)
         return eng
@@ -566,6 +607,7 @@ class Engine:
         """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
         its config, its EMA weights in every copy of the network, no optimizer state."""
         meta, weights = export_mod.read(directory)
+        _check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
         eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
         eng.step = int(meta.get("step", 0))
@@ -695,7 +737,8 @@ class Engine:
         if on_metrics is not None:
             on_metrics(metrics)
         if out is not None and self.rank == 0:
-            self.task.save_samples(tokens, labels, out)
-            if report is not None:
-                self.task.diagnostics(report, out)
+            with naming(out):  # a task's write that names no file: name the directory
+                self.task.save_samples(tokens, labels, out)
+                if report is not None:
+                    self.task.diagnostics(report, out)
         return metrics

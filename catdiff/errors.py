@@ -7,6 +7,8 @@ user: missing or malformed data, a bad option value, a file that does not fit.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 from pathlib import Path
 
@@ -60,3 +62,30 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise UserError(f"{what} {path} is not text: byte {nul} is NUL (a binary file, or UTF-16 text); "
                         f"give a UTF-8 text file (convert UTF-16 with iconv -f utf-16 -t utf-8)")
     return text[1:] if text.startswith(BOM) else text
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Fail before the work, not after it, when ``what`` cannot be written into ``directory``
+    (made later if missing): its nearest existing ancestor must be a writable directory."""
+    directory = Path(directory)
+    base = directory.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"cannot write {what} into {directory}: {base} is a file, not a directory; "
+                        f"pass another --out")
+    if not os.access(base, os.W_OK | os.X_OK):  # also false on a read-only file system, even for root
+        raise UserError(f"cannot write {what} into {directory}: {base} is not writable; "
+                        f"pass a writable --out directory")
+
+
+@contextlib.contextmanager
+def naming(path: str | Path):
+    """An OSError raised inside without a file name (a full disk on ``write()`` names none) is
+    raised again naming ``path``, so the one-line error says where the write failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e

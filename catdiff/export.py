@@ -32,7 +32,7 @@ def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
         raise UserError(f"{directory} already holds an export ({WEIGHTS}); pass another directory or --force")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in engine.ema_eval.state_dict().items()}
     meta = {"format": FORMAT, "version": VERSION, "step": engine.step, "config": engine.cfg.to_dict(),
-            "task": engine.task_meta}
+            "task": engine.task_meta, "plugins": engine.plugins}
     files = [checkpoint.write_atomic(save(weights, metadata={"format": FORMAT}), directory / WEIGHTS, "weights"),
              checkpoint.write_atomic((json.dumps(meta, indent=2) + "\n").encode(), directory / CONFIG, "config")]
     return files

@@ -2,7 +2,8 @@
 
 Every component (task, method, tokenizer, backbone, metric), built-in or third-party, arrives
 through the same five hooks. Third-party packages declare an entry point in the group
-``catdiff``; see ``docs/plugins.md``.
+``catdiff``; see ``docs/plugins.md``. A hook may name a factory by reference,
+``Lazy("module:attr")``, so that building the registry (``catdiff list``) imports no component.
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ from typing import Any, Callable
 import pluggy
 
 from . import builtins
-from .errors import UnknownName
-from .markers import GROUP, hookimpl, hookspec
+from .errors import UnknownName, UserError
+from .markers import GROUP, Lazy, hookimpl, hookspec
 
 KINDS = ("tasks", "methods", "tokenizers", "backbones", "metrics")
 # Distributions whose components win over a third-party one of the same name (after the built-ins).
 FIRST_PARTY = ("catdiff-vision", "catdiff-text", "catdiff-translate", "catdiff-tokens")
 
-__all__ = ["GROUP", "KINDS", "Component", "Registry", "build_registry", "hookimpl", "hookspec", "registry"]
+__all__ = ["GROUP", "KINDS", "Component", "Lazy", "Registry", "build_registry", "hookimpl", "hookspec", "registry"]
 
 
 class Hookspecs:
@@ -54,14 +55,32 @@ class Hookspecs:
 class Component:
     kind: str
     name: str
-    factory: Callable[..., Any]
+    ref: Callable[..., Any] | Lazy  # the factory, or a reference to it imported on first use
     source: str  # distribution (or "catdiff" for built-ins) that provided it
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if isinstance(self.ref, Lazy):
+            try:
+                self.ref = self.ref.load()
+            except Exception as e:  # a broken plugin, as when its module fails to load: one line, exit 2
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise UserError(f"{self.kind[:-1]} {self.name!r} of plugin {self.source} failed to load "
+                                f"({type(e).__name__}: {first}); fix or reinstall the plugin (run with --debug "
+                                f"for the traceback)") from e
+        return self.ref
+
+    @property
+    def description(self) -> str:
+        """A task's one-line summary, read without importing a Lazy component."""
+        return getattr(self.ref, "description", "") or ""
 
 
 @dataclass
 class Registry:
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
-    failed: dict[str, str] = field(default_factory=dict)  # plugin name -> error message
+    failed: dict[str, str] = field(default_factory=dict)  # plugin name -> error message (one line)
+    tracebacks: dict[str, str] = field(default_factory=dict)  # plugin name -> its traceback (for --debug)
     # (kind, name) -> the sources that also provide it and were shadowed by the winner
     shadowed: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # plugins loaded under another name, ...
@@ -73,8 +92,10 @@ class Registry:
             singular = kind[:-1]
             listing = ", ".join(sorted(known)) or "(none)"
             hint = ""
-            if self.failed:
-                hint = "\nPlugins that failed to load: " + "; ".join(f"{n}: {e}" for n, e in self.failed.items())
+            if self.failed:  # a broken plugin may be the one that provides it
+                hint = (" It may come from a plugin that failed to load: "
+                        + "; ".join(f"{n} ({e})" for n, e in self.failed.items())
+                        + "; fix or reinstall it (run with --debug for the traceback).")
             raise UnknownName(f"unknown {singular} {name!r}. Known {kind}: {listing}.{hint}")
         comp = known[name]
         if (kind, name) in self.shadowed and (kind, name) not in self._warned:
@@ -89,6 +110,14 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
+
+    def fail(self, plugin: str, error: Exception, dist: str, hook: str = "") -> None:
+        """Record ``plugin`` (of distribution ``dist``) as broken by ``error``, raised on import or in
+        ``hook``; a plugin's first error is kept."""
+        if plugin not in self.failed:
+            first = (str(error).strip().splitlines() or [""])[0]
+            self.failed[plugin] = f"{type(error).__name__}{' in ' + hook if hook else ''}: {first} (from {dist})"
+            self.tracebacks[plugin] = "".join(traceback.format_exception(error))
 
 
 def _plugin_manager() -> pluggy.PluginManager:
@@ -124,7 +153,7 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
         try:
             plugin = ep.load()
         except Exception as e:  # noqa: BLE001 - any import error is reported, not raised
-            registry.failed[ep.name] = f"{type(e).__name__}: {e} (from {dist})"
+            registry.fail(ep.name, e, dist)
             continue
         if pm.is_registered(plugin):
             registry.notes.append(f"entry point {ep.name!r} of {dist} names module {ep.value!r}, "
@@ -143,9 +172,8 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
         for impl in sorted(hook.get_hookimpls(), key=lambda impl: order.index(impl.plugin_name)):
             try:
                 provided = impl.function() or {}
-            except Exception as e:  # noqa: BLE001
-                registry.failed[impl.plugin_name] = f"{type(e).__name__} in catdiff_{kind}: {e}"
-                traceback.print_exc()
+            except Exception as e:  # noqa: BLE001 - reported (cli: one warning line), the others still load
+                registry.fail(impl.plugin_name, e, sources[impl.plugin_name], f"catdiff_{kind}")
                 continue
             source = sources[impl.plugin_name]
             for name, factory in provided.items():

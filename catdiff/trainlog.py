@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, naming
 
 LOGGERS = ("auto", "csv", "tensorboard", "wandb")
 
@@ -63,12 +63,8 @@ class CSVLog:
         self.path, self.file, self.writer = path, None, None
 
     def write(self, row: dict[str, float]) -> None:
-        try:
+        with naming(self.path):  # a full disk on a write names no file: name the log
             self._write(row)
-        except OSError as e:  # a full disk on a write names no file: name the log
-            if e.filename is not None or e.errno is None:
-                raise
-            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
     def _write(self, row: dict[str, float]) -> None:
         if self.file is None:

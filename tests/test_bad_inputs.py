@@ -180,7 +180,8 @@ def checkpoint_cases(tmp_path: Path, run: Path) -> dict[str, tuple[Path, str]]:
         "future-version": (tmp_path / "v.pt", "checkpoint version 99"),
         "incomplete": (tmp_path / "i.pt", "incomplete catdiff checkpoint (no config"),
         "malicious": (malicious(tmp_path / "m.pt", tmp_path / "MARKER"), "refused to load"),
-        "directory-without-ckpt": (tmp_path, "does not exist"),
+        "directory-without-ckpt": (tmp_path, f"{tmp_path} is a directory that holds no checkpoint (last.pt) and "
+                                              f"no export (model.safetensors); pass a checkpoint file"),
     }
 
 
@@ -290,8 +291,8 @@ def test_read_only_output_directory(capsys, tmp_path, trained):
         code, _, err = cli_run(capsys, "run", "toy", "--out", ro / "run", "--steps", "4")
         assert code == 2 and "Read-only file system" in err and "Traceback" not in err, err
         assert digest(ro / "run") == before
-        code, _, err = cli_run(capsys, "eval", ro / "run" / "last.pt", "--n", "2")  # metrics.json cannot be written
-        assert code == 2 and "cannot write metrics" in err and "Read-only file system" in err, err
+        code, _, err = cli_run(capsys, "eval", ro / "run" / "last.pt", "--n", "2")  # refused before the work
+        assert code == 2 and f"cannot write metrics.json into {ro / 'run'}: {ro / 'run'} is not writable" in err, err
     finally:
         subprocess.run(["umount", str(ro)])
 
@@ -345,3 +346,89 @@ def test_resume_false_moves_the_old_run_aside(capsys, run):
     (old,) = run.glob("previous-*")
     assert digest(old) == before  # every file of the old run, byte for byte
     assert torch.load(run / "last.pt", weights_only=True)["config"]["method"] == "maskgit"
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tmp_path, monkeypatch):
+    real = Engine._train_step
+    monkeypatch.setattr(Engine, "_train_step", lambda self, feed, log: real(self, feed, log) & (self.step < 2))
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=5",
+                           "--set", "log_every=1")
+    assert code == 2 and "Traceback" not in err and [l for l in err.splitlines() if "catdiff" in l] == [
+        err.splitlines()[-1]], err
+    assert "training diverged" in err and "no checkpoint was written yet" in err and "last.pt" not in err, err
+    assert "Lower lr" in err and not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_checkpoints_and_exports_record_their_plugins(capsys, tmp_path):
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "1", "--set", "n_samples=2")
+    assert code == 0, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["plugins"] == {
+        "tasks": "tests", "methods": "catdiff", "backbones": "catdiff"}
+    assert cli_run(capsys, "export", tmp_path / "r", tmp_path / "x")[0] == 0
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["plugins"]["tasks"] == "tests"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(task="stripes", plugins={"tasks": "catdiff-stripes 0.1"}),
+     "was written with task 'stripes' (plugin catdiff-stripes 0.1), which is not installed: pip install catdiff-stripes"),
+    (dict(method="hot-catdm", plugins={"methods": "catdiff-hot 2.0"}),
+     "was written with method 'hot-catdm' (plugin catdiff-hot 2.0), which is not installed: pip install catdiff-hot"),
+    (dict(task="stripes", plugins=None),  # written before checkpoints recorded their plugins
+     "was written with task 'stripes', which no installed plugin provides (installed tasks: "),
+], ids=["task", "method", "old-checkpoint"])
+@pytest.mark.parametrize("cmd", ["sample", "eval"])
+def test_a_checkpoint_of_a_plugin_not_installed_names_it(capsys, tmp_path, run, cmd, edit, message):
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["config"].update({k: v for k, v in edit.items() if k != "plugins"})
+    payload.pop("plugins", None)
+    if edit["plugins"]:
+        payload["plugins"] = edit["plugins"]
+    torch.save(payload, tmp_path / "other.pt")
+    before = digest(tmp_path)
+    code, _, err = cli_run(capsys, cmd, tmp_path / "other.pt", "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: checkpoint {tmp_path / 'other.pt'} {message}" + err.split(message)[-1].rstrip("\n")], err
+    assert digest(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_a_broken_plugin_says_it_failed_to_load(capsys, tmp_path, run, monkeypatch):
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["config"]["task"], payload["plugins"] = "stripes", {"tasks": "catdiff-stripes 0.1"}
+    torch.save(payload, tmp_path / "other.pt")
+    monkeypatch.setitem(registry().failed, "stripes", "ImportError: no libfoo (from catdiff-stripes 0.1)")
+    code, _, err = cli_run(capsys, "sample", tmp_path / "other.pt", "--out", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 2, err
+    assert err.startswith("catdiff: warning: plugin stripes failed to load")
+    assert "task 'stripes' (plugin catdiff-stripes 0.1), which failed to load (see its warning" in err
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the checkpoint was loaded: the output check must come before the work")
+
+
+@pytest.mark.parametrize("cmd, what", [("sample", "samples"), ("eval", "metrics.json")])
+def test_an_output_under_a_file_is_refused_before_the_work(capsys, tmp_path, run, monkeypatch, cmd, what):
+    write(tmp_path / "file", "mine")
+    monkeypatch.setattr(Engine, "load", _no_work)
+    code, _, err = cli_run(capsys, cmd, run, "--out", tmp_path / "file" / "out")
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: cannot write {what} into {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, "
+        f"not a directory; pass another --out"], err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o500 directory")
+@pytest.mark.parametrize("cmd, what", [("sample", "samples"), ("eval", "metrics.json")])
+def test_an_unwritable_output_directory_is_refused_before_the_work(capsys, tmp_path, run, monkeypatch, cmd, what):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setattr(Engine, "load", _no_work)
+    try:
+        code, _, err = cli_run(capsys, cmd, run, "--out", locked / "out")
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "Traceback" not in err and err.splitlines() == [
+        f"catdiff: error: cannot write {what} into {locked / 'out'}: {locked} is not writable; "
+        f"pass a writable --out directory"], err
+    assert list(locked.iterdir()) == []

@@ -51,3 +51,31 @@ def test_lazy_names_still_resolve():
     from catdiff_text import ALPHABET, CharTokenizer
 
     assert len(ALPHABET) == CharTokenizer().vocab_size
+
+
+def test_list_does_not_import_torch():
+    """`catdiff list` builds the registry of every installed plugin without importing a component."""
+    out = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.argv = ['catdiff', 'list']\n"
+                          "try:\n    runpy.run_module('catdiff', run_name='__main__')\nexcept SystemExit as e:\n"
+                          "    assert not e.code, e.code\nprint('TORCH' if 'torch' in sys.modules else 'CLEAN')"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "digits" in out.stdout and "catdm" in out.stdout and out.stdout.splitlines()[-1] == "CLEAN", out.stdout
+
+
+def test_lazy_components_resolve_and_keep_their_descriptions():
+    """Every component named by reference imports, and a task's listed description is its class's."""
+    from catdiff.hooks import Lazy, build_registry
+    from catdiff.methods import builtin_methods
+
+    reg = build_registry()
+    assert not reg.failed, reg.failed
+    lazy = [c for kind in reg.components.values() for c in kind.values() if isinstance(c.ref, Lazy)]
+    assert {c.name for c in lazy} >= {"digits", "text8", "tokens", "mt-ding", "catdm", "encoder", "bleu"}
+    for c in lazy:
+        listed = c.description
+        factory = c.factory  # imports it
+        assert callable(factory), c
+        if c.kind == "tasks":
+            assert listed == factory.description and factory.name == c.name, c.name
+    assert {n: c.factory for n, c in reg.components["methods"].items() if c.source == "catdiff"} == builtin_methods()

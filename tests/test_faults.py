@@ -296,3 +296,40 @@ def test_a_stalled_ddp_peer_ends_the_others_within_the_timeout(tmp_path):
         for p in ranks:
             p.kill()
             p.wait()
+
+
+def test_a_full_disk_while_sampling_names_the_file_and_what_was_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    assert cli.main(["run", "toy", "--out", str(tmp_path / "run"), "--steps", "2", *RUN]) == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    capsys.readouterr()
+    code = cli.main(["sample", str(tmp_path / "run"), "--n", "2", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.splitlines()[-1] == (
+        f"catdiff: error: cannot write sample file {tmp_path / 's' / 'samples.pt'}: No space left on device; no "
+        f"sample file was written. Free space or pass a writable --out directory"), err
+    assert not list((tmp_path / "s").iterdir()) and (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+class BareFullDisk(ToyTask):
+    name = "toy-full"
+
+    def save_samples(self, tokens, labels, out_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as file.write() raises it: no file name
+
+
+def test_a_full_disk_under_a_task_write_names_the_directory_and_what_was_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy-full", Component("tasks", "toy-full", BareFullDisk, "t"))
+    code = cli.main(["run", "toy-full", "--out", str(tmp_path), "--steps", "2", *RUN])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    line = err.splitlines()[-1]
+    assert line.startswith(f"catdiff: error: {tmp_path}: No space left on device. That write may be incomplete; "
+                           f"the files written before it are complete (checkpoints"), line
+    assert line.endswith("Free space or pass another --out, then rerun")
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 2 and (tmp_path / "metrics.json").exists()

@@ -85,13 +85,77 @@ def test_third_party_plugin_is_listed_and_runs(tmp_path):
     assert listing.returncode == 0, listing.stderr
     assert "stripes" in listing.stdout and "from catdiff-stripes 0.1" in listing.stdout
     assert "encoder" in listing.stdout and "from catdiff" in listing.stdout
-    assert "catdiff-broken" in listing.stdout and "needs libfoo >= 2" in listing.stdout
+    assert ("catdiff: warning: plugin catdiff-broken failed to load and is skipped: ImportError: needs libfoo >= 2 "
+            "(from catdiff-broken 0.1); run with --debug for the traceback") in listing.stderr
 
     out = tmp_path / "run"
     run = run_cli(site, "run", "stripes", "--out", str(out), "--steps", "3")
     assert run.returncode == 0, run.stderr
+    assert "plugin catdiff-broken failed to load" in run.stderr  # every command says so
     assert (out / "metrics.json").exists() and (out / "last.pt").exists()
     assert "stripes_unique" in (out / "metrics.json").read_text()
+
+
+RAISING_HOOK = textwrap.dedent('''
+    from catdiff.hooks import hookimpl
+
+    @hookimpl
+    def catdiff_tasks():
+        raise RuntimeError("cannot find its data index\\nsecond line")
+''')
+
+
+def test_broken_plugins_are_one_warning_line_each_on_every_command(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-stripes", "catdiff_stripes", PLUGIN)
+    make_dist(site, "catdiff-broken", "catdiff_broken", "raise ImportError('needs libfoo >= 2')\n")
+    make_dist(site, "catdiff-raising", "catdiff_raising", RAISING_HOOK)
+    files = {p: p.read_bytes() for p in site.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    warnings = [
+        "catdiff: warning: plugin catdiff-broken failed to load and is skipped: ImportError: needs libfoo >= 2 "
+        "(from catdiff-broken 0.1); run with --debug for the traceback",
+        "catdiff: warning: plugin catdiff-raising failed to load and is skipped: RuntimeError in catdiff_tasks: "
+        "cannot find its data index (from catdiff-raising 0.1); run with --debug for the traceback"]
+
+    listing = run_cli(site, "list")  # goes on with the other plugins
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    assert listing.stderr.splitlines() == warnings
+    assert "from catdiff-stripes 0.1" in listing.stdout
+
+    # the task asked for is missing: exit 2, the broken plugins named in the one error line
+    run = run_cli(site, "run", "raising-task", "--out", str(tmp_path / "run"))
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2 and "Traceback" not in run.stderr and lines[:2] == warnings, run.stderr
+    assert len(lines) == 3 and lines[2].startswith("catdiff: error: unknown task 'raising-task'"), run.stderr
+    assert "It may come from a plugin that failed to load: catdiff-broken (ImportError" in lines[2]
+    assert "catdiff-raising (RuntimeError in catdiff_tasks" in lines[2] and "--debug" in lines[2]
+    assert not (tmp_path / "run").exists()
+
+    debug = run_cli(site, "--debug", "list")
+    assert debug.returncode == 0 and debug.stderr.count("Traceback") == 2, debug.stderr
+    assert "second line" in debug.stderr and "run with --debug" not in debug.stderr
+    assert files == {p: p.read_bytes() for p in files}  # the plugins' files are untouched
+
+
+def test_a_lazy_component_that_fails_to_import_is_named_when_used(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "catdiff-lazy", "catdiff_lazy", textwrap.dedent('''
+        from catdiff.hooks import Lazy, hookimpl
+
+        @hookimpl
+        def catdiff_tasks():
+            return {"lazy-task": Lazy("catdiff_lazy_gone:Task", "a task whose module is missing")}
+    '''))
+    listing = run_cli(site, "list")  # listing imports no component
+    assert listing.returncode == 0 and "a task whose module is missing" in listing.stdout, listing.stderr
+    run = run_cli(site, "run", "lazy-task", "--out", str(tmp_path / "run"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        "catdiff: error: task 'lazy-task' of plugin catdiff-lazy 0.1 failed to load (ModuleNotFoundError: No module "
+        "named 'catdiff_lazy_gone'); fix or reinstall the plugin (run with --debug for the traceback)"), run.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_task_from_cli_lists_known_ones(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
 from catdiff.task import Task, TokenData
 
@@ -104,7 +105,7 @@ class TextTask(Task):
         """``samples.txt``: one decoded sample per paragraph; the first three are printed."""
         texts = [self.tokenizer.decode(row) for row in torch.as_tensor(tokens).cpu()]
         path = Path(out_dir) / "samples.txt"
-        path.write_text("\n\n".join(texts) + "\n")
+        write_atomic(("\n\n".join(texts) + "\n").encode("utf-8"), path, "samples")
         for i, t in enumerate(texts[:3]):
             print(f"sample {i}: {t}")
         return [path]

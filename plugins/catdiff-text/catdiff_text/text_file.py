@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
+from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
 from catdiff.task import TokenData
 
@@ -193,7 +194,7 @@ class TextFileTask(TextTask):
         hold newlines and blank lines of their own); the first three are printed."""
         texts = [self.tokenizer.decode(row) for row in torch.as_tensor(tokens).cpu()]
         path = Path(out_dir) / "samples.txt"
-        path.write_text("".join(f"=== sample {i} ===\n{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+        write_atomic("".join(f"=== sample {i} ===\n{t}\n" for i, t in enumerate(texts)).encode("utf-8"), path, "samples")
         for i, t in enumerate(texts[:3]):
             print(f"sample {i}: {t!r}")
         return [path]

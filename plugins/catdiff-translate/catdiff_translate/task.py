@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
 from catdiff.task import Task, TokenData
 
@@ -316,7 +317,7 @@ class TranslationTask(Task):
         else:
             lines = [f"H-{i}\t{h}" for i, h in enumerate(hyps)]
         path = out_dir / "translations.txt"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_atomic(("\n".join(lines) + "\n").encode("utf-8"), path, "translations")
         return [path]
 
 
