@@ -22,9 +22,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 def cmd_list(args) -> int:
     from .hooks import KINDS, registry
 
-    reg = registry()
     if args.name:
-        return _list_settings(reg, args.name)
+        from .config import settings_registry
+
+        return _list_settings(settings_registry(), args.name)
+    reg = registry()
     for kind in KINDS:
         print(f"{kind}:")
         comps = reg.components[kind]

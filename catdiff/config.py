@@ -181,14 +181,49 @@ def migrate(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the run's settings
+def settings_registry():
+    """The plugin registry, once its components' settings were checked against each other.
+
+    Config keys are flat: a run's method, backbone and task may not declare one key two ways,
+    nor a run-level key (components of one kind never meet in a run, so they may reuse a name).
+    A component that clashes with one of higher precedence (built-ins, then first-party plugins,
+    then the rest) is refused: recorded in ``registry.failed`` naming both, and left out. The
+    check runs once, when settings are first read (a run's config, ``catdiff list NAME``, the
+    docs): it imports every method, backbone and task, which a plain ``catdiff list`` does not."""
+    from .hooks import _rank, registry
+    from .settings import declared
+
+    reg = registry()
+    if reg.settings_checked:
+        return reg
+    reg.settings_checked = True
+    seen: dict[str, tuple[str, str, Setting | None]] = {k: ("", "the core (a run-level key)", None) for k in RUN_NAMES}
+    comps = [c for kind in ("methods", "backbones", "tasks") for c in reg.components[kind].values()]
+    for comp in sorted(comps, key=lambda c: _rank(c.source)):  # stable: registration order within a rank
+        owner = f"{comp.kind[:-1]} {comp.name!r} ({comp.source})"
+        try:
+            settings = declared(comp.factory)
+        except UserError:  # a component that fails to import says so when it is used
+            continue
+        clash = next(((s, seen[s.name][1]) for s in settings
+                      if s.name in seen and seen[s.name][0] != comp.kind and seen[s.name][2] != s), None)
+        if clash:
+            reg.failed[owner] = (f"config key {clash[0].name!r} is declared by {clash[1]} and by {owner}; "
+                                 f"one of them must rename it")
+            del reg.components[comp.kind][comp.name]
+            continue
+        for s in settings:
+            seen.setdefault(s.name, (comp.kind, owner, s))
+    return reg
+
+
 def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
     """name -> Setting of every key the run's method, backbone and task declare; a key declared
     by two of them differently, or shadowing a run-level key, raises ValueError naming both
     (a plugin's bug). Unknown method or backbone names raise the registry's UnknownName."""
-    from .hooks import registry
     from .settings import declared
 
-    reg = registry()
+    reg = settings_registry()
     owners = [(f"method {method!r}", declared(reg.get("methods", method).factory)),
               (f"backbone {backbone!r}", declared(reg.get("backbones", backbone).factory)),
               (f"task {task.name!r}", declared(task))]
@@ -197,14 +232,16 @@ def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
 
 def owner_of(key: str) -> str | None:
     """``"method 'catdm'"``: a registered component that declares ``key`` (for error messages)."""
-    from .hooks import registry
     from .settings import declared
 
-    reg = registry()
+    reg = settings_registry()
     for kind in ("methods", "backbones", "tasks"):
         for name, comp in reg.components[kind].items():
-            if any(s.name == key for s in declared(comp.factory)):
-                return f"{kind[:-1]} {name!r}"
+            try:
+                if any(s.name == key for s in declared(comp.factory)):
+                    return f"{kind[:-1]} {name!r}"
+            except UserError:  # a component that fails to import owns nothing we can see
+                continue
     return None
 
 
@@ -282,10 +319,9 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
 def make(**values: Any) -> Config:
     """A config without a task: the run-level keys and the settings of the ``method`` and
     ``backbone`` in ``values`` (default catdm, encoder), e.g. to build a backbone in a test."""
-    from .hooks import registry
     from .settings import declared
 
-    reg = registry()
+    reg = settings_registry()
     owners = [(f"method {pick('method', values)!r}", declared(reg.get("methods", pick("method", values)).factory)),
               (f"backbone {pick('backbone', values)!r}", declared(reg.get("backbones", pick("backbone", values)).factory))]
     return derive(resolve(values, settings=merge(owners)))

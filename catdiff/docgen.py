@@ -80,7 +80,7 @@ def first_party(source: str) -> bool:
 
 def render() -> str:
     from .config import RUN_GROUPS, RUN_SETTINGS
-    from .hooks import registry
+    from .config import settings_registry
     from .settings import declared
 
     out = [HEADER, "## Run-level keys"]
@@ -89,7 +89,7 @@ def render() -> str:
         groups.setdefault(RUN_GROUPS[name], []).append(setting)
     for title, settings in groups.items():
         out += ["", f"### {title}", "", *table(settings)]
-    reg = registry()
+    reg = settings_registry()
     for kind, label in KINDS:
         out += ["", f"## {label} settings"]
         if kind == "tasks":
@@ -108,11 +108,10 @@ def render() -> str:
 
 def undocumented() -> list[str]:
     """Run-level keys, and methods' and backbones' settings, without a doc line."""
-    from .config import RUN_SETTINGS
-    from .hooks import registry
+    from .config import RUN_SETTINGS, settings_registry
     from .settings import declared
 
-    reg = registry()
+    reg = settings_registry()
     missing = [s.name for s in RUN_SETTINGS.values() if not s.doc]
     for kind in ("methods", "backbones"):
         for name, comp in sorted(reg.components[kind].items()):

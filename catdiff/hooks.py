@@ -84,6 +84,7 @@ class Registry:
     # (kind, name) -> the sources that also provide it and were shadowed by the winner
     shadowed: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # plugins loaded under another name, ...
+    settings_checked: bool = False  # catdiff.config.settings_registry() has refused clashing settings
     _warned: set = field(default_factory=set)
 
     def get(self, kind: str, name: str) -> Component:
@@ -181,32 +182,8 @@ def build_registry(entry_points: list[md.EntryPoint] | None = None) -> Registry:
                     registry.shadowed.setdefault((kind, name), []).append(source)
                 else:
                     registry.components[kind][name] = Component(kind, name, factory, source)
-    _refuse_clashing_settings(registry)
     return registry
 
-
-def _refuse_clashing_settings(registry: Registry) -> None:
-    """Config keys are flat: a run's method, backbone and task may not declare one key two ways,
-    nor a run-level key. Components of one kind never meet in a run, so they may reuse a name.
-    A component that clashes with one of higher precedence (built-ins, then first-party
-    plugins, then the rest) is refused: recorded in ``registry.failed`` naming both, left out."""
-    from .config import RUN_NAMES
-    from .settings import declared
-
-    seen: dict[str, tuple[str, str, Any]] = {k: ("", "the core (a run-level key)", None) for k in RUN_NAMES}
-    comps = [c for kind in ("methods", "backbones", "tasks") for c in registry.components[kind].values()]
-    for comp in sorted(comps, key=lambda c: _rank(c.source)):  # stable: registration order within a rank
-        owner = f"{comp.kind[:-1]} {comp.name!r} ({comp.source})"
-        settings = declared(comp.factory)
-        clash = next(((s, seen[s.name][1]) for s in settings
-                      if s.name in seen and seen[s.name][0] != comp.kind and seen[s.name][2] != s), None)
-        if clash:
-            registry.failed[owner] = (f"config key {clash[0].name!r} is declared by {clash[1]} and by {owner}; "
-                                      f"one of them must rename it")
-            del registry.components[comp.kind][comp.name]
-            continue
-        for s in settings:
-            seen.setdefault(s.name, (comp.kind, owner, s))
 
 
 _REGISTRY: Registry | None = None

@@ -110,13 +110,13 @@ def test_clashing_declarations_are_refused_at_registration_naming_both(tmp_path,
     site.mkdir()
     make_dist(site, "catdiff-clash", "catdiff_clash", CLASHING)
     monkeypatch.syspath_prepend(str(site))
-    reg = hooks.build_registry()
+    monkeypatch.setattr(hooks, "_REGISTRY", hooks.build_registry())
+    reg = config.settings_registry()  # checked when settings are first read
     assert "fine" in reg.names("methods") and not {"wide", "fast"} & set(reg.names("methods"))
     assert reg.failed["method 'wide' (catdiff-clash 0.1)"] == (
         "config key 'width' is declared by backbone 'encoder' (catdiff) and by method 'wide' (catdiff-clash 0.1); "
         "one of them must rename it")
     assert "config key 'lr' is declared by the core (a run-level key)" in reg.failed["method 'fast' (catdiff-clash 0.1)"]
-    monkeypatch.setattr(hooks, "_REGISTRY", reg)
     assert config.for_task(ToyTask(), overrides={"method": "fine", "my_scale": "3"}).my_scale == 3.0
 
 
