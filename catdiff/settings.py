@@ -91,10 +91,10 @@ class Setting:
             if not self.auto:
                 raise UserError(f"config {self.name}=None: must be set (it has no automatic value)")
             return
-        ok = True
         if isinstance(value, float) and not math.isfinite(value):
-            ok = False
-        elif self.choices and value not in self.choices:
+            raise UserError(f"config {self.name}={value!r}: must be a finite number")
+        ok = True
+        if self.choices and value not in self.choices:
             ok = False
         elif self.low is not None and (value <= self.low if self.low_open else value < self.low):
             ok = False

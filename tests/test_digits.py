@@ -69,9 +69,9 @@ def test_task_attributes():
         task = cls()
         assert (task.vocab_size, task.seq_len, task.num_classes) == (17, 64, classes)
         assert task.name in ("digits", "digits-cond") and task.description
-    from catdiff.config import resolve
+    from catdiff.config import for_task
 
-    cfg = resolve(DigitsTask.defaults)  # every default is a known config key of the right type
+    cfg = for_task(DigitsTask())  # every default is a known config key of the right type
     assert cfg.steps > 0 and cfg.embed_dim > 0
 
 

@@ -30,13 +30,13 @@ def test_data_shapes():
 
 
 def test_missing_data_error(tmp_path):
-    from catdiff.config import resolve
+    from catdiff.config import for_task
     from catdiff_vision.fashion import FashionTask
 
     with pytest.raises(FileNotFoundError, match=r"dataset-fashion-mnist \(make data\).*CATDIFF_FASHION_MNIST"):
         fashion_data.load("train", str(tmp_path))
     task = FashionTask()
-    task.setup(resolve(task.defaults, {"cache_dir": str(tmp_path)}, options=task.options))
+    task.setup(for_task(task, overrides={"cache_dir": str(tmp_path)}))
     with pytest.raises(FileNotFoundError, match=rf"run `catdiff prepare fashion-mnist --set cache_dir={tmp_path}`"):
         task.load("train")
 

@@ -110,7 +110,7 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
     opts = dict(classes="true", image_size=28, codes=32, vq_steps=4, cache_dir=str(cache), workers=0)
     assert cli_main(["prepare", "image-folder", "--images", str(grey_folder), "--quiet"] + sets(**opts)) == 0
     task = task_with(images=str(grey_folder), **opts)
-    o = task.cfg.task_options
+    o = task.cfg.options
     assert (o["color"], o["channels"], o["grid"], o["vocab_size"], o["seq_len"]) == ("grey", 1, 7, 32, 49)
     assert (task.num_classes, json.loads(o["class_names"])) == (2, ["ankle-boot", "t-shirt"])
     assert task.cfg.token_grid == "7x7" and (task.work / "vq.pt").is_file() and task.prepared()
@@ -146,7 +146,7 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
 
 def test_default_small_vq_is_32px_rgb_8x8(rgb_folder, tmp_path):
     task = task_with(images=str(rgb_folder), cache_dir=str(tmp_path))
-    o = task.cfg.task_options
+    o = task.cfg.options
     assert (o["color"], o["channels"], o["image_size"], o["seq_len"], task.vocab_size, task.num_classes) == \
         ("rgb", 3, 32, 64, 128, 0)
     assert task_with(images=str(rgb_folder), color="grey").cfg.task_options["channels"] == 1
@@ -163,7 +163,7 @@ def test_vqgan_of_another_factor_cli_run_resume_sample(rgb_folder, taming_dir, t
     assert cli_main(["run", "image-folder", "--out", str(out)] + sets(**opts)) == 0  # prepares the shards itself
     err = capsys.readouterr().err
     assert "preparing the token shards" in err and "FID skipped" in err
-    saved = json.loads((out / "config.json").read_text())["task_options"]
+    saved = json.loads((out / "config.json").read_text())  # one flat table
     assert (saved["vocab_size"], saved["grid"], saved["seq_len"], saved["image_size"], saved["channels"]) == \
         (48, 8, 64, 32, 3)  # 32 px / factor 4 = 8x8 tokens of n_embed = 48 codes, from model.yaml
     metrics = json.loads((out / "metrics.json").read_text())
@@ -181,7 +181,7 @@ def test_vqgan_grid_and_vocab_follow_its_config(rgb_folder, tmp_path):
     f2 = write_vqgan(tmp_path / "f2", MODEL_YAML.replace("ch_mult: [1, 1, 2]", "ch_mult: [1, 2]")
                      .replace("n_embed: 48", "n_embed: 100").replace("resolution: 32", "resolution: 16"))
     task = task_with(images=str(rgb_folder), tokenizer=str(f2))
-    assert (task.vocab_size, task.seq_len, task.cfg.task_options["image_size"]) == (100, 64, 16)  # (16 / 2)^2
+    assert (task.vocab_size, task.seq_len, task.cfg.options["image_size"]) == (100, 64, 16)  # (16 / 2)^2
     assert task_with(images=str(rgb_folder), tokenizer=str(f2), image_size=24).seq_len == 144
     with pytest.raises(UserError, match="image_size=25 must be a positive multiple of the tokenizer's downsampling "
                                         "factor 2 \\(the VQGAN\\)"):

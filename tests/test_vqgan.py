@@ -152,19 +152,19 @@ def test_init_codebook(taming_dir):
 
 
 def test_image_task_errors(tmp_path, monkeypatch):
-    from catdiff.config import resolve
+    from catdiff.config import for_task
     from catdiff_vision.image_tasks import FFHQTask, ImageNetTask
 
     monkeypatch.delenv("CATDIFF_VQGAN", raising=False)
     task = FFHQTask()
-    task.setup(resolve(task.defaults, {"data_dir": str(tmp_path)}, options=task.options))
+    task.setup(for_task(task, overrides={"data_dir": str(tmp_path)}))
     with pytest.raises(FileNotFoundError, match=r"catdiff prepare image-ffhq --split train --images DIR --tokenizer VQGAN"):
         task.load("train")
     with pytest.raises(FileNotFoundError, match="env CATDIFF_VQGAN"):
         task.tokenizer_path()
-    cfg = resolve(ImageNetTask.defaults, options=ImageNetTask.options)
+    cfg = for_task(ImageNetTask())
     assert (cfg.layers, cfg.heads, cfg.width, cfg.sample_steps) == (24, 16, 768, 50) and ImageNetTask.num_classes == 1000
-    cfg = resolve(FFHQTask.defaults, options=FFHQTask.options)
+    cfg = for_task(FFHQTask())
     assert (cfg.layers, cfg.heads, cfg.width, cfg.embed_dim, cfg.sample_steps) == (15, 8, 512, 256, 200)
 
 
