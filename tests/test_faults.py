@@ -16,6 +16,7 @@ from catdiff import checkpoint, cli
 from catdiff.engine import Engine
 from catdiff.errors import Aborted, TrainingInterrupted, UserError
 from catdiff.hooks import Component, registry
+from catdiff.runlock import RunLock
 from catdiff.trainlog import CSVLog
 from test_bad_inputs import mount_tmpfs
 from test_engine import same_weights
@@ -60,6 +61,7 @@ def test_sigterm_mid_training_checkpoints_and_resumes_bit_identically(tmp_path):
     line = err.strip().splitlines()[-1]
     assert line.startswith("catdiff: interrupted by SIGTERM at step ") and "rerun the same command to resume" in line
     stopped = int(line.split("at step ")[1].split(";")[0])
+    assert not (tmp_path / "cut" / ".catdiff.lock").exists()  # an interrupted run removes its lock too
     assert 0 < stopped < steps and torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == stopped
     resumed = toycli("run", "toy", "--out", tmp_path / "cut", "--steps", steps, *RUN)
     assert resumed.wait(timeout=300) == 0 and full.wait(timeout=300) == 0, resumed.communicate()
@@ -179,6 +181,38 @@ def test_two_runs_on_one_directory_and_a_dead_holders_lock(tmp_path, toy, monkey
     assert (tmp_path / ".catdiff.lock").exists()
     assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3", "--set", "n_samples=2",
                      "--set", "sample_steps=2"]) == 0  # the dead holder's lock is taken over
+    assert not (tmp_path / ".catdiff.lock").exists()  # and removed when the run ends
+
+
+def test_a_finished_or_failed_run_removes_its_lock_and_a_removed_lock_is_not_shared(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "2", *RUN]) == 0
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / ".catdiff.lock").exists()
+    def bad_data(self, split):
+        raise UserError("bad data")
+
+    monkeypatch.setattr(ToyTask, "load", bad_data)  # fails inside the lock
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3", *RUN]) == 2
+    assert not (tmp_path / ".catdiff.lock").exists()
+    # a run that opened the lock file just before its holder removed it locks a file no one
+    # else sees: it must take the lock on the file now at that path instead
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    real_open = os.open
+
+    def open_then_holder_ends(path, *a):
+        fd = real_open(path, *a)
+        if first._fd is not None:
+            first.__exit__(None, None, None)
+        return fd
+
+    with first:
+        monkeypatch.setattr(os, "open", open_then_holder_ends)
+        with second:
+            monkeypatch.undo()
+            assert os.fstat(second._fd).st_ino == os.stat(tmp_path / ".catdiff.lock").st_ino
+            with pytest.raises(UserError, match="in use by another catdiff run"):
+                RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".catdiff.lock").exists()
 
 
 def test_stale_temp_files_of_killed_writes_are_removed(tmp_path, toy):
