@@ -65,6 +65,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SLOW_RUN_S = 1800  # on the CPU, a run whose remaining steps would take longer than this says so
+TIMED_STEPS = 5    # steps timed for that projection (after the first, which pays for setup)
 SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
 
 
@@ -332,12 +334,16 @@ class Engine:
                        logger=cfg.logger, run_id=self.run_id, config=cfg.to_dict())
         feed = BatchFeed(self, data, self.step, stop)
         finite = torch.ones((), dtype=torch.bool, device=self.device)  # every step since `checked` was finite
-        checked = self.step
+        checked = first = self.step
         self.model.train()
         try:
             while self.step < stop:
                 finite = finite & self._train_step(feed, log)
                 self.step += 1
+                if self.step == first + 1:
+                    timed_from = time.perf_counter()
+                elif self.step == first + 1 + TIMED_STEPS and rank0 and self.device.type == "cpu":
+                    self._say_if_slow(time.perf_counter() - timed_from, stop, log)
                 at_log = self.step % cfg.log_every == 0 or self.step == stop
                 # one process reads its signal flag every step; DDP ranks agree on it at log points
                 if self.world == 1:
@@ -365,6 +371,16 @@ class Engine:
         if self.out is not None and rank0:
             self.save()
         return self
+
+    def _say_if_slow(self, seconds: float, stop: int, log: TrainLog) -> None:
+        """One line when ``TIMED_STEPS`` steps took ``seconds`` and the rest of the run would take
+        longer than ``SLOW_RUN_S`` (the paper's model sizes take hours on a CPU)."""
+        per_step = seconds / TIMED_STEPS
+        left = per_step * (stop - self.step)
+        if left > SLOW_RUN_S:
+            log.bar.write(f"catdiff: {per_step:.2f}s per step on the CPU: the remaining {stop - self.step} steps "
+                          f"take about {left / 3600:.1f} h; a GPU (device=cuda), a smaller model (layers, width) "
+                          f"or fewer steps would be faster", file=sys.stderr)
 
     def _train_step(self, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
         """One optimizer step on the global batch of ``self.step``, in ``accum`` micro-batches
