@@ -72,7 +72,7 @@ class Config:
     precision: str = "auto"        # auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16
     compile: bool = False          # torch.compile the training network and the one used for sampling
     threads: int = 0               # torch threads on CPU; 0 = torch default
-    dist_timeout: float = 600.0    # seconds a DDP rank waits for its peers before failing with an error
+    dist_timeout: float = 120.0    # seconds a DDP rank waits for a peer that does not answer (stopped, dead, hung) before ending the run with an error naming it
 
     # bookkeeping
     log_every: int = 50            # steps between reads of the training curves (and the finite-loss check)

@@ -34,6 +34,7 @@ from .config import Config
 from .diagnostics import collapse_report
 from .errors import TrainingInterrupted, UserError
 from .feed import BatchFeed
+from .heartbeat import Heartbeat
 from .hooks import registry
 from .interrupts import DeferredSignals
 from .method import Method
@@ -163,6 +164,7 @@ class Engine:
         self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of best.pt
         self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
         self._train_net = None                   # the (DDP-wrapped) training network, built once
+        self._beat: Heartbeat | None = None      # the peers' heartbeats while a DDP run trains
         self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
         self._lock = RunLock(self.out) if self.out is not None else None
         self._start_over = False  # resume=false on a run directory: move its files aside in fit()
@@ -311,18 +313,44 @@ class Engine:
 
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
         :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
-        with self.writing(), DeferredSignals() as signals:
+        with self.writing(), DeferredSignals() as signals, self._heartbeat():
             try:
                 return self._fit(until, signals)
             except RuntimeError as e:
                 peer_lost = isinstance(e, dist.DistError) or any(
                     m in str(e) for m in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
                 if self.world > 1 and peer_lost:
-                    raise UserError(
-                        f"rank {self.rank}: the other processes did not answer within dist_timeout="
-                        f"{self.cfg.dist_timeout:g}s at step {self.step} (a peer stalled or died): "
-                        f"{str(e).splitlines()[0][:200]}. The last checkpoint is intact; rerun to resume") from None
+                    raise UserError(self._peers_lost(str(e).splitlines()[0][:200])) from None
                 raise
+
+    @contextlib.contextmanager
+    def _heartbeat(self):
+        """Under DDP, the peers' heartbeats (catdiff.heartbeat) while training: a beat every
+        dist_timeout / 10 seconds (at most 5), so a silent peer is told from a busy one."""
+        if self.world == 1:
+            yield
+            return
+        store = dist.distributed_c10d._get_default_store()
+        with Heartbeat(store, self.rank, self.world, min(5.0, self.cfg.dist_timeout / 10)) as self._beat:
+            try:
+                yield
+            finally:
+                self._beat = None
+
+    def _peers_lost(self, error: str) -> str:
+        """The message of a DDP rank whose peers did not answer: which went silent, what was kept."""
+        silent = self._beat.silent() if self._beat is not None else {}
+        if silent:
+            who = ", ".join(f"rank {r} (silent for {s:.0f}s)" for r, s in silent.items())
+            what = (f"{who} stopped answering (stopped, killed or cut off) at step {self.step}; "
+                    f"check that process")
+        else:
+            what = f"the other processes did not answer within dist_timeout={self.cfg.dist_timeout:g}s at step " \
+                   f"{self.step} (busy or hung: {error})"
+        ckpt = self.out / CKPT_NAME if self.out is not None else None
+        kept = f"The last checkpoint, {ckpt}, is intact" if ckpt is not None and ckpt.exists() else \
+            "No checkpoint was written yet"
+        return f"rank {self.rank}: {what}. {kept}; rerun the same command to resume"
 
     def _fit(self, until: int | None, signals: DeferredSignals) -> "Engine":
         cfg = self.cfg
@@ -443,8 +471,14 @@ class Engine:
     def _evaluate_during_training(self, log: TrainLog) -> None:
         """``eval_every``: the bound on the first ``eval_batches`` x 128 test rows (fixed draws) and the
         task's sample metrics on ``eval_samples`` samples, logged; keeps best.pt by the task's
-        ``best_metric`` (else the bound). Rank 0 only."""
-        if self.rank != 0:
+        ``best_metric`` (else the bound). Rank 0 evaluates; its DDP peers wait while it beats."""
+        done = f"catdiff/evaluated/{self.step}"
+        if self.rank != 0:  # wait for rank 0 as long as it is alive, however long it evaluates
+            store = dist.distributed_c10d._get_default_store()
+            while not store.check([done]):
+                if 0 in self._beat.silent():
+                    raise UserError(self._peers_lost("evaluating"))
+                time.sleep(0.2)
             return
         metrics: dict[str, float] = {}
         world, self.world = self.world, 1  # rank 0 alone: a task that shards its sampling must not wait for peers
@@ -455,6 +489,8 @@ class Engine:
             metrics.update(self.task.evaluate(tokens, labels, None))
         finally:
             self.world = world
+            if world > 1:
+                dist.distributed_c10d._get_default_store().set(done, "1")
         log.scalars(self.step, metrics)
         name, mode = self.task.best_metric or (("nll_bound_bits_per_token", "min") if self.method.has_bound else (None, None))
         value = metrics.get(name) if name else None

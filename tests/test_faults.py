@@ -315,17 +315,52 @@ except UserError as e:
 '''
 
 
+def start_ranks(tmp_path, script_text: str, port_offset: int = 0) -> list[subprocess.Popen]:
+    """Two ranks of ``script_text`` on this machine (gloo over localhost)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(script_text)
+    port = 29500 + (os.getpid() + port_offset) % 1000
+    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    return [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                             stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+
+
 def test_a_stalled_ddp_peer_ends_the_others_within_the_timeout(tmp_path):
-    script = tmp_path / "stall.py"
-    script.write_text(STALL.format(tests=str(Path(__file__).parent), timeout=3))
-    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
-    ranks = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = start_ranks(tmp_path, STALL.format(tests=str(Path(__file__).parent), timeout=3))
     try:
         _, err = ranks[0].communicate(timeout=120)
         assert ranks[0].returncode == 2, err
-        assert "rank 0: the other processes did not answer within dist_timeout=3s at step 3" in err, err
+        assert "rank 0: rank 1 (silent for " in err and "stopped answering (stopped, killed or cut off) at step 3" in err, err
+        assert "No checkpoint was written yet; rerun the same command to resume" in err, err  # no --out
         assert "Traceback" not in err
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+
+
+BUSY = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from toytask import ToyTask
+from catdiff.engine import Engine
+eng = Engine(ToyTask(), steps=4, batch_size=8, threads=1, eval_every=2, eval_samples=2, dist_timeout=2)
+real = eng.task.evaluate
+def evaluate(*a):
+    time.sleep(3 * 2)  # rank 0 evaluates for longer than dist_timeout, alive all the while
+    return real(*a)
+eng.task.evaluate = evaluate
+eng.fit()
+eng.leave_group()
+"""
+
+
+def test_ddp_peers_wait_for_a_busy_rank_0_longer_than_the_timeout(tmp_path):
+    ranks = start_ranks(tmp_path, BUSY.format(tests=str(Path(__file__).parent)), port_offset=1)
+    try:
+        for p in ranks:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
     finally:
         for p in ranks:
             p.kill()
