@@ -365,3 +365,15 @@ def test_ddp_peers_wait_for_a_busy_rank_0_longer_than_the_timeout(tmp_path):
         for p in ranks:
             p.kill()
             p.wait()
+
+
+def test_the_signal_tests_pass_in_a_process_started_with_sigint_ignored():
+    """`make test` as a background job of a script, under nohup or some CI runners: SIGINT is
+    ignored from the start (inherited across exec), and the in-process signal tests still pass."""
+    tests = [f"{__file__}::{t.__name__}" for t in (test_signal_mid_write_finishes_the_write_then_stops,
+             test_with_sigint_ignored_sigterm_still_saves_and_sigint_stays_ignored,
+             test_second_signal_aborts_at_once_and_keeps_the_previous_checkpoint)]  # by name: never this test
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), capture_output=True,
+                         text=True, timeout=600, env=ENV, cwd=Path(__file__).parents[1])
+    assert res.returncode == 0 and "3 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
