@@ -76,6 +76,7 @@ def cmd_run(args) -> int:
         overrides["steps"] = args.steps
     out = Path(args.out or f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
+    before = _files(out)
     with eng.writing():
         eng.fit()
         eng.leave_group()
@@ -83,10 +84,21 @@ def cmd_run(args) -> int:
             return 0
         eng.evaluate(out=out, on_metrics=_print_metrics)
     print(f"\nrun directory: {out.resolve()}")
-    for name in ("metrics.json", "samples.png", "collapse.png", "last.pt", "config.json", "train_log.csv"):
-        if (out / name).exists():
-            print(f"  {name:<14} {(out / name).resolve()}")
+    for path in _written(out, before):
+        print(f"  {path.name:<14} {path.resolve()}")
     return 0
+
+
+def _files(directory: Path) -> dict[str, int]:
+    """Name -> modification time (ns) of the files in ``directory``."""
+    return {p.name: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()} if directory.is_dir() else {}
+
+
+def _written(directory: Path, before: dict[str, int]) -> list[Path]:
+    """The files of ``directory`` a command created or changed since ``before`` (``_files``),
+    whatever the task wrote (samples.txt, translations.txt, ...); hidden files left out."""
+    return [directory / name for name, mtime in sorted(_files(directory).items())
+            if not name.startswith(".") and before.get(name) != mtime]
 
 
 def cmd_prepare(args, rest: list[str]) -> int:
@@ -180,13 +192,15 @@ def cmd_sample(args) -> int:
     labels = torch.full((args.n,), args.label) if args.label is not None else None
     tokens = eng.sample(args.n, steps=args.steps, guidance=args.guidance, labels=labels,
                         known=known, known_mask=mask, seed=args.seed)
+    before = _files(out)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as "unexpected pos"
     torch.save(tokens, buf)
     write_atomic(buf.getbuffer(), out / "samples.pt", "sample file")
     with naming(out):  # a task's write that names no file: name the directory
-        files = eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
-    print(f"wrote {out / 'samples.pt'}" + "".join(f"\nwrote {f}" for f in files))
+        eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
+    for path in _written(out, before):
+        print(f"wrote {path}")
     return 0
 
 
@@ -202,8 +216,11 @@ def cmd_eval(args) -> int:
     eng.leave_group()
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
+    before = _files(out)
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
-    print(f"\nwrote {out / 'metrics.json'}")
+    print()
+    for path in _written(out, before):
+        print(f"wrote {path}")
     return 0
 
 

@@ -74,8 +74,9 @@ class Config:
                              choices=("auto", "fp32", "bf16", "fp16"), mutable=True)
     compile: bool = machine(False, "torch.compile the training network and the one used for sampling", mutable=True)
     threads: int = machine(0, "torch threads on CPU; 0 = torch default", low=0, mutable=True)
-    dist_timeout: float = machine(600.0, "seconds a DDP rank waits for its peers before failing with an error",
-                                  low=0, low_open=True, mutable=True)
+    dist_timeout: float = machine(120.0, "seconds a DDP rank waits for a peer that does not answer (stopped, dead, "
+                                  "hung) before ending the run with an error naming it", low=0, low_open=True,
+                                  mutable=True)
 
     log_every: int = books(50, "steps between reads of the training curves (and the finite-loss check)",
                            low=1, mutable=True)

@@ -34,6 +34,7 @@ from .config import Config
 from .diagnostics import collapse_report
 from .errors import TrainingInterrupted, UserError, naming
 from .feed import BatchFeed
+from .heartbeat import Heartbeat
 from .hooks import registry
 from .interrupts import DeferredSignals
 from .method import Method
@@ -65,6 +66,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+SLOW_RUN_S = 1800  # on the CPU, a run whose remaining steps would take longer than this says so
+TIMED_STEPS = 5    # steps timed for that projection (after the first, which pays for setup)
 SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
 
 
@@ -186,6 +189,7 @@ class Engine:
         self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of best.pt
         self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
         self._train_net = None                   # the (DDP-wrapped) training network, built once
+        self._beat: Heartbeat | None = None      # the peers' heartbeats while a DDP run trains
         self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
         self._lock = RunLock(self.out) if self.out is not None else None
         self._start_over = False  # resume=false on a run directory: move its files aside in fit()
@@ -333,18 +337,44 @@ class Engine:
 
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
         :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
-        with self.writing(), DeferredSignals() as signals:
+        with self.writing(), DeferredSignals() as signals, self._heartbeat():
             try:
                 return self._fit(until, signals)
             except RuntimeError as e:
                 peer_lost = isinstance(e, dist.DistError) or any(
                     m in str(e) for m in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
                 if self.world > 1 and peer_lost:
-                    raise UserError(
-                        f"rank {self.rank}: the other processes did not answer within dist_timeout="
-                        f"{self.cfg.dist_timeout:g}s at step {self.step} (a peer stalled or died): "
-                        f"{str(e).splitlines()[0][:200]}. The last checkpoint is intact; rerun to resume") from None
+                    raise UserError(self._peers_lost(str(e).splitlines()[0][:200])) from None
                 raise
+
+    @contextlib.contextmanager
+    def _heartbeat(self):
+        """Under DDP, the peers' heartbeats (catdiff.heartbeat) while training: a beat every
+        dist_timeout / 10 seconds (at most 5), so a silent peer is told from a busy one."""
+        if self.world == 1:
+            yield
+            return
+        store = dist.distributed_c10d._get_default_store()
+        with Heartbeat(store, self.rank, self.world, min(5.0, self.cfg.dist_timeout / 10)) as self._beat:
+            try:
+                yield
+            finally:
+                self._beat = None
+
+    def _peers_lost(self, error: str) -> str:
+        """The message of a DDP rank whose peers did not answer: which went silent, what was kept."""
+        silent = self._beat.silent() if self._beat is not None else {}
+        if silent:
+            who = ", ".join(f"rank {r} (silent for {s:.0f}s)" for r, s in silent.items())
+            what = (f"{who} stopped answering (stopped, killed or cut off) at step {self.step}; "
+                    f"check that process")
+        else:
+            what = f"the other processes did not answer within dist_timeout={self.cfg.dist_timeout:g}s at step " \
+                   f"{self.step} (busy or hung: {error})"
+        ckpt = self.out / CKPT_NAME if self.out is not None else None
+        kept = f"The last checkpoint, {ckpt}, is intact" if ckpt is not None and ckpt.exists() else \
+            "No checkpoint was written yet"
+        return f"rank {self.rank}: {what}. {kept}; rerun the same command to resume"
 
     def _fit(self, until: int | None, signals: DeferredSignals) -> "Engine":
         cfg = self.cfg
@@ -356,12 +386,16 @@ class Engine:
                        logger=cfg.logger, run_id=self.run_id, config=cfg.to_dict())
         feed = BatchFeed(self, data, self.step, stop)
         finite = torch.ones((), dtype=torch.bool, device=self.device)  # every step since `checked` was finite
-        checked = self.step
+        checked = first = self.step
         self.model.train()
         try:
             while self.step < stop:
                 finite = finite & self._train_step(feed, log)
                 self.step += 1
+                if self.step == first + 1:
+                    timed_from = time.perf_counter()
+                elif self.step == first + 1 + TIMED_STEPS and rank0 and self.device.type == "cpu":
+                    self._say_if_slow(time.perf_counter() - timed_from, stop, log)
                 at_log = self.step % cfg.log_every == 0 or self.step == stop
                 # one process reads its signal flag every step; DDP ranks agree on it at log points
                 if self.world == 1:
@@ -389,6 +423,16 @@ class Engine:
         if self.out is not None and rank0:
             self.save()
         return self
+
+    def _say_if_slow(self, seconds: float, stop: int, log: TrainLog) -> None:
+        """One line when ``TIMED_STEPS`` steps took ``seconds`` and the rest of the run would take
+        longer than ``SLOW_RUN_S`` (the paper's model sizes take hours on a CPU)."""
+        per_step = seconds / TIMED_STEPS
+        left = per_step * (stop - self.step)
+        if left > SLOW_RUN_S:
+            log.bar.write(f"catdiff: {per_step:.2f}s per step on the CPU: the remaining {stop - self.step} steps "
+                          f"take about {left / 3600:.1f} h; a GPU (device=cuda), a smaller model (layers, width) "
+                          f"or fewer steps would be faster", file=sys.stderr)
 
     def _train_step(self, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
         """One optimizer step on the global batch of ``self.step``, in ``accum`` micro-batches
@@ -457,8 +501,14 @@ class Engine:
     def _evaluate_during_training(self, log: TrainLog) -> None:
         """``eval_every``: the bound on the first ``eval_batches`` x 128 test rows (fixed draws) and the
         task's sample metrics on ``eval_samples`` samples, logged; keeps best.pt by the task's
-        ``best_metric`` (else the bound). Rank 0 only."""
-        if self.rank != 0:
+        ``best_metric`` (else the bound). Rank 0 evaluates; its DDP peers wait while it beats."""
+        done = f"catdiff/evaluated/{self.step}"
+        if self.rank != 0:  # wait for rank 0 as long as it is alive, however long it evaluates
+            store = dist.distributed_c10d._get_default_store()
+            while not store.check([done]):
+                if 0 in self._beat.silent():
+                    raise UserError(self._peers_lost("evaluating"))
+                time.sleep(0.2)
             return
         metrics: dict[str, float] = {}
         world, self.world = self.world, 1  # rank 0 alone: a task that shards its sampling must not wait for peers
@@ -469,6 +519,8 @@ class Engine:
             metrics.update(self.task.evaluate(tokens, labels, None))
         finally:
             self.world = world
+            if world > 1:
+                dist.distributed_c10d._get_default_store().set(done, "1")
         log.scalars(self.step, metrics)
         name, mode = self.task.best_metric or (("nll_bound_bits_per_token", "min") if self.method.has_bound else (None, None))
         value = metrics.get(name) if name else None

@@ -1,12 +1,18 @@
-"""Two CPU processes under torchrun (gloo): the replicas must stay identical."""
+"""Two CPU processes under torchrun (gloo): the replicas must stay identical; a stopped rank
+ends the job within dist_timeout, named, with the last checkpoint kept."""
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+
+from catdiff import checkpoint
 
 SCRIPT = textwrap.dedent('''
     import json, sys
@@ -60,3 +66,50 @@ def test_cli_run_under_torchrun_evaluates_once_and_writes_from_rank_0(tmp_path):
     assert res.stdout.count("progression_frac") == 1 and res.stdout.count("run directory:") == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 6.0
     assert (tmp_path / "train_log.csv").read_text().count("\n") == 2  # header + one row (log_every 10), one writer
+
+
+def rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun worker ``rank`` (a child of ``parent`` with RANK=rank), or None."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                if f"RANK={rank}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    return int(d.name)
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_ends_the_job_naming_it_and_keeps_the_checkpoint(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    toycli = Path(__file__).with_name("toycli.py")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(toycli), "run", "toy", "--out", str(tmp_path),
+           "--steps", "1000000", "--set", "batch_size=8", "--set", "threads=1", "--set", "ckpt_every=20",
+           "--set", "dist_timeout=15"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    stopped = None
+    try:
+        t0 = time.monotonic()
+        while not (tmp_path / "last.pt").exists():  # training is under way
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() - t0 < 300, "no checkpoint within 300 s"
+            time.sleep(0.1)
+        stopped = rank_pid(job.pid, 1)
+        assert stopped is not None
+        os.kill(stopped, signal.SIGSTOP)
+        _, err = job.communicate(timeout=300)  # a generous bound: dist_timeout, then torchrun ends rank 1
+        assert job.returncode != 0
+        line = next((x for x in err.splitlines() if x.startswith("catdiff: error: rank 0: ")), err[-3000:])
+        assert "rank 1 (silent for " in line and "stopped answering" in line and "check that process" in line, line
+        assert f"The last checkpoint, {tmp_path / 'last.pt'}, is intact; rerun the same command to resume" in line
+        payload = checkpoint.load(tmp_path / "last.pt")
+        assert payload["step"] > 0 and payload["step"] % 20 == 0
+    finally:
+        if stopped is not None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, sig)
+        job.kill()
+        job.wait()

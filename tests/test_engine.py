@@ -146,6 +146,33 @@ def test_cli_sample_and_eval_from_checkpoint(tmp_path, toy, monkeypatch, capsys)
     assert "position 99 outside [0, 11]" in capsys.readouterr().err
 
 
+class TextSamplesTask(ToyTask):
+    name = "toy-text"
+
+    def save_samples(self, tokens, labels, out_dir):
+        (out_dir / "samples.txt").write_text("\n".join(" ".join(map(str, t.tolist())) for t in tokens) + "\n")
+        (out_dir / "translations.txt").write_text("not returned: listed all the same\n")
+        return [out_dir / "samples.txt"]
+
+
+def test_cli_lists_the_files_it_wrote(tmp_path, monkeypatch, capsys):
+    from catdiff import cli
+    from catdiff.hooks import Component, registry
+
+    monkeypatch.setitem(registry().components["tasks"], "toy-text", Component("tasks", "toy-text", TextSamplesTask, "tests"))
+    (tmp_path / "notes.md").write_text("the user's")
+    small = ["--set", "n_samples=2", "--set", "sample_steps=2", "--set", "threads=1"]
+    assert cli.main(["run", "toy-text", "--out", str(tmp_path), "--steps", "2", *small]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.split("run directory:")[1].splitlines()[1:]]
+    assert listed == ["config.json", "last.pt", "metrics.json", "samples.txt", "train_log.csv", "translations.txt"]
+    assert cli.main(["sample", str(tmp_path), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.split("wrote ")[1:] == [f"{tmp_path / 's' / n}\n" for n in
+                                                          ("samples.pt", "samples.txt", "translations.txt")]
+    assert cli.main(["eval", str(tmp_path), "--n", "2", "--set", "sample_steps=2"]) == 0
+    wrote = [line.split("/")[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert wrote == ["metrics.json", "samples.txt", "translations.txt"]
+
+
 class OptionTask(ToyTask):
     name = "toy-options"
     options = {"data_dir": "", "repeat": 1}
@@ -292,3 +319,16 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
     Engine(Bare(), out=run, width=32, heads=2, layers=1, embed_dim=8, steps=2, batch_size=4).fit()
     saved = json.loads((run / "config.json").read_text())
     assert saved["lr"] == pytest.approx(2e-3) and saved["warmup"] == 0  # the values trained with, not markers
+
+
+def test_a_long_cpu_run_says_so_after_a_few_steps(toy, monkeypatch, capsys):
+    import catdiff.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SLOW_RUN_S", 0.0)  # any run is "long": no dependence on the machine's speed
+    Engine(toy, steps=2 + engine_mod.TIMED_STEPS, threads=1).fit()
+    line = [x for x in capsys.readouterr().err.splitlines() if "per step" in x][0]
+    assert line.startswith("catdiff: ") and "s per step on the CPU: the remaining 1 steps take about" in line
+    assert "a GPU (device=cuda), a smaller model (layers, width) or fewer steps" in line
+    monkeypatch.setattr(engine_mod, "SLOW_RUN_S", float("inf"))
+    Engine(toy, steps=2 + engine_mod.TIMED_STEPS, threads=1).fit()
+    assert "per step on the CPU" not in capsys.readouterr().err

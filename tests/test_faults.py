@@ -16,6 +16,7 @@ from catdiff import checkpoint, cli
 from catdiff.engine import Engine
 from catdiff.errors import Aborted, TrainingInterrupted, UserError
 from catdiff.hooks import Component, registry
+from catdiff.runlock import RunLock
 from catdiff.trainlog import CSVLog
 from test_bad_inputs import mount_tmpfs
 from test_engine import same_weights
@@ -60,6 +61,7 @@ def test_sigterm_mid_training_checkpoints_and_resumes_bit_identically(tmp_path):
     line = err.strip().splitlines()[-1]
     assert line.startswith("catdiff: interrupted by SIGTERM at step ") and "rerun the same command to resume" in line
     stopped = int(line.split("at step ")[1].split(";")[0])
+    assert not (tmp_path / "cut" / ".catdiff.lock").exists()  # an interrupted run removes its lock too
     assert 0 < stopped < steps and torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == stopped
     resumed = toycli("run", "toy", "--out", tmp_path / "cut", "--steps", steps, *RUN)
     assert resumed.wait(timeout=300) == 0 and full.wait(timeout=300) == 0, resumed.communicate()
@@ -179,6 +181,38 @@ def test_two_runs_on_one_directory_and_a_dead_holders_lock(tmp_path, toy, monkey
     assert (tmp_path / ".catdiff.lock").exists()
     assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3", "--set", "n_samples=2",
                      "--set", "sample_steps=2"]) == 0  # the dead holder's lock is taken over
+    assert not (tmp_path / ".catdiff.lock").exists()  # and removed when the run ends
+
+
+def test_a_finished_or_failed_run_removes_its_lock_and_a_removed_lock_is_not_shared(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "2", *RUN]) == 0
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / ".catdiff.lock").exists()
+    def bad_data(self, split):
+        raise UserError("bad data")
+
+    monkeypatch.setattr(ToyTask, "load", bad_data)  # fails inside the lock
+    assert cli.main(["run", "toy", "--out", str(tmp_path), "--steps", "3", *RUN]) == 2
+    assert not (tmp_path / ".catdiff.lock").exists()
+    # a run that opened the lock file just before its holder removed it locks a file no one
+    # else sees: it must take the lock on the file now at that path instead
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    real_open = os.open
+
+    def open_then_holder_ends(path, *a):
+        fd = real_open(path, *a)
+        if first._fd is not None:
+            first.__exit__(None, None, None)
+        return fd
+
+    with first:
+        monkeypatch.setattr(os, "open", open_then_holder_ends)
+        with second:
+            monkeypatch.undo()
+            assert os.fstat(second._fd).st_ino == os.stat(tmp_path / ".catdiff.lock").st_ino
+            with pytest.raises(UserError, match="in use by another catdiff run"):
+                RunLock(tmp_path).__enter__()
+    assert not (tmp_path / ".catdiff.lock").exists()
 
 
 def test_stale_temp_files_of_killed_writes_are_removed(tmp_path, toy):
@@ -281,16 +315,23 @@ except UserError as e:
 '''
 
 
+def start_ranks(tmp_path, script_text: str, port_offset: int = 0) -> list[subprocess.Popen]:
+    """Two ranks of ``script_text`` on this machine (gloo over localhost)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(script_text)
+    port = 29500 + (os.getpid() + port_offset) % 1000
+    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    return [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                             stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+
+
 def test_a_stalled_ddp_peer_ends_the_others_within_the_timeout(tmp_path):
-    script = tmp_path / "stall.py"
-    script.write_text(STALL.format(tests=str(Path(__file__).parent), timeout=3))
-    env = dict(ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
-    ranks = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = start_ranks(tmp_path, STALL.format(tests=str(Path(__file__).parent), timeout=3))
     try:
         _, err = ranks[0].communicate(timeout=120)
         assert ranks[0].returncode == 2, err
-        assert "rank 0: the other processes did not answer within dist_timeout=3s at step 3" in err, err
+        assert "rank 0: rank 1 (silent for " in err and "stopped answering (stopped, killed or cut off) at step 3" in err, err
+        assert "No checkpoint was written yet; rerun the same command to resume" in err, err  # no --out
         assert "Traceback" not in err
     finally:
         for p in ranks:
@@ -333,3 +374,42 @@ def test_a_full_disk_under_a_task_write_names_the_directory_and_what_was_kept(tm
                            f"the files written before it are complete (checkpoints"), line
     assert line.endswith("Free space or pass another --out, then rerun")
     assert checkpoint.load(tmp_path / "last.pt")["step"] == 2 and (tmp_path / "metrics.json").exists()
+
+BUSY = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from toytask import ToyTask
+from catdiff.engine import Engine
+eng = Engine(ToyTask(), steps=4, batch_size=8, threads=1, eval_every=2, eval_samples=2, dist_timeout=2)
+real = eng.task.evaluate
+def evaluate(*a):
+    time.sleep(3 * 2)  # rank 0 evaluates for longer than dist_timeout, alive all the while
+    return real(*a)
+eng.task.evaluate = evaluate
+eng.fit()
+eng.leave_group()
+"""
+
+
+def test_ddp_peers_wait_for_a_busy_rank_0_longer_than_the_timeout(tmp_path):
+    ranks = start_ranks(tmp_path, BUSY.format(tests=str(Path(__file__).parent)), port_offset=1)
+    try:
+        for p in ranks:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+
+
+def test_the_signal_tests_pass_in_a_process_started_with_sigint_ignored():
+    """`make test` as a background job of a script, under nohup or some CI runners: SIGINT is
+    ignored from the start (inherited across exec), and the in-process signal tests still pass."""
+    tests = [f"{__file__}::{t.__name__}" for t in (test_signal_mid_write_finishes_the_write_then_stops,
+             test_with_sigint_ignored_sigterm_still_saves_and_sigint_stays_ignored,
+             test_second_signal_aborts_at_once_and_keeps_the_previous_checkpoint)]  # by name: never this test
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), capture_output=True,
+                         text=True, timeout=600, env=ENV, cwd=Path(__file__).parents[1])
+    assert res.returncode == 0 and "3 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]

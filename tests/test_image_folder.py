@@ -195,8 +195,9 @@ def test_vqgan_config_that_does_not_fit_its_checkpoint(rgb_folder, taming_dir, t
     (bad / "model.yaml").write_text(MODEL_YAML.replace("n_embed: 48", "n_embed: 64"))
     args = ["prepare", "image-folder", "--images", str(rgb_folder), "--quiet"] + sets(tokenizer=bad, cache_dir=tmp_path)
     assert cli_main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("catdiff: error: VQGAN ")
+    warning, err = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("image-folder: warning: ") and "holds 28 training images" in warning  # a small folder
+    assert err.startswith("catdiff: error: VQGAN ")
     assert "does not fit the VQGAN of its config" in err and "quantize.embedding.weight: checkpoint (48, 8) vs model (64, 8)" in err
 
 
@@ -277,3 +278,30 @@ def test_plugin_registers_image_folder():
 
     assert registry().get("tasks", "image-folder").factory is ImageFolderTask
     assert image_folder.OPTIONS["color"] == "auto" and image_folder.SMALL_VQ_SIZE == 32
+
+
+def test_tiny_folder_scales_the_tokenizer_steps_and_warns(tmp_path, monkeypatch, capsys):
+    from catdiff_vision import vq_tokenizer
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12, 3), 80 * i, np.uint8)).save(folder / f"{i}.png")
+    task = task_with(images=str(folder), cache_dir=str(tmp_path / "cache"), workers=0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"image-folder: warning: {folder} holds 2 training images; the default settings are meant for at "
+                   f"least {image_folder.MIN_IMAGES} (fewer are memorised rather than modelled); the small VQ "
+                   f"tokenizer trains {image_folder.VQ_MIN_STEPS} steps"]
+    trained = []
+
+    def train(images, hp, log):  # record the settings instead of training
+        trained.append((len(images), hp["steps"]))
+        return vq_tokenizer.VQTokenizer(**hp).eval()
+
+    monkeypatch.setattr(vq_tokenizer, "train", train)
+    task._train_small_vq(task.splits()["train"], print)
+    assert trained == [(2, image_folder.VQ_MIN_STEPS)] and (task.work / "vq.pt").is_file()
+    assert f"training the small VQ tokenizer ({image_folder.VQ_MIN_STEPS} steps, 2 images" in capsys.readouterr().out
+    # in proportion to the images up to vq_steps (reached at MIN_IMAGES), never above a smaller vq_steps
+    assert [task._vq_hparams(3, 8, n)["steps"] for n in (2, 100, 500, 1000, 20_000)] == [100, 150, 750, 1500, 1500]
+    assert task_with(images=str(folder), vq_steps=7)._vq_hparams(3, 8, 2)["steps"] == 7

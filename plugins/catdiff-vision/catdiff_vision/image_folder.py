@@ -12,9 +12,10 @@ examples when the folder mixes both; ``rgb`` / ``grey`` convert), resized and ce
 
 Tokenizer (``tokenizer``):
   ""        (default) the small VQ-VAE of :mod:`.vq_tokenizer`, 4x downsampling, ``codes`` ids,
-            trained for ``vq_steps`` on (up to ``vq_images`` of) the training images at the
-            first run or by ``catdiff prepare image-folder --images DIR``; ``image_size``
-            defaults to 32, so 8x8 = 64 tokens.
+            trained on (up to ``vq_images`` of) the training images at the first run or by
+            ``catdiff prepare image-folder --images DIR``, for ``vq_steps``, fewer on a folder
+            of under ``MIN_IMAGES`` training images (in proportion, at least ``VQ_MIN_STEPS``);
+            ``image_size`` defaults to 32, so 8x8 = 64 tokens.
   a path    a taming VQGAN log directory (or its last.ckpt with model.yaml beside it) of any
             downsampling factor f and codebook size K, read from model.yaml (f = 2^(len(ch_mult)-1),
             K = n_embed); ``image_size`` defaults to its ddconfig.resolution, seq_len = (size/f)^2.
@@ -63,6 +64,8 @@ from .image_data import EXTENSIONS
 SMALL_VQ_SIZE = 32  # image_size of the small VQ when not given: 8x8 tokens
 UNIGRAM_ROWS = 10_000
 RECON_IMAGES = 256  # test images for the tokenizer's reconstruction error
+MIN_IMAGES = 1000  # training images the default settings are meant for; fewer: a warning, fewer VQ steps
+VQ_MIN_STEPS = 100  # the small VQ's steps on the smallest folder (vq_steps scaled by images / MIN_IMAGES)
 DERIVED = ("vocab_size", "seq_len", "grid", "channels", "num_classes", "class_names", "data_key")
 OPTIONS: Mapping[str, Any] = {
     "images": "", "classes": False, "tokenizer": "", "trust_checkpoint": False, "image_size": 0, "color": "auto",
@@ -141,7 +144,13 @@ class ImageFolderTask(Task):
             raise UserError(f"task image-folder: image_size={size} must be a positive multiple of the tokenizer's "
                             f"downsampling factor {factor} ({'the VQGAN' if opt('tokenizer') else 'the small VQ'})")
         grid = size // factor
-        tok = {"vqgan": spec["id"]} if opt("tokenizer") else {"vq": self._vq_hparams(channels, grid)}
+        n_train = len(fi.split_items(items, float(opt("test_frac")))[0])
+        vq = None if opt("tokenizer") else self._vq_hparams(channels, grid, self._vq_images(n_train))
+        if n_train < MIN_IMAGES and int(os.environ.get("RANK", 0)) == 0:
+            vq_note = f"; the small VQ tokenizer trains {vq['steps']} steps" if vq else ""
+            print(f"image-folder: warning: {root} holds {n_train} training images; the default settings are meant "
+                  f"for at least {MIN_IMAGES} (fewer are memorised rather than modelled){vq_note}", file=sys.stderr)
+        tok = {"vqgan": spec["id"]} if opt("tokenizer") else {"vq": vq}
         listing = hashlib.sha256()
         for rel, label in items:
             listing.update(f"{rel}\0{label}\0{(root / rel).stat().st_size}\n".encode())
@@ -153,11 +162,19 @@ class ImageFolderTask(Task):
             color=color, image_size=size, vocab_size=vocab, seq_len=grid * grid, grid=grid, channels=channels,
             num_classes=len(names), class_names=json.dumps(names), data_key=key)
 
-    def _vq_hparams(self, channels: int, grid: int) -> dict:
+    def _vq_images(self, n_train: int) -> int:
+        """How many of ``n_train`` training images the small VQ trains on (``vq_images``)."""
+        cap = int(self.option("vq_images"))
+        return min(n_train, cap) if cap > 0 else n_train
+
+    def _vq_hparams(self, channels: int, grid: int, images: int) -> dict:
+        """The small VQ's settings for ``images`` training images: ``vq_steps``, or on a small folder
+        that many in proportion to ``images / MIN_IMAGES`` (at least ``VQ_MIN_STEPS``)."""
         from .vq_tokenizer import HPARAMS
 
-        return dict(HPARAMS, codes=int(self.option("codes")), steps=int(self.option("vq_steps")), channels=channels,
-                    grid=grid)
+        steps = int(self.option("vq_steps"))
+        steps = min(steps, max(VQ_MIN_STEPS, math.ceil(steps * images / MIN_IMAGES)))
+        return dict(HPARAMS, codes=int(self.option("codes")), steps=steps, channels=channels, grid=grid)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -225,11 +242,11 @@ class ImageFolderTask(Task):
         path = self.work / "vq.pt"
         if self.option("tokenizer") or path.is_file():
             return
-        n = int(self.option("vq_images"))
-        if 0 < n < len(train_items):  # a fixed random subset (seed 0)
+        n = self._vq_images(len(train_items))
+        if n < len(train_items):  # a fixed random subset (seed 0)
             pick = sorted(torch.randperm(len(train_items), generator=torch.Generator().manual_seed(0))[:n].tolist())
             train_items = [train_items[i] for i in pick]
-        hp = self._vq_hparams(int(self.option("channels")), int(self.option("grid")))
+        hp = self._vq_hparams(int(self.option("channels")), int(self.option("grid")), len(train_items))
         if log:
             log(f"image-folder: training the small VQ tokenizer ({hp['steps']} steps, {len(train_items)} images, "
                 f"{hp['codes']} codes, {self.option('grid')}x{self.option('grid')} grid)")
@@ -268,7 +285,7 @@ class ImageFolderTask(Task):
         from . import shards
         from .classifier import single_thread
 
-        log = None if quiet else print
+        log = None if quiet else functools.partial(print, flush=True)  # seen at once in a log file too
         splits = self.splits()
         self._train_small_vq(splits["train"], log)
         tok = self.tokenizer

@@ -124,8 +124,10 @@ def train(images: torch.Tensor, hparams: dict | None = None, log=print) -> VQTok
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if log and (step + 1) % max(1, hp["steps"] // 10) == 0:
-                log(f"vq tokenizer step {step + 1}/{hp['steps']}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
+            if log and ((step + 1) % max(1, hp["steps"] // 10) == 0 or step + 1 == 10):  # step 10: an early estimate
+                took = time.perf_counter() - t0
+                log(f"vq tokenizer step {step + 1}/{hp['steps']}: loss {loss.item():.4f} ({took:.0f}s, about "
+                    f"{took / (step + 1) * (hp['steps'] - step - 1):.0f}s left)")
     return model.eval().requires_grad_(False)
 
 
