@@ -171,7 +171,8 @@ class Engine:
         self.backbone_factory = reg.get("backbones", cfg.backbone).factory
         backbone = self.backbone_factory(cfg, vocab_size=self.spec.vocab_size, seq_len=self.spec.seq_len,
                                          num_classes=self.spec.num_classes, **self._backbone_kwargs())
-        codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook)
+        codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook,
+                            norm=cfg.options.get("embed_norm", 0.0))  # a catdm setting
         self.task.init_codebook(codebook)
         # the Denoiser's options for continuous methods, settings of such a method (catdm)
         schedule = self.method.schedule if cfg.options.get("evidence") else None
@@ -593,6 +594,7 @@ class Engine:
             "model": self.model.state_dict(),
             "ema_cm": self.ema_cm.state_dict(),
             "ema_eval": self.ema_eval.state_dict(),
+            "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": checkpoint.rng_state(),
@@ -618,6 +620,7 @@ class Engine:
 
     def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
         self._load_weights(payload["task"], {k: payload[k] for k in ("model", "ema_cm", "ema_eval")}, path)
+        self.method.load_state_dict(payload.get("method") or {})
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(payload["scaler"])
@@ -662,6 +665,7 @@ class Engine:
         _check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
         eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
+        eng.method.load_state_dict(meta.get("method") or {})
         eng.step = int(meta.get("step", 0))
         return eng
 

@@ -23,6 +23,13 @@ def is_export(path: str | Path) -> bool:
     return path.is_dir() and (path / WEIGHTS).is_file()
 
 
+def plain(state):
+    """A method's state_dict as JSON values (tensors become lists; Method.load_state_dict reads both)."""
+    if isinstance(state, dict):
+        return {k: plain(v) for k, v in state.items()}
+    return state.tolist() if hasattr(state, "tolist") else state
+
+
 def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
     """Write the two files of ``engine`` (its ``ema_eval`` weights) into ``directory``."""
     from safetensors.torch import save
@@ -32,7 +39,7 @@ def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
         raise UserError(f"{directory} already holds an export ({WEIGHTS}); pass another directory or --force")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in engine.ema_eval.state_dict().items()}
     meta = {"format": FORMAT, "version": VERSION, "step": engine.step, "config": engine.cfg.to_dict(),
-            "task": engine.task_meta, "plugins": engine.plugins}
+            "task": engine.task_meta, "plugins": engine.plugins, "method": plain(engine.method.state_dict())}
     files = [checkpoint.write_atomic(save(weights, metadata={"format": FORMAT}), directory / WEIGHTS, "weights"),
              checkpoint.write_atomic((json.dumps(meta, indent=2) + "\n").encode(), directory / CONFIG, "config")]
     return files

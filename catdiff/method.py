@@ -55,6 +55,15 @@ class Method:
             return self.cfg.options[name]
         return {s.name: s.default for s in declared(self)}[name]
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the method learns besides the network (e.g. CATDM's time warp): saved with
+        checkpoints and exports, restored by :meth:`load_state_dict`. A (nested) dict of tensors
+        or plain values; an export stores tensors as lists, so accept both when loading."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+
     def loss(self, model, target, x: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss and detached logs for a batch ``x`` [B, M]. ``model`` may be
         DDP-wrapped: run everything that needs gradients through ``model(...)`` once."""

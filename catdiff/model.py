@@ -33,23 +33,35 @@ class Codebook(nn.Module):
     embeddings 4x smaller at D = 256; on digits it gave a worse FID in one run each
     (224 after 600 steps vs 150 after 800 steps; see the closing note of the core issue).
     ``init_std`` (config ``embed_init_std``; None = the above) overrides it.
+
+    ``norm`` > 0 (CATDM's ``embed_norm``; CDCD and Plaid normalise their embeddings): every row
+    is used at that L2 norm, ``norm * w / ||w||``, so the rows cannot grow or shrink and the
+    schedule's SNR means what it says; the parameters stay free (their direction is learned).
     """
 
-    def __init__(self, vocab_size: int, dim: int, init_std: float | None = None, fixed: bool = False):
+    def __init__(self, vocab_size: int, dim: int, init_std: float | None = None, fixed: bool = False,
+                 norm: float = 0.0):
         super().__init__()
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
         self.null_id = vocab_size + 1
+        self.norm = float(norm)
         std = dim**-0.25 if init_std is None else init_std
         self.weight = nn.Parameter(torch.randn(vocab_size + 2, dim) * std, requires_grad=not fixed)
+
+    def table(self) -> torch.Tensor:
+        """[K + 2, D]: the rows as the model uses them (at the fixed norm when one is set)."""
+        if not self.norm:
+            return self.weight
+        return nn.functional.normalize(self.weight, dim=-1) * self.norm
 
     @property
     def data(self) -> torch.Tensor:
         """[K, D]: the rows that posteriors average over (paper eq. 2)."""
-        return self.weight[: self.vocab_size]
+        return self.table()[: self.vocab_size]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(tokens, self.weight)
+        return nn.functional.embedding(tokens, self.table())
 
 
 class Denoiser(nn.Module):

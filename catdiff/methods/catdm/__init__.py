@@ -34,10 +34,18 @@ SETTINGS = (
             type=float, low=0, high=1, auto=True),
     Setting("t_draw", "iid", "training times: iid | stratified (low-discrepancy, VDM appendix I.1)",
             choices=T_DRAWS),
-    Setting("l0_rows", 1.0, "share of the batch whose z_0 pass estimates L0; 1 = all rows", low=0, high=1,
-            low_open=True),
+    Setting("l0_rows", 1.0, "share of the batch whose z_0 pass estimates L0; 1 = all rows; auto = "
+            "sd(L0) / sd(other terms), Plaid's reconstruction share (methods/catdm/objective.py)", type=float,
+            low=0, high=1, low_open=True, auto=True),
+    Setting("time_warp", "off", "learned density of training times (CDCD sec. 3.3; methods/catdm/schedule.py "
+            "TimeWarp): off | train | sample (train, and sample on the warped time grid)",
+            choices=("off", "train", "sample")),
+    Setting("embed_norm", 0.0, "fixed L2 norm of every codebook row (CDCD, Plaid: sqrt(embed_dim)); 0 = free, "
+            "as in the paper", low=0),
     Setting("ema_cm", 0.99, "EMA rate of the CM target (network and codebook)", low=0, high=1),
     Setting("self_cond", False, "self-conditioning on the previous EMB_hat (not in the paper; catdiff.model)"),
+    Setting("self_cond_rate", 0.5, "share of training rows that read a self-conditioning estimate", low=0,
+            high=1, low_open=True),
     Setting("evidence", True, "logits += each token's own Gaussian evidence (not in the paper; catdiff.model)"),
 )
 
@@ -64,11 +72,19 @@ class CATDM(Method):
     def loss(self, model, target, x, cond):
         return self.objective(model, target, x, cond)
 
+    def state_dict(self) -> dict:
+        return self.objective.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objective.load_state_dict(state)
+
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
+        warp = self.objective.warp
+        grid = warp.grid(steps, device) if warp is not None and warp.warm and self.cfg.time_warp == "sample" else None
         return sample(model, self.schedule, n, seq_len, steps=steps, method=sampler, final=final, cond=cond,
                       guidance=guidance, null_id=null_id, known=known, known_mask=known_mask,
-                      generator=generator, device=device)
+                      generator=generator, device=device, grid=grid)
 
     def nll_bound(self, model, x, cond, t):
         return likelihood_bound(model, x, self.schedule, cond, t)

@@ -24,9 +24,16 @@ Choices where the paper is ambiguous (documented, measured in benchmarks/):
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.
-- Self-conditioning (``self_cond``, not in the paper): for half of the rows, drawn per row,
-  a first gradient-free student pass gives EMB_hat, which the second pass reads (Chen et al.
-  2022); the other rows read none. The teacher at z_bar_s reads the same estimate the
+- ``l0_rows=auto`` (ours, after Plaid's reconstruction batch share): the share of rows in the
+  z_0 pass follows the spread of the terms, K / B = sd(L0) / sd(rest) (Neyman allocation of
+  rows between two estimated terms), from EMAs of the per-row standard deviations, clipped to
+  [1 / B, 1]; 1 until the first step has measured them.
+- ``time_warp`` (ours, after CDCD sec. 3.3): training times drawn from a learned density
+  (:class:`.schedule.TimeWarp`, whose docstring says how it composes with the schedule and
+  L_CM); ``csdm``'s VLB divides each row by the density so its estimate stays unbiased.
+- Self-conditioning (``self_cond``, not in the paper): for a share ``self_cond_rate`` of the
+  rows (half by default, as Chen et al. 2022), drawn per row, a first gradient-free student
+  pass gives EMB_hat, which the second pass reads; the other rows read none. The teacher at z_bar_s reads the same estimate the
   student had at z_t: as in sampling, where the step to s reads the estimate made at t.
 """
 from __future__ import annotations
@@ -36,7 +43,7 @@ import torch.nn.functional as F
 
 from ...model import predicted_embedding
 from ..shared import with_aux
-from .schedule import ShiftedCosineSchedule, draw_times
+from .schedule import ShiftedCosineSchedule, TimeWarp, draw_times
 
 OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")  # config key ``objective``
 DROPS = ("rand", "linear", "rand_ratio", "none")  # config key ``drop``
@@ -89,16 +96,41 @@ class CATDMObjective:
             raise ValueError(f"unknown drop strategy {cfg.drop!r}; choose one of {DROPS}")
         self.cfg = cfg
         self.schedule = schedule
+        self.warp = TimeWarp() if cfg.time_warp != "off" else None
+        self.spread: list[float] | None = None  # EMAs of sd(L0 per row), sd(rest per row): l0_rows=auto
+
+    def l0_share(self) -> float:
+        """The share of rows in the z_0 pass: ``l0_rows``, or for auto sd(L0) / sd(rest)."""
+        if self.cfg.l0_rows is not None:
+            return self.cfg.l0_rows
+        if self.spread is None:
+            return 1.0
+        return min(1.0, self.spread[0] / max(self.spread[1], 1e-12))
+
+    def state_dict(self) -> dict:
+        out = {"time_warp": self.warp.state_dict()} if self.warp is not None else {}
+        if self.spread is not None:
+            out["spread"] = torch.tensor(self.spread, dtype=torch.float64)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.warp is not None and "time_warp" in state:
+            self.warp.load_state_dict(state["time_warp"])
+        if "spread" in state:
+            self.spread = [float(v) for v in state["spread"]]
 
     def __call__(self, model, teacher, x: torch.Tensor, cond: torch.Tensor | None = None):
         """Returns (loss, logs). ``model`` may be DDP-wrapped; ``teacher`` is the EMA Denoiser."""
         cfg, sch = self.cfg, self.schedule
         B = x.shape[0]
         codebook = teacher.codebook  # same shapes and ids as the student's (it is its EMA copy)
-        t = draw_times(B, x.device, cfg.t_draw)
+        warped = self.warp is not None and self.warp.warm
+        t = self.warp.sample(B, x.device) if warped else draw_times(B, x.device, cfg.t_draw)
         # one student pass over [z_0 of the first K rows ; z_t of all B] (L0 needs z_0 at t = 0);
         # the batch is a random draw, so its first K rows are a random subset (l0_rows = K / B)
-        K = max(1, round(cfg.l0_rows * B))
+        K = max(1, round(self.l0_share() * B))
+        if cfg.l0_rows is None:
+            K = max(K, min(2, B))  # auto measures the spread of L0: at least two rows
         t2 = torch.cat([torch.zeros_like(t[:K]), t])
         x2 = torch.cat([x[:K], x])
         cond2 = None if cond is None else torch.cat([cond[:K], cond])
@@ -106,7 +138,8 @@ class CATDMObjective:
         x_in = torch.where(dropped, codebook.mask_id, x2)
         alpha2, sigma2 = sch.alpha_sigma(t2)
         noise = torch.randn(K + B, x.shape[1], codebook.weight.shape[1], device=x.device)
-        prev2 = self.self_condition(model, x_in, alpha2, sigma2, noise, t2, cond2) if cfg.self_cond else None
+        prev2 = (self.self_condition(model, x_in, alpha2, sigma2, noise, t2, cond2, cfg.self_cond_rate)
+                 if cfg.self_cond else None)
         out = model(x_in, alpha2, sigma2, noise, t2, cond2, targets=x2, prev=prev2)
         logits0, logits_t = out.logits.float().split([K, B])
         z_t, emb, e_data = out.z[K:], out.target_emb[K:], out.codebook  # emb = EMB_phi(x), the clean target
@@ -117,6 +150,9 @@ class CATDMObjective:
         # ||EMB(x) - EMB_hat(z_t; t)||^2  (eq. 2, 3)
         sq_err = (emb - predicted_embedding(logits_t, e_data)).pow(2).flatten(1).sum(-1)
         logs = {"l0": l0.mean()}
+        logp_t = F.log_softmax(logits_t, -1)
+        if self.warp is not None:  # the warp's statistic: mean CE per token of each row at its t
+            self.warp.update(t, -logp_t.detach().gather(-1, x[..., None]).squeeze(-1).mean(-1))
 
         if cfg.objective in ("csdm", "csdm_l2"):
             # eq. 3: prior KL + L0 + L_inf, L_inf = -1/2 SNR'(t) ||EMB - EMB_hat||^2
@@ -124,6 +160,8 @@ class CATDMObjective:
             a1, s1 = sch.alpha_sigma(one)
             prior = prior_kl(emb, a1, s1)
             l_inf = -0.5 * sch.dsnr_dt(t) * sq_err
+            if warped:  # t ~ f(t), not U(0, 1): importance weight 1 / f(t) keeps the VLB unbiased
+                l_inf = l_inf / self.warp.density(t)
             loss = prior + l_inf
             logs.update(prior=prior.mean(), l_inf=l_inf.mean())
             if cfg.objective == "csdm_l2":
@@ -134,7 +172,6 @@ class CATDMObjective:
         else:
             l_dm = sq_err  # sec. 5.1: unweighted
             logs["l_dm"] = l_dm.mean()
-            logp_t = F.log_softmax(logits_t, -1)
             if cfg.objective == "ce":
                 reg = -logp_t.gather(-1, x[..., None]).squeeze(-1).sum(-1)  # L_CE (app. F.4)
                 logs["l_ce"] = reg.mean()
@@ -143,14 +180,25 @@ class CATDMObjective:
                 logs["l_cm"] = reg.mean()
             else:
                 reg = torch.zeros_like(l_dm)
-            loss = l0.mean() + (cfg.beta_dm * l_dm + cfg.beta_cm * reg).mean()
+            rest = cfg.beta_dm * l_dm + cfg.beta_cm * reg
+            loss = l0.mean() + rest.mean()
+            if cfg.l0_rows is None:
+                self.track_spread(l0, rest)
         return with_aux(loss, logs, out.aux)  # + the backbone's own loss (e.g. target length), every row
+
+    @torch.no_grad()
+    def track_spread(self, l0: torch.Tensor, rest: torch.Tensor, rate: float = 0.95) -> None:
+        """EMAs of the per-row standard deviations of L0 and of the other terms (l0_rows=auto)."""
+        if len(l0) < 2:
+            return
+        now = [float(l0.float().std()), float(rest.float().std())]
+        self.spread = now if self.spread is None else [rate * a + (1 - rate) * b for a, b in zip(self.spread, now)]
 
     @staticmethod
     @torch.no_grad()
-    def self_condition(model, x_in, alpha, sigma, noise, t, cond):
-        """EMB_hat of a first gradient-free pass for a random half of the rows, zeros elsewhere."""
-        rows = torch.rand(x_in.shape[0], device=x_in.device) < 0.5
+    def self_condition(model, x_in, alpha, sigma, noise, t, cond, rate: float = 0.5):
+        """EMB_hat of a first gradient-free pass for a random share ``rate`` of the rows, zeros elsewhere."""
+        rows = torch.rand(x_in.shape[0], device=x_in.device) < rate
         prev = torch.zeros_like(noise)
         if rows.any():
             sub = lambda v: None if v is None else v[rows]  # noqa: E731

@@ -41,8 +41,10 @@ def sample(
     known_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw ``n`` token sequences [n, seq_len] from a Denoiser (use the eval EMA)."""
+    """Draw ``n`` token sequences [n, seq_len] from a Denoiser (use the eval EMA); ``grid``
+    [steps + 1] are the times t_0 = 0 < ... < t_N = 1 (default n / N; a time warp's grid)."""
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {SAMPLERS}")
     known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
@@ -55,7 +57,8 @@ def sample(
     z = randn(n, seq_len, dim)
     if known is not None:
         known_emb = model.codebook(known)
-    grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
+    if grid is None:
+        grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
     prev = None  # self-conditioning: the previous step's EMB_hat
     for i in range(steps, 0, -1):
         t = grid[i].expand(n)

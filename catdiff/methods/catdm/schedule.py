@@ -62,3 +62,93 @@ class ShiftedCosineSchedule:
         """SNR'(t) = exp(lambda) lambda'(t) (negative)."""
         return torch.exp(self.logsnr(t)) * self.dlogsnr_dt(t)
 
+
+
+class TimeWarp:
+    """A learned density of training times (CDCD, Dieleman et al. 2022, sec. 3.3, "time
+    warping"; Plaid's ``LossCDF`` is another implementation).
+
+    The cross-entropy -log P(x | z_t; t) of the posterior rises with t, from ~0 at z_0 to about
+    log K at z_1. An EMA of its mean per time bin, made monotone (a running maximum), and
+    normalised to [0, 1] is a CDF F(t) through the bin centres; training times are
+    t = F^-1(u), u ~ U(0, 1), so the density of t is proportional to dCE/dt: steps go where
+    the loss still changes with the noise level, not where it is flat (pure noise, or z_0). A
+    share ``floor`` of the density stays uniform, so every bin keeps being visited and its
+    statistic current. Until every bin has been seen, times are uniform.
+
+    How it composes with the rest of CATDM: the shifted cosine schedule still maps t to
+    log-SNR (the warp changes which t are trained on, not what they mean: together they act
+    as a learned training schedule); L_CM's s ~ U(0, t) is drawn below the warped t, so the
+    teacher still sits at a lower noise level; the bound (eq. 3, evaluation) keeps uniform t.
+    The unweighted L_DM / L_CM are reweighted by the warp (as CDCD's CE is); ``csdm``'s VLB
+    divides each row by the density, which keeps it an unbiased bound estimate.
+    """
+
+    def __init__(self, bins: int = 64, rate: float = 0.98, floor: float = 0.2):
+        self.bins, self.rate, self.floor = bins, rate, floor
+        self.loss = torch.zeros(bins, dtype=torch.float64)
+        self.seen = torch.zeros(bins, dtype=torch.bool)
+
+    @property
+    def warm(self) -> bool:
+        return bool(self.seen.all())
+
+    def update(self, t: torch.Tensor, ce: torch.Tensor) -> None:
+        """Fold the per-row mean cross-entropy ``ce`` [B] at times ``t`` [B] into the bin EMAs."""
+        idx = (t.detach().double().cpu() * self.bins).long().clamp(0, self.bins - 1)
+        ce = ce.detach().double().cpu()
+        sums = torch.zeros(self.bins, dtype=torch.float64).index_add_(0, idx, ce)
+        counts = torch.zeros(self.bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(ce))
+        hit = counts > 0
+        mean = sums[hit] / counts[hit]
+        fresh = hit & ~self.seen
+        self.loss[fresh] = mean[fresh[hit]]
+        old = hit & self.seen
+        self.loss[old] = self.rate * self.loss[old] + (1 - self.rate) * mean[old[hit]]
+        self.seen |= hit
+
+    def knots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, F(t)) of the piecewise-linear CDF, uniform share included: [bins + 2] each."""
+        centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
+        t = torch.cat([torch.zeros(1, dtype=torch.float64), centres, torch.ones(1, dtype=torch.float64)])
+        if not self.warm:
+            return t, t.clone()
+        mono = torch.cummax(self.loss, 0).values
+        mono = torch.cat([mono[:1], mono, mono[-1:]])
+        span = float(mono[-1] - mono[0])
+        learned = (mono - mono[0]) / span if span > 1e-12 else t
+        return t, (1 - self.floor) * learned + self.floor * t
+
+    def sample(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n] times t = F^-1(u) (stratified u: one per interval [i/n, (i+1)/n))."""
+        u = (torch.rand(1, dtype=torch.float64, generator=generator)
+             + torch.arange(n, dtype=torch.float64)) / n
+        return self.inverse(u).float().to(device)
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        """F^-1(u) for u in [0, 1], by linear interpolation between the knots."""
+        t, F = self.knots()
+        j = torch.searchsorted(F, u.double().clamp(0, 1), right=True).clamp(1, len(F) - 1)
+        f0, f1, t0, t1 = F[j - 1], F[j], t[j - 1], t[j]
+        return (t0 + (u.double() - f0) / (f1 - f0).clamp_min(1e-12) * (t1 - t0)).clamp(0, 1 - 1e-7)
+
+    def density(self, t: torch.Tensor) -> torch.Tensor:
+        """f(t) = F'(t) (>= floor), for importance weights."""
+        knots_t, F = self.knots()
+        tt = t.detach().double().cpu()
+        j = torch.searchsorted(knots_t, tt, right=True).clamp(1, len(F) - 1)
+        slope = (F[j] - F[j - 1]) / (knots_t[j] - knots_t[j - 1])
+        return slope.float().to(t.device)
+
+    def grid(self, steps: int, device) -> torch.Tensor:
+        """Sampling times t_n = F^-1(n / N), n = 0..N (CDCD samples on the warped grid)."""
+        g = self.inverse(torch.linspace(0, 1, steps + 1, dtype=torch.float64))
+        g[0], g[-1] = 0.0, 1.0
+        return g.float().to(device)
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss = torch.as_tensor(state["loss"], dtype=torch.float64).clone()  # a tensor, or a list (exports)
+        self.seen = torch.as_tensor(state["seen"], dtype=torch.bool).clone()
