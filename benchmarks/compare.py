@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     quick_argument(p)
     args = quick(p, p.parse_args(argv), tasks=["digits"], methods=["catdm", "vqdiffusion", "ar"], seeds=[0],
                  budget=1.0, steps=12, sample_steps=[2], samples=16, fresh=True,
-                 json=str(Path(tempfile.mkdtemp()) / "compare_quick.json"))
+                 json=lambda: str(Path(tempfile.mkdtemp()) / "compare_quick.json"))
     if args.table:
         data = json.loads(Path(args.table).read_text())
         print(markdown(data.get("records", []), data.get("speed")))

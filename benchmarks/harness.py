@@ -387,12 +387,13 @@ def quick_argument(p: argparse.ArgumentParser) -> None:
 
 
 def quick(p: argparse.ArgumentParser, args, **values):
-    """Under ``--quick``, ``values`` replace the arguments left at their defaults, and a ``sets``
-    argument gets QUICK_SETS before the user's (which win). Returns ``args``."""
+    """Under ``--quick``, ``values`` replace the arguments left at their defaults (a callable value
+    is called then, e.g. ``tempfile.mkdtemp``), and a ``sets`` argument gets QUICK_SETS before
+    the user's (which win). Returns ``args``."""
     if args.quick:
         for k, v in values.items():
             if getattr(args, k) == p.get_default(k):
-                setattr(args, k, v)
+                setattr(args, k, v() if callable(v) else v)
         if hasattr(args, "sets"):
             args.sets = [f"{k}={v}" for k, v in QUICK_SETS.items()] + list(args.sets)
     return args
