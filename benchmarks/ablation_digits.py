@@ -4,7 +4,12 @@ embeddings are meant to collapse, CATDM's not). A preset of ablation, same optio
 
     python -m benchmarks.ablation_digits --seeds 0 1 --jobs 2 --threads 1
 """
-from benchmarks.ablation import main
+from benchmarks import ablation
+
+
+def main(argv=None) -> None:
+    ablation.main(argv, default_arms=("CSDM", "CATDM w/o CM", "CATDM"), description=__doc__.splitlines()[0])
+
 
 if __name__ == "__main__":
-    main(default_arms=("CSDM", "CATDM w/o CM", "CATDM"), description=__doc__.splitlines()[0])
+    main()
