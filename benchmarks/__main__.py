@@ -1,6 +1,7 @@
-"""``python -m benchmarks``: the benchmarks, one line each (the first line of each module's
+"""``python -m benchmarks``: the benchmarks, one line each (the first paragraph of each module's
 docstring, read without importing torch)."""
 import ast
+import textwrap
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -13,7 +14,8 @@ def benchmarks() -> dict[str, str]:
     for path in sorted(HERE.glob("*.py")):
         if path.stem not in NOT_BENCHMARKS:
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-            out[path.stem] = doc.splitlines()[0] if doc else ""
+            first = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, on one line
+            out[path.stem] = textwrap.shorten(first, 100, placeholder=" ...")
     return out
 
 
