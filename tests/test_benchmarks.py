@@ -60,8 +60,9 @@ def missing_data(name: str) -> str | None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_quick_run_prints_the_table(name, tmp_path, monkeypatch, capsys):
-    """``python -m benchmarks.NAME --quick --threads 1``, run in this process (a few seconds to
-    half a minute each on one core; about two and a half minutes for all of them)."""
+    """``python -m benchmarks.NAME --quick --threads 1``, run in this process: seconds to a minute
+    each on one core, ~3 min for all but speed, whose --quick (its own short measurement, cited in
+    docs/results.md) took 7 min on a loaded 2-core VM."""
     reason = missing_data(name)
     if reason:
         pytest.skip(reason)
