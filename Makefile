@@ -9,7 +9,7 @@ PLUGINS := plugins/catdiff-vision plugins/catdiff-text plugins/catdiff-translate
 # torch is pinned here (pyproject declares ranges); pip takes these from local disk
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data test test-fast test-interop demo bench docs clean
+.PHONY: install data test test-fast test-interop demo bench bench-quick docs clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,13 +48,20 @@ test-interop: $(INTEROP_STAMP)
 demo: install
 	$(BIN)/catdiff run digits --out runs/digits
 
+# Every benchmark (`python -m benchmarks` lists them), at its defaults; the trained digits models
+# are kept in runs/bench-models and shared (ablation's CATDM is steps' and dropping's). Roughly 9
+# hours on one thread of a shared 2-core VM, from the wall times in docs/results.md (compare's
+# two tasks x two modes x 3 seeds ~3.5 h, ablation ~1 h, text_bpc ~45 min, steps, dropping and
+# defaults ~30 min each, image_steps ~20 min, the rest minutes). bench-quick: each one's --quick
+# run, the smallest that goes through its whole path (a few minutes in all; speed's is the longest).
+BENCHMARKS := speed ablation ablation_digits steps dropping compare defaults sampler_sweep image_steps text_bpc
+MODELS := --models runs/bench-models
+SHARE_MODELS := ablation ablation_digits steps dropping
 bench: install
-	$(BIN)/python benchmarks/speed.py
-	$(BIN)/python benchmarks/ablation.py
-	$(BIN)/python benchmarks/steps.py
-	$(BIN)/python benchmarks/dropping.py
-	$(BIN)/python benchmarks/image_steps.py
-	$(BIN)/python benchmarks/text_bpc.py
+	$(foreach b,$(BENCHMARKS),$(BIN)/python -m benchmarks.$(b) $(if $(filter $(SHARE_MODELS),$(b)),$(MODELS)) &&) true
+
+bench-quick: install
+	$(foreach b,$(BENCHMARKS),$(BIN)/python -m benchmarks.$(b) --quick --threads 1 &&) true
 
 # The documentation site (mkdocs.yml; docs/*.md read as they are on GitHub). --strict fails on
 # broken links, anchors and pages; the site is written outside the repository.

@@ -1,10 +1,15 @@
 """The collapse comparison of issue 2: CATDM, CSDM and CATDM w/o CM on digits, same budget
 and seeds, digits-FID beside the embedding-variance summary (paper 003 Figure 1: CSDM's
-embeddings are meant to collapse, CATDM's not). A preset of ablation.py, same options:
+embeddings are meant to collapse, CATDM's not). A preset of ablation, same options:
 
-    python benchmarks/ablation_digits.py --seeds 0 1 --jobs 2 --threads 1
+    python -m benchmarks.ablation_digits --seeds 0 1 --jobs 2 --threads 1
 """
-from ablation import main
+from benchmarks import ablation
+
+
+def main(argv=None) -> None:
+    ablation.main(argv, default_arms=("CSDM", "CATDM w/o CM", "CATDM"), description=__doc__.splitlines()[0])
+
 
 if __name__ == "__main__":
-    main(default_arms=("CSDM", "CATDM w/o CM", "CATDM"), description=__doc__.splitlines()[0])
+    main()

@@ -2,15 +2,16 @@
 Table 1 arms against the discrete-state methods (paper 000 Table 2) and an autoregressive
 anchor, same task, backbone size, data, seeds and metrics, all measured in one run.
 
-    python benchmarks/compare.py                                   # digits, every method, both modes, 3 seeds
-    python benchmarks/compare.py --tasks digits --methods catdm ar --seeds 0 1 2 --budget 200
-    python benchmarks/compare.py --tasks text-tdavid --methods catdm ar --modes time --budget 300
-    python benchmarks/compare.py --speed-only                      # CATDM 10 / 50 steps vs AR (KV cache)
-    python benchmarks/compare.py --table results.json              # reprint the tables of a finished run
+    python -m benchmarks.compare                                   # digits, every method, both modes, 3 seeds
+    python -m benchmarks.compare --tasks digits --methods catdm ar --seeds 0 1 2 --budget 200
+    python -m benchmarks.compare --tasks text-tdavid --methods catdm ar --modes time --budget 300
+    python -m benchmarks.compare --speed-only                      # CATDM 10 / 50 steps vs AR (KV cache)
+    python -m benchmarks.compare --table results.json              # reprint the tables of a finished run
+    python -m benchmarks.compare --quick                           # CATDM, VQ-Diffusion, AR, tiny: a check
 
 Methods (``--methods``; one training each, a sampler arm is an evaluation of it):
   catdm        CATDM (the task defaults)
-  csdm         CSDM: objective=csdm, shift=0, drop=none (ablation.py's "CSDM": the plain VLB, no NS/RD)
+  csdm         CSDM: objective=csdm, shift=0, drop=none (the ablation's "CSDM": the plain VLB, no NS/RD)
   catdm-wocm   CATDM w/o CM (beta_cm=0)
   d3pm         D3PM-uniform
   vqdiffusion  VQ-Diffusion, evaluated with its ancestral sampler and with the purity sampler
@@ -64,18 +65,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ablation import ARMS as TABLE1_ARMS, config_set  # noqa: E402
-from catdiff import Engine  # noqa: E402
-from catdiff.config import parse_sets  # noqa: E402
+from benchmarks.harness import (ARMS as TABLE1_ARMS, CLOCKS, PROBE_START, CallCounter, evaluate, mean_std as _ms,
+                                quick, quick_argument, train, write_json)
+from catdiff import Engine
+from catdiff.config import parse_sets
 
 # short name -> (label, training overrides, [(arm label, sampling overrides), ...])
 METHODS = {
@@ -90,123 +89,18 @@ METHODS = {
     "ar": ("AR", TABLE1_ARMS["AR"][0], [("AR", {})]),
 }
 MODES = ("time", "steps")
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-# image tasks: the task's FID key and its floor's key (the first present is used)
-FID_KEYS = (("fid_digits_classifier", "fid_digits_classifier_real_test"),
-            ("fid_fashion_classifier", "fid_fashion_classifier_real"))
-SAMPLE_BATCH = 256  # Engine.sample's batch
-PROBE_START, PROBE_MAX = 5, 40  # time-mode probe: steps [PROBE_START, min(warmup, PROBE_MAX)) are timed
-
-
-# ----------------------------------------------------------------------------- training
-def train_steps(eng: Engine, clock: Callable[[], float]) -> dict:
-    """Equal steps: the configured ``steps`` in one ``fit``."""
-    c0, w0 = clock(), time.perf_counter()
-    eng.fit()
-    return dict(train_s=clock() - c0, train_wall_s=time.perf_counter() - w0, steps_planned=eng.cfg.steps,
-                probe_s_per_step=float("nan"))
-
-
-def train_time(eng: Engine, budget: float, clock: Callable[[], float], max_chunk_s: float = 20.0) -> dict:
-    """Equal time: probe the step rate inside the warmup, set ``steps`` to what ``budget`` seconds
-    reach, then train in chunks to those steps or until the budget is spent (module docstring)."""
-    cfg = eng.cfg
-    probe_end = max(PROBE_START + 5, min(cfg.warmup, PROBE_MAX))
-    cfg.steps = max(cfg.steps, probe_end)  # a placeholder length; the warmup's LR does not read it
-    c0, w0 = clock(), time.perf_counter()
-    eng.fit(until=PROBE_START)
-    c1 = clock()
-    eng.fit(until=probe_end)
-    rate = probe_rate = (clock() - c1) / (probe_end - PROBE_START)
-    used = clock() - c0
-    planned = first_plan = max(probe_end, probe_end + int((budget - used) / rate))
-    cfg.steps = planned
-    c_probe, s_probe = clock(), eng.step
-    while eng.step < planned:
-        left = budget - (clock() - c0)
-        if left <= 0:
-            break
-        n = min(planned - eng.step, max(1, int(min(left, max_chunk_s) / rate)))
-        eng.fit(until=eng.step + n)
-        rate = (clock() - c_probe) / (eng.step - s_probe)  # every step since the probe
-        if eng.step < planned / 2:  # re-plan in the first half (the cosine is still near its top)
-            planned = cfg.steps = max(eng.step + 1, eng.step + int((budget - (clock() - c0)) / rate))
-    return dict(train_s=clock() - c0, train_wall_s=time.perf_counter() - w0, steps_planned=planned,
-                steps_first_plan=first_plan, probe_s_per_step=probe_rate)
-
-
-# ----------------------------------------------------------------------------- evaluation
-class CallCounter:
-    """Counts forward calls of a module and the positions (input length) they processed."""
-
-    def __init__(self, module):
-        self.calls = self.positions = 0
-        self.handle = module.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        self.calls += 1
-        self.positions += args[0].shape[1] if args and hasattr(args[0], "shape") and args[0].dim() >= 2 else 0
-
-    def close(self):
-        self.handle.remove()
-
-
-def fid_keys(metrics: dict) -> tuple[str, str] | None:
-    return next(((k, f) for k, f in FID_KEYS if k in metrics), None)
-
-
-def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log) -> tuple[dict, list[dict]]:
-    """Likelihood of ``eng`` and, for each sampling arm and step count, the task's sample metrics
-    with the cost of sampling."""
-    task = eng.task
-    lik: dict = {}
-    if eng.method.has_bound:
-        if hasattr(task, "bits_per_character"):
-            lik = {k: v for k, v in task.bits_per_character(eng).items()}
-        else:
-            r = eng.likelihood()
-            lik = {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
-    evals = []
-    if samples <= 0 or hasattr(task, "bits_per_character"):
-        return lik, evals  # text tasks: BPC only
-    counts = [None] if eng.cfg.method == "ar" else list(sample_steps)
-    for arm, over in arms:
-        for n in counts:
-            counter = CallCounter(eng.ema_eval.net)
-            try:
-                with config_set(eng.cfg, dict(over, **({} if n is None else {"sample_steps": n}))):
-                    c0, w0 = clock(), time.perf_counter()
-                    tokens, labels = task.generate(eng, samples)
-                    dt, dw = clock() - c0, time.perf_counter() - w0
-            finally:
-                counter.close()
-            metrics = task.evaluate(tokens, labels, None)
-            batches = math.ceil(samples / SAMPLE_BATCH)
-            row = dict(arm=arm, sampler=over.get("sampler", eng.cfg.sampler or eng.method.samplers[0]),
-                       sample_steps=n, nfe_per_sample=counter.calls / batches,
-                       passes_per_sample=counter.positions / batches / task.seq_len,
-                       sample_s_per_sample=dt / samples, sample_wall_s_per_sample=dw / samples,
-                       **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            keys = fid_keys(metrics)
-            if keys:
-                row["fid"], row["fid_floor"] = metrics[keys[0]], metrics.get(keys[1], float("nan"))
-            evals.append(row)
-            log(f"  {arm} {'' if n is None else f'{n} steps '}FID {row.get('fid', float('nan')):.2f} "
-                f"(NFE {row['nfe_per_sample']:.0f}, {1000 * row['sample_s_per_sample']:.1f} ms/sample)")
-    return lik, evals
 
 
 # ----------------------------------------------------------------------------- one model, many
 def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, steps: int | None, sample_steps,
             samples: int, threads: int, clock: str, sets: dict, log) -> dict:
-    label, train, arms = METHODS[method]
-    overrides = dict(sets, **train, seed=seed, threads=threads)
+    label, train_overrides, arms = METHODS[method]
+    overrides = dict(sets, **train_overrides, seed=seed, threads=threads)
     if steps:
         overrides["steps"] = steps
     eng = Engine(task, **overrides)
-    eng.data("train"), eng.data("test")  # loading is not training time
     tick = CLOCKS[clock]
-    res = train_time(eng, budget, tick) if mode == "time" else train_steps(eng, tick)
+    res = train(eng, budget if mode == "time" else None, clock)  # loading the data is not training time
     log(f"trained {label} seed {seed} ({mode}): {eng.step} steps (planned {res['steps_planned']}) in "
         f"{res['train_s']:.1f} s {clock} ({res['train_wall_s']:.1f} s wall)")
     c0 = tick()
@@ -311,15 +205,6 @@ def sampling_speed(task: str = "digits", threads: int = 1, batches=(1, 256), cat
 
 
 # ----------------------------------------------------------------------------- tables
-def _ms(vals, digits=3) -> str:
-    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}g}"
-    return f"{statistics.fmean(vals):.{digits}g} ± {statistics.stdev(vals):.2g}"
-
-
 def arm_summary(records: list[dict]) -> list[dict]:
     """Per (task, mode, budget, arm): steps, times, the best step count by mean FID over seeds."""
     groups: dict = {}
@@ -393,15 +278,6 @@ def markdown(records: list[dict], speed: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_json(path, **parts) -> None:
-    path = Path(path)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(parts)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["digits", "fashion-mnist"])
@@ -422,7 +298,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-speed", dest="speed", action="store_false", help="skip the sampling-speed comparison")
     p.add_argument("--speed-only", action="store_true")
     p.add_argument("--table", metavar="JSON", help="only print the tables of a results file")
-    args = p.parse_args(argv)
+    quick_argument(p)
+    args = quick(p, p.parse_args(argv), tasks=["digits"], methods=["catdm", "vqdiffusion", "ar"], seeds=[0],
+                 budget=1.0, steps=12, sample_steps=[2], samples=16, fresh=True,
+                 json=lambda: str(Path(tempfile.mkdtemp()) / "compare_quick.json"))
     if args.table:
         data = json.loads(Path(args.table).read_text())
         print(markdown(data.get("records", []), data.get("speed")))
@@ -439,10 +318,11 @@ def main(argv=None) -> int:
                           args.sample_steps, args.samples, args.threads, args.clock, sets, args.json, previous, log)
     speed = None
     if args.speed or args.speed_only:
+        small = dict(batches=(1, 8), catdm_steps=(2, 4), repeats=1) if args.quick else {}
         speed = sampling_speed(args.tasks[0] if not is_text(args.tasks[0]) else "digits", args.threads, sets=sets,
-                               clock=args.clock, log=log)
+                               clock=args.clock, log=log, **small)
         write_json(args.json, speed=speed)
-    log(f"\ncommand: python benchmarks/compare.py {' '.join(argv if argv is not None else sys.argv[1:])}; "
+    log(f"\ncommand: python -m benchmarks.compare {' '.join(argv if argv is not None else sys.argv[1:])}; "
         f"{time.perf_counter() - t0:.0f} s wall")
     print(markdown(records, speed))
     return 0

@@ -1,9 +1,10 @@
 """Do the core defaults work on a task nobody tuned? (issue 18, part 2)
 
-    python benchmarks/defaults.py [--steps 1300] [--seeds 0 1 2] [--tasks words digits text-chars text-bpe]
-    python benchmarks/defaults.py --arms core --core positions=sinusoidal   # try a candidate default
-    python benchmarks/defaults.py --tasks digits --seeds 1 --append rows.jsonl   # parallel jobs, then:
-    python benchmarks/defaults.py --table rows.jsonl
+    python -m benchmarks.defaults [--steps 1300] [--seeds 0 1 2] [--tasks words digits text-chars text-bpe]
+    python -m benchmarks.defaults --arms core --core positions=sinusoidal   # try a candidate default
+    python -m benchmarks.defaults --tasks digits --seeds 1 --append rows.jsonl   # parallel jobs, then:
+    python -m benchmarks.defaults --table rows.jsonl
+    python -m benchmarks.defaults --quick                                    # a tiny model: a check
 
 For each task, two runs at the same budget: **core**, a task that declares only its data,
 ``vocab_size`` and ``seq_len`` (every other key at the ``catdiff.config.Config`` default), and
@@ -23,18 +24,16 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from catdiff.config import for_task  # noqa: E402
-from catdiff.engine import Engine  # noqa: E402
-from catdiff.hooks import registry  # noqa: E402
-from catdiff.task import Task, TokenData  # noqa: E402
+from benchmarks.harness import QUICK_SETS, append_jsonl, quick, quick_argument, read_jsonl, train
+from catdiff.config import for_task
+from catdiff.engine import Engine
+from catdiff.hooks import registry
+from catdiff.task import Task, TokenData
 
 LICENSES = Path("/usr/share/common-licenses")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
@@ -97,8 +96,11 @@ def run(task: str, arm: str, seed: int, args) -> dict:
     # the same test rows for both arms: eval_batches x 128 (Engine.likelihood)
     budget = dict(steps=args.steps, threads=args.threads, seed=seed, n_samples=args.samples, sample_steps=50,
                   log_every=max(1, args.steps // 4), ckpt_every=10**9, eval_batches=args.eval_batches)
+    if args.quick:  # the tiny model in both arms (so not in "changed"), 4 sampling steps
+        budget = {**QUICK_SETS, **budget, "sample_steps": QUICK_SETS["sample_steps"]}
     t0 = time.perf_counter()
-    eng = Engine(instance, **options, **extra, **budget).fit()
+    eng = Engine(instance, **{**options, **budget, **extra})  # --core candidates win over --quick's model
+    train(eng)
     metrics = eng.evaluate()
     core = for_task(bare(make(task)[0]), overrides={**options, **budget}).to_dict()  # the config alone
     keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
@@ -124,10 +126,11 @@ def main(argv=None) -> None:
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--append", help="append each row to this JSON-lines file as it is measured (for parallel jobs)")
     ap.add_argument("--table", help="print the table of the rows in this JSON-lines file; run nothing")
-    args = ap.parse_args(argv)
+    quick_argument(ap)
+    args = quick(ap, ap.parse_args(argv), tasks=["words", "digits"], steps=2, samples=8, eval_batches=1)
     args.core = [tuple(item.split("=", 1)) for item in args.core]
     if args.table:
-        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+        rows = read_jsonl(args.table)
         return table(rows, list(dict.fromkeys(r["task"] for r in rows)))
     rows = []
     for t in args.tasks:
@@ -135,8 +138,7 @@ def main(argv=None) -> None:
             for s in args.seeds:
                 rows.append(run(t, arm, s, args))
                 if args.append:
-                    with open(args.append, "a") as f:
-                        f.write(json.dumps(rows[-1]) + "\n")
+                    append_jsonl(args.append, rows[-1])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nsteps {args.steps}, seeds {args.seeds}, threads {args.threads}")

@@ -1,8 +1,8 @@
 """FID against sampling steps (paper 000 Table 4 analogue) and the FID / IS-like trade-off over
 guidance weights (paper 003 Figure 6a analogue), on the embedded Fashion-MNIST tasks.
 
-    .venv/bin/python benchmarks/image_steps.py [--ckpt RUN/last.pt] [--cond-ckpt RUN/last.pt]
-        [--train-steps 1500] [--n 500] [--threads 1] [--out runs/image_steps]
+    python -m benchmarks.image_steps [--ckpt RUN/last.pt] [--cond-ckpt RUN/last.pt]
+        [--train-steps 1500] [--n 500] [--threads 1] [--out runs/image_steps] [--quick]
 
 Without checkpoints it trains ``fashion-mnist`` and ``fashion-mnist-cond`` with the task
 defaults (``--train-steps`` overrides the budget) into ``--out``, after ``catdiff prepare``'s
@@ -14,40 +14,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.harness import QUICK_SETS, quick, quick_argument, train
 
 STEPS = (5, 10, 20, 50, 100, 200)
 SAMPLERS = ("ancestral", "ddim")
 GUIDANCE = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 
 
-def engine(task_name: str, ckpt: str | None, out: Path, train_steps: int | None, threads: int):
+def engine(task_name: str, ckpt: str | None, out: Path, train_steps: int | None, threads: int, sets: dict):
     from catdiff.engine import Engine
 
     if ckpt:
         return Engine.from_checkpoint(ckpt, threads=threads)
-    overrides = {"threads": threads} | ({"steps": train_steps} if train_steps else {})
+    overrides = sets | {"threads": threads} | ({"steps": train_steps} if train_steps else {})
     eng = Engine(task=task_name, out=out / task_name, **overrides)
     try:
         eng.task.load("train")
     except FileNotFoundError:
         eng.task.prepare()
-    t0 = time.perf_counter()
-    eng.fit()
-    print(f"trained {task_name} to step {eng.step} in {time.perf_counter() - t0:.0f}s")
+    res = train(eng)
+    print(f"trained {task_name} to step {eng.step} in {res['train_wall_s']:.0f}s")
     return eng
 
 
-def steps_table(eng, n: int) -> list[dict]:
+def steps_table(eng, n: int, counts=STEPS) -> list[dict]:
     rows = []
     floors = eng.task.floors(n)
     print(f"\nFID (fashion classifier) vs sampling steps, {n} samples; floors: real {floors['fid_fashion_classifier_real']:.2f}, "
           f"VQ reconstructions {floors['fid_fashion_classifier_vq']:.2f}")
     print(f"{'steps':>6} " + " ".join(f"{s:>10}" for s in SAMPLERS) + "   seconds (ancestral, ddim)")
-    for steps in STEPS:
+    for steps in counts:
         row, secs = {"steps": steps}, []
         for sampler in SAMPLERS:
             t0 = time.perf_counter()
@@ -60,12 +62,12 @@ def steps_table(eng, n: int) -> list[dict]:
     return rows
 
 
-def guidance_table(eng, n: int) -> list[dict]:
+def guidance_table(eng, n: int, weights=GUIDANCE) -> list[dict]:
     rows = []
     labels = torch.arange(n) % 10
     print(f"\nguidance trade-off, {n} samples, {eng.cfg.sample_steps} ancestral steps (fashion classifier metrics)")
     print(f"{'w':>5} {'FID':>8} {'IS-like':>8} {'label acc':>10}")
-    for w in GUIDANCE:
+    for w in weights:
         tokens = eng.sample(n, labels=labels, guidance=w)
         m = eng.task.evaluate(tokens, labels, None)
         rows.append({"guidance": w, "fid": m["fid_fashion_classifier"], "is": m["is_fashion_classifier"],
@@ -88,16 +90,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/image_steps")
     p.add_argument("--skip", choices=("steps", "guidance"), help="skip one of the two tables")
-    args = p.parse_args(argv)
+    quick_argument(p)
+    args = quick(p, p.parse_args(argv), train_steps=2, n=16, out=tempfile.mkdtemp)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    sets = QUICK_SETS if args.quick else {}
+    counts, weights = ((2, 4), (0.0, 1.0)) if args.quick else (STEPS, GUIDANCE)
     results = {}
     t0 = time.perf_counter()
     if args.skip != "steps":
-        results["steps"] = steps_table(engine("fashion-mnist", args.ckpt, out, args.train_steps, args.threads), args.n)
+        eng = engine("fashion-mnist", args.ckpt, out, args.train_steps, args.threads, sets)
+        results["steps"] = steps_table(eng, args.n, counts)
     if args.skip != "guidance":
-        cond = engine("fashion-mnist-cond", args.cond_ckpt, out, args.train_steps, args.threads)
-        results["guidance"] = guidance_table(cond, args.n)
+        cond = engine("fashion-mnist-cond", args.cond_ckpt, out, args.train_steps, args.threads, sets)
+        results["guidance"] = guidance_table(cond, args.n, weights)
         from catdiff_vision.fashion import guidance_sweep
 
         print(f"wrote {guidance_sweep(cond.task, cond, out / 'guidance_sweep.png', per_class=2)}")

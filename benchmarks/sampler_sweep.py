@@ -1,11 +1,12 @@
 """Sampling-only settings of one trained CATDM model (issue 19 part 4: is the sampler what
-loses at equal time?). Trains CATDM once, as ``compare.py`` does at equal time (``--budget``
+loses at equal time?). Trains CATDM once, as ``compare`` does at equal time (``--budget``
 CPU-seconds) or for ``--steps``, then samples the same model under each setting and prints
 its FID. Nothing here costs training time, so any gain would carry over to equal time as is.
 
-    python benchmarks/sampler_sweep.py --task digits --budget 100
-    python benchmarks/sampler_sweep.py --task fashion-mnist --budget 100 --seed 1
-    python benchmarks/sampler_sweep.py --task digits --steps 1300          # its default steps
+    python -m benchmarks.sampler_sweep --task digits --budget 100
+    python -m benchmarks.sampler_sweep --task fashion-mnist --budget 100 --seed 1
+    python -m benchmarks.sampler_sweep --task digits --steps 1300          # its default steps
+    python -m benchmarks.sampler_sweep --quick                             # a tiny model: a check
 
 Settings: sampling steps (25 / 50 / 100, ancestral), the DDIM sampler, ``final=sample``
 (x drawn from P(x | z_0) instead of its argmax), and a posterior temperature tau: every
@@ -16,16 +17,10 @@ script, not a catdiff setting.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ablation import config_set  # noqa: E402
-from compare import CLOCKS, fid_keys, train_time  # noqa: E402
-from catdiff import Engine  # noqa: E402
-from catdiff.config import parse_sets  # noqa: E402
+from benchmarks.harness import config_set, fid_keys, quick, quick_argument, train
+from catdiff import Engine
+from catdiff.config import parse_sets
 
 # (label, temperature, config overrides)
 SETTINGS = [
@@ -58,21 +53,17 @@ def main(argv=None) -> None:
     p.add_argument("--task", default="digits")
     p.add_argument("--seed", type=int, default=0)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--budget", type=float, default=100.0, help="CPU-seconds of training (compare.py's time mode)")
+    group.add_argument("--budget", type=float, default=100.0, help="CPU-seconds of training (compare's time mode)")
     group.add_argument("--steps", type=int, default=None, help="train this many steps instead of a budget")
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    a = p.parse_args(argv)
+    quick_argument(p)
+    a = quick(p, p.parse_args(argv), steps=2, samples=8)
     overrides = dict(parse_sets(a.sets), seed=a.seed, threads=a.threads) | ({"steps": a.steps} if a.steps else {})
     eng = Engine(a.task, **overrides)  # steps given here, so that a warmup derived from them follows
-    eng.data("train"), eng.data("test")
-    t0 = time.perf_counter()
-    if a.steps:
-        eng.fit()
-    else:
-        train_time(eng, a.budget, CLOCKS["cpu"])
-    print(f"{a.task}, seed {a.seed}: CATDM trained {eng.step} steps ({time.perf_counter() - t0:.0f} s wall); "
+    res = train(eng, None if a.steps else a.budget, "cpu")
+    print(f"{a.task}, seed {a.seed}: CATDM trained {eng.step} steps ({res['train_wall_s']:.0f} s wall); "
           f"FID over {a.samples} samples\n\n| sampling setting | FID |\n|---|---|", flush=True)
     for label, temperature, overrides in SETTINGS:
         value, floor = fid(eng, a.samples, temperature, overrides)

@@ -1,6 +1,6 @@
 """Backbone training-throughput benchmark: ours vs stock ``nn.TransformerEncoder``.
 
-    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N] [--no-bf16] [--slow-bf16]
+    python -m benchmarks.speed [--quick] [--device cpu|cuda] [--threads N] [--no-bf16] [--slow-bf16]
 
 Everything is reported as ratios measured within this one run (absolute times on shared
 machines are noisy): measurements of the two models are interleaved in rounds and each
@@ -24,19 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from catdiff.backbones import EncoderTransformer, build_encoder  # noqa: E402
-from catdiff.config import Config, make  # noqa: E402
-from catdiff.engine import adamw  # noqa: E402
+from catdiff.backbones import EncoderTransformer, build_encoder
+from catdiff.config import Config, make
+from catdiff.engine import adamw
 
 FLOP_FORMULA = (
     "FLOPs per training step = 6 * P_tok * B * M + 12 * L * M^2 * W * B   "

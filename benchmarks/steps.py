@@ -1,8 +1,8 @@
 """FID against the number of sampling steps (paper 003 Table 10: CATDM vs CATDM-CE), with the
 discrete-state methods alongside; each model is trained once and sampled at every step count.
 
-    python benchmarks/steps.py [--task digits] [--steps N] [--seeds 0 1] [--samples 300]
-                               [--sample-steps 5 10 20 50 100 200]
+    python -m benchmarks.steps [--task digits] [--steps N] [--seeds 0 1] [--samples 300]
+                               [--sample-steps 5 10 20 50 100 200] [--quick]
 
 Step counts a sampler cannot take are capped and marked: VQ-Diffusion's ancestral sampler
 moves on its T = 100 training times; the purity sampler reveals at least one of the
@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import argparse
 
-from ablation import Runner, common_arguments, floor_note, share_trainings, table
+from benchmarks import harness
+from benchmarks.harness import Runner, common_arguments, floor_note, quick, share_trainings, table
 
-ARMS = {
-    "CATDM": ({}, {}),
-    "CATDM-CE": ({"objective": "ce"}, {}),
-    "D3PM-uniform": ({"method": "d3pm"}, {}),
-    "VQ-Diffusion": ({"method": "vqdiffusion"}, {"sampler": "ancestral"}),
-    "VQ-Diffusion+purity": ({"method": "vqdiffusion"}, {"sampler": "purity"}),
-    "MaskGIT": ({"method": "maskgit"}, {}),
-}
+ARMS = {name: harness.ARMS[name] for name in
+        ("CATDM", "CATDM-CE", "D3PM-uniform", "VQ-Diffusion", "VQ-Diffusion+purity", "MaskGIT")}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(p)
     p.add_argument("--sample-steps", type=int, nargs="+", default=[5, 10, 20, 50, 100, 200])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--metric", default="fid_digits_classifier")
-    args = p.parse_args()
+    args = quick(p, p.parse_args(argv), steps=2, seeds=[0], samples=16, sample_steps=[2, 4])
     runner = Runner(args)
     groups = share_trainings({arm: ARMS[arm] for arm in args.arms}, args.seeds)
     specs = [(dict(key), [dict(sample, sample_steps=n) for _, sample in group for n in args.sample_steps], seed)

@@ -1,6 +1,6 @@
 """BPC of CATDM against its ablation arms at the same budget on ``text-tdavid``.
 
-    python benchmarks/text_bpc.py [--steps 300] [--threads 1] [--draws 1] [--chunks 0] [--out DIR]
+    python -m benchmarks.text_bpc [--steps 300] [--threads 1] [--draws 1] [--chunks 0] [--out DIR] [--quick]
 
 Arms (paper 003 sec. 6 / app. F.4), all with the task's default model and budget:
   CATDM     the default objective (L0 + beta_DM L_DM + beta_CM L_CM, shifted schedule, rand(0.2))
@@ -19,24 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness
+from benchmarks.harness import QUICK_SETS, quick, quick_argument, train
+from catdiff import Engine
 
-from ablation import ARMS as TABLE1_ARMS  # noqa: E402
-from catdiff import Engine  # noqa: E402
-from steps import ARMS as STEPS_ARMS  # noqa: E402
-
-# the training overrides of the same-named arms of ablation.py and steps.py
-ARMS = {"CATDM": TABLE1_ARMS["CATDM"][0], "CSDM": TABLE1_ARMS["CSDM"][0], "CATDM-CE": STEPS_ARMS["CATDM-CE"][0]}
+# the training overrides of the same-named arms of the ablation and steps benchmarks
+ARMS = {name: harness.ARMS[name][0] for name in ("CATDM", "CSDM", "CATDM-CE")}
 
 
 def run_arm(name: str, overrides: dict, args, out: Path) -> dict:
     eng = Engine(task="text-tdavid", out=out / name, resume=False, threads=args.threads, seed=args.seed,
                  bpc_draws=args.draws, bpc_chunks=args.chunks, **({"steps": args.steps} if args.steps else {}),
-                 **overrides)
-    eng.data("train")  # corpus load (cached) is not training time
-    t0 = time.perf_counter()
-    eng.fit()
-    train_s = time.perf_counter() - t0
+                 **(QUICK_SETS if args.quick else {}), **overrides)
+    train_s = train(eng)["train_wall_s"]  # the corpus load (cached) is not training time
     t0 = time.perf_counter()
     bpc = eng.task.bits_per_character(eng)
     eval_s = time.perf_counter() - t0
@@ -53,7 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", type=int, default=0, help="test chunks for BPC (0: the whole split)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--out", help="directory for the arms' runs (default: a temporary one)")
-    args = p.parse_args(argv)
+    quick_argument(p)
+    args = quick(p, p.parse_args(argv), steps=2, chunks=2)
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:

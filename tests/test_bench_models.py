@@ -1,15 +1,11 @@
-"""benchmarks/ablation.py's ``--models`` cache: one name per trained model (the resolved training
+"""The benchmarks' ``--models`` cache (benchmarks.harness.Runner): one name per trained model (the resolved training
 config and seed), reused by a later run instead of training again, with the same results."""
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import ablation  # noqa: E402
-from ablation import Runner, model_key  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import Runner, model_key
 
 
 def test_model_names_follow_the_resolved_training_config():
@@ -31,7 +27,7 @@ def test_a_kept_model_is_loaded_not_retrained(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(ablation.Engine, "fit", no_training)
+    monkeypatch.setattr(harness.Engine, "fit", no_training)
     again = Runner(args).run({"layers": 1}, {"sample_steps": 4}, 0)
     assert again["fid_digits_classifier"] == first["fid_digits_classifier"]
     assert again["train_seconds"] == first["train_seconds"]

@@ -1,17 +1,14 @@
-"""benchmarks/compare.py on a tiny budget: the rows of its tables, and equal-time steps that
+"""benchmarks.compare on a tiny budget: the rows of its tables, and equal-time steps that
 follow the methods' step costs (a CATDM step costs ~2x an AR step: its z_0 pass doubles the
 batch and the CM teacher adds a forward)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import compare  # noqa: E402
+from benchmarks import compare
+from benchmarks.harness import train_time
 
 TINY = {"layers": 1, "width": 32, "heads": 2, "embed_dim": 8, "warmup": 10}
 BUDGET, STEPS = 1.5, 30
@@ -62,7 +59,7 @@ def test_train_time_reaches_the_steps_a_budget_buys(cost):
     from catdiff import Engine
 
     eng = Engine(task="digits", steps=2000, batch_size=4, threads=1, **TINY)
-    res = compare.train_time(eng, 2.0, clock=lambda: eng.step * cost)
+    res = train_time(eng, 2.0, clock=lambda: eng.step * cost)
     assert eng.step == res["steps_planned"] == round(2.0 / cost)
     assert res["train_s"] == pytest.approx(2.0)
     assert res["probe_s_per_step"] == pytest.approx(cost)
@@ -77,11 +74,11 @@ def test_reruns_skip_finished_records(results, tmp_path):
 
 
 def test_sampler_sweep_temperature_is_restored(capsys):
-    """sampler_sweep.py: tau rescales the posterior logits of every step and leaves the model as
+    """benchmarks.sampler_sweep: tau rescales the posterior logits of every step and leaves the model as
     it was; its table has a row per setting."""
     import torch
 
-    import sampler_sweep
+    from benchmarks import sampler_sweep
     from catdiff import Engine
 
     eng = Engine("digits", seed=0, threads=1, steps=0, **TINY)

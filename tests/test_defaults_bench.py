@@ -1,16 +1,12 @@
-"""benchmarks/defaults.py on a tiny budget: both arms on the same test rows, the core arm with
+"""benchmarks.defaults on a tiny budget: both arms on the same test rows, the core arm with
 no task defaults (plus ``--core`` candidates), rows appended per run and read back by --table."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import defaults  # noqa: E402
+from benchmarks import defaults
 
 pytestmark = pytest.mark.skipif(not defaults.LICENSES.is_dir(), reason="needs /usr/share/common-licenses (Debian)")
 
