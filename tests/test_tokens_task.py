@@ -181,7 +181,6 @@ def test_bad_inputs_name_the_file(tmp_path, arrays):
 
 
 def test_bad_settings_are_refused_before_the_data_is_read():
-
     for key, value, allowed in (("test_frac", 1.0, r"in \(0, 1\)"), ("vocab_size", -1, ">= 0")):
         with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
             for_task(TokensTask(), None, {"path": "/nonexistent.npy", key: value})
