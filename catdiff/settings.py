@@ -144,11 +144,23 @@ def legacy(options: Mapping[str, Any], mutable: Iterable[str] = ()) -> tuple[Set
 
 def declared(component: Any) -> tuple[Setting, ...]:
     """The settings a component (a Method/Task class or instance, a backbone factory) declares:
-    its ``settings``, then its 0.1-style ``options`` not already among them."""
+    its ``settings``, then its 0.1-style ``options`` not already among them. A 0.1-style subclass
+    of a component that declares ``settings`` (``options = {...}`` set below ``settings`` in the
+    class hierarchy) keeps its own defaults for the keys it shares with them."""
     own = tuple(getattr(component, "settings", None) or ())
+    options = dict(getattr(component, "options", None) or {})
+    if own and options and _below(component, "options", "settings"):
+        own = tuple(replace(s, default=options[s.name]) if s.name in options else s for s in own)
     names = {s.name for s in own}
-    options = {k: v for k, v in dict(getattr(component, "options", None) or {}).items() if k not in names}
+    options = {k: v for k, v in options.items() if k not in names}
     return own + legacy(options, getattr(component, "mutable_options", ()) or ())
+
+
+def _below(component: Any, attr: str, other: str) -> bool:
+    """Whether a class (of ``component``) sets ``attr`` in a subclass of the one that sets ``other``."""
+    mro = (component if isinstance(component, type) else type(component)).__mro__
+    where = lambda name: next((i for i, c in enumerate(mro) if name in vars(c)), len(mro))  # noqa: E731
+    return where(attr) < where(other)
 
 
 def merge(owners: Iterable[tuple[str, Iterable[Setting]]], reserved: Mapping[str, str] | None = None) -> dict[str, Setting]:

@@ -148,3 +148,16 @@ def test_open_upper_bound_and_subclass_defaults():
     assert (a.default, a.doc, a.low, b) == (5, "one", 0, base[1])
     with pytest.raises(KeyError, match="no setting named c"):
         with_defaults(base, c=1)
+
+
+def test_a_legacy_subclass_keeps_its_defaults_for_its_parents_settings():
+    class New:
+        settings = (Setting("beams", 4, "beam size", low=1, mutable=True), Setting("path", "", "data"))
+
+    class Old(New):  # written against catdiff 0.1
+        options = {"beams": 2, "extra": 1.5}
+
+    beams, path, extra = declared(Old)
+    assert (beams.default, beams.doc, beams.mutable, path.default) == (2, "beam size", True, "")
+    assert (extra.name, extra.type, extra.default) == ("extra", float, 1.5)
+    assert declared(New) == New.settings and declared(Old()) == declared(Old)
