@@ -347,13 +347,14 @@ def test_generic_translation_task_any_pair_in_one_command(tmp_path, monkeypatch,
     assert "needs two languages: --set src=LANG --set tgt=LANG" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("key, value, allowed", [
-    ("bpe", "bytes", "auto | sentencepiece | marked"), ("text", "detok", "tokenized | raw"),
-    ("test_percent", 60, r"in \[1, 50\]"), ("rerank_draws", -1, ">= 0")])
-def test_bad_options_are_refused_by_their_settings(key, value, allowed):
+@pytest.mark.parametrize("task, key, value, allowed", [
+    ("mt-iwslt14", "bpe", "bytes", "auto | sentencepiece | marked"), ("mt-ding", "bpe", "marked", "sentencepiece"),
+    ("translation", "text", "detok", "tokenized | raw"), ("mt-ding", "test_percent", 60, r"in \[1, 50\]"),
+    ("mt-wmt14", "rerank_draws", -1, ">= 0")])
+def test_bad_options_are_refused_by_their_settings(task, key, value, allowed):
     from catdiff.config import for_task
     from catdiff.errors import UserError
-    from catdiff_translate.ding import DingDeEn
+    from catdiff.hooks import registry
 
     with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
-        for_task(DingDeEn(), None, {key: value})
+        for_task(registry().get("tasks", task).factory(), None, {key: value})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,12 +29,22 @@ def _splits(path: str, min_words: int, max_words: int, test_percent: int):
     return hash_split(ding_pairs(Path(path), min_words, max_words), test_percent)
 
 
+# the translation settings that mean something else here (the pairs come from ding_file)
+DING_CHANGES = {
+    "data_dir": dict(doc="not read by mt-ding: its pairs come from ding_file"),
+    "data_bin": dict(doc="must stay \"\" for mt-ding: its pairs come from ding_file"),
+    "bpe": dict(doc="sentencepiece: a joint BPE model trained on the training pairs (the only vocabulary here)",
+                choices=("sentencepiece",)),
+}
+
+
 class DingDeEn(TranslationTask):
     name = "mt-ding"
     description = "German->English example sentences of the Ding dictionary (Debian trans-de-en), CPU-sized"
     src_lang, tgt_lang = "de", "en"
     settings = (
-        *with_defaults(COMMON_SETTINGS, bpe="sentencepiece", bpe_vocab=2000, text="raw", max_len=24),
+        *(replace(s, **DING_CHANGES[s.name]) if s.name in DING_CHANGES else s
+          for s in with_defaults(COMMON_SETTINGS, bpe="sentencepiece", bpe_vocab=2000, text="raw", max_len=24)),
         Setting("ding_file", "", "the Ding dictionary ('german :: english' lines); \"\" = $CATDIFF_DING, else "
                 f"Debian trans-de-en's {DING_FILE}"),
         Setting("min_words", 3, "fewest words of a kept sentence (each side)", low=1),

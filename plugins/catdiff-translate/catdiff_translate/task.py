@@ -59,8 +59,9 @@ BPE_MODES = ("auto", "sentencepiece", "marked")
 TEXT_LEVELS = ("tokenized", "raw")
 COMMON_SETTINGS = (
     Setting("data_dir", "", "the corpus: a directory of train / valid / test.{src,tgt}, one sentence per line (the "
-            "layout of fairseq's prepare scripts); \"\" = the task's env var (e.g. $CATDIFF_IWSLT14)"),
-    Setting("data_bin", "", "a fairseq-preprocess output directory (dict.*.txt and the binarized splits, read "
+            "layout of fairseq's prepare scripts); \"\" = the task's env var ($CATDIFF_IWSLT14, $CATDIFF_WMT14, "
+            "$CATDIFF_TRANSLATION)"),
+    Setting("data_bin", "", "a fairseq-preprocess output directory (`dict.LANG.txt` and the binarized splits, read "
             "natively; fairseq not needed), used instead of data_dir and bpe"),
     Setting("bpe", "auto", "the vocabulary: sentencepiece (a joint BPE model trained on the training split) | "
             "marked (text already in `@@ ` pieces: a joint fairseq dictionary) | auto (marked when the training "

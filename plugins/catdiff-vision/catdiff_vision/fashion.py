@@ -36,7 +36,7 @@ from . import fashion_data
 
 DEFAULT_CACHE = "~/.cache/catdiff/fashion-mnist"
 SETTINGS = (
-    Setting("data_dir", "", "directory of the four Fashion-MNIST *-ubyte.gz files; \"\" = env CATDIFF_FASHION_MNIST, "
+    Setting("data_dir", "", "directory of the four Fashion-MNIST `*-ubyte.gz` files; \"\" = env CATDIFF_FASHION_MNIST, "
             f"else the Debian package's {fashion_data.DEFAULT_DIR}"),
     Setting("cache_dir", DEFAULT_CACHE, "where `catdiff prepare` puts the VQ tokenizer, the token shards and the "
             "metric classifier"),

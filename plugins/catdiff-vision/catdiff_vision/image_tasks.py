@@ -36,7 +36,7 @@ from catdiff.task import LazyTokenData, Task, TokenData
 TEST_FALLBACK_ROWS = 1024
 SETTINGS = (
     Setting("data_dir", "", "directory of the token shards (tokens/train/, tokens/test/) that `catdiff prepare` "
-            "writes; \"\" = $CATDIFF_DATA/<task>, else ~/.cache/catdiff/<task>"),
+            "writes; \"\" = $CATDIFF_DATA/NAME, else ~/.cache/catdiff/NAME (NAME: the task's, e.g. image-ffhq)"),
     Setting("tokenizer", "", "the taming VQGAN (f16, 1024 codes): its log directory, or last.ckpt with model.yaml "
             "beside it; \"\" = env CATDIFF_VQGAN"),
     Setting("trust_checkpoint", False, "allow pickled objects when loading the VQGAN checkpoint "
