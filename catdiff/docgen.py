@@ -93,27 +93,27 @@ def render() -> str:
     for kind, label in KINDS:
         out += ["", f"## {label} settings"]
         if kind == "tasks":
-            out += ["", "Data paths, tokenizer files and evaluation options; [tasks.md](tasks.md) says "
-                    "more about each."]
+            out += ["", "Data paths, tokenizer files and evaluation options; [tasks.md](tasks.md) describes "
+                    "each task's data, preparation and metrics."]
         for name, comp in sorted(reg.components[kind].items()):
             if not first_party(comp.source):
                 continue
             settings = list(declared(comp.factory))
             source = "" if comp.source == "catdiff" else f" ({comp.source.split(' ')[0]})"
             out += ["", f"### `{name}`{source}", ""]
-            out += table(settings, no_doc="see [tasks.md](tasks.md)" if kind == "tasks" else "(undocumented)") \
-                if settings else ["No settings of its own."]
+            out += table(settings) if settings else ["No settings of its own."]
     return "\n".join(out) + "\n"
 
 
 def undocumented() -> list[str]:
-    """Run-level keys, and methods' and backbones' settings, without a doc line."""
+    """Run-level keys, and the settings of catdiff's and the first-party plugins' methods,
+    backbones and tasks, without a doc line (``component.key``)."""
     from .config import RUN_SETTINGS, settings_registry
     from .settings import declared
 
     reg = settings_registry()
     missing = [s.name for s in RUN_SETTINGS.values() if not s.doc]
-    for kind in ("methods", "backbones"):
+    for kind, _ in KINDS:
         for name, comp in sorted(reg.components[kind].items()):
             if first_party(comp.source):
                 missing += [f"{name}.{s.name}" for s in declared(comp.factory) if not s.doc]

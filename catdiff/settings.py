@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from .errors import UserError
@@ -27,7 +27,7 @@ TYPES = (bool, int, float, str)
 
 @dataclass(frozen=True)
 class Setting:
-    """One config key. ``low``/``high`` bound numbers (inclusive unless ``low_open``); ``pattern``
+    """One config key. ``low``/``high`` bound numbers (inclusive unless ``low_open`` / ``high_open``); ``pattern``
     is a regular expression a string must match in full (``rule`` says it in words); ``auto``
     allows ``None``, which the component fills in; ``mutable`` lets a resume change the value."""
 
@@ -43,6 +43,7 @@ class Setting:
     rule: str = ""
     auto: bool = False
     mutable: bool = False
+    high_open: bool = False
 
     def __post_init__(self):
         kind = self.type or type(self.default)
@@ -98,7 +99,7 @@ class Setting:
             ok = False
         elif self.low is not None and (value <= self.low if self.low_open else value < self.low):
             ok = False
-        elif self.high is not None and value > self.high:
+        elif self.high is not None and (value >= self.high if self.high_open else value > self.high):
             ok = False
         elif self.pattern and not re.fullmatch(self.pattern, value):
             ok = False
@@ -107,18 +108,28 @@ class Setting:
                             + (", or auto" if self.auto else ""))
 
     def allowed(self) -> str:
-        """The allowed values in words: ``a | b``, ``>= 1``, ``in [0, 1]``, ``in (0, 1]``, ``> 0``, a rule."""
+        """The allowed values in words: ``a | b``, ``>= 1``, ``in [0, 1]``, ``in (0, 1)``, ``> 0``, a rule."""
         if self.choices:
             return " | ".join(str(c) for c in self.choices)
         if self.rule:
             return self.rule
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         if self.high is not None:
-            return f"<= {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
         return ""
+
+
+def with_defaults(settings: Iterable[Setting], **defaults: Any) -> tuple[Setting, ...]:
+    """``settings`` with the defaults of the named ones replaced (a subclass's own defaults for
+    its parent's keys, e.g. ``with_defaults(Parent.settings, bpe_vocab=32000)``)."""
+    settings = tuple(settings)
+    unknown = set(defaults) - {s.name for s in settings}
+    if unknown:
+        raise KeyError(f"with_defaults: no setting named {', '.join(sorted(unknown))}")
+    return tuple(replace(s, default=defaults[s.name]) if s.name in defaults else s for s in settings)
 
 
 def legacy(options: Mapping[str, Any], mutable: Iterable[str] = ()) -> tuple[Setting, ...]:
@@ -133,11 +144,23 @@ def legacy(options: Mapping[str, Any], mutable: Iterable[str] = ()) -> tuple[Set
 
 def declared(component: Any) -> tuple[Setting, ...]:
     """The settings a component (a Method/Task class or instance, a backbone factory) declares:
-    its ``settings``, then its 0.1-style ``options`` not already among them."""
+    its ``settings``, then its 0.1-style ``options`` not already among them. A 0.1-style subclass
+    of a component that declares ``settings`` (``options = {...}`` set below ``settings`` in the
+    class hierarchy) keeps its own defaults for the keys it shares with them."""
     own = tuple(getattr(component, "settings", None) or ())
+    options = dict(getattr(component, "options", None) or {})
+    if own and options and _below(component, "options", "settings"):
+        own = tuple(replace(s, default=options[s.name]) if s.name in options else s for s in own)
     names = {s.name for s in own}
-    options = {k: v for k, v in dict(getattr(component, "options", None) or {}).items() if k not in names}
+    options = {k: v for k, v in options.items() if k not in names}
     return own + legacy(options, getattr(component, "mutable_options", ()) or ())
+
+
+def _below(component: Any, attr: str, other: str) -> bool:
+    """Whether a class (of ``component``) sets ``attr`` in a subclass of the one that sets ``other``."""
+    mro = (component if isinstance(component, type) else type(component)).__mro__
+    where = lambda name: next((i for i, c in enumerate(mro) if name in vars(c)), len(mro))  # noqa: E731
+    return where(attr) < where(other)
 
 
 def merge(owners: Iterable[tuple[str, Iterable[Setting]]], reserved: Mapping[str, str] | None = None) -> dict[str, Setting]:

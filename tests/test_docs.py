@@ -1,4 +1,5 @@
-"""docs/configuration.md is generated from catdiff/config.py and must be current; the docs'
+"""docs/configuration.md is generated from the declared settings (catdiff/config.py, the
+components of catdiff and its first-party plugins) and must be current; the docs'
 relative links must point at files that exist."""
 import re
 from pathlib import Path
@@ -30,6 +31,12 @@ def test_every_key_is_documented_in_its_components_section():
     encoder = text.split("### `encoder`")[1].split("\n### ")[0]
     assert "| `token_grid` |" in encoder and "| `layers` | int | `4` | >= 1 | fixed |" in encoder
     assert "| `lr` | float or auto | auto | >= 0 | may change |" in text
+    # first-party tasks declare typed, documented settings too (no 0.1-style bare options left)
+    assert "see [tasks.md]" not in text and "(undocumented)" not in text
+    tokens = text.split("### `tokens`")[1].split("\n### ")[0]
+    assert "| `test_frac` | float | `0.1` | in (0, 1) | fixed |" in tokens
+    ding = text.split("### `mt-ding`")[1].split("\n### ")[0]
+    assert "| `length_beam` | int | `3` | >= 1 | may change |" in ding and "| `max_len` | int | `24` | >= 1 | fixed |" in ding
 
 
 def test_check_mode_detects_a_stale_file(tmp_path):

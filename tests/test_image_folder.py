@@ -277,7 +277,7 @@ def test_plugin_registers_image_folder():
     from catdiff.hooks import registry
 
     assert registry().get("tasks", "image-folder").factory is ImageFolderTask
-    assert image_folder.OPTIONS["color"] == "auto" and image_folder.SMALL_VQ_SIZE == 32
+    assert {s.name: s.default for s in ImageFolderTask.settings}["color"] == "auto" and image_folder.SMALL_VQ_SIZE == 32
 
 
 def test_tiny_folder_scales_the_tokenizer_steps_and_warns(tmp_path, monkeypatch, capsys):
@@ -305,3 +305,11 @@ def test_tiny_folder_scales_the_tokenizer_steps_and_warns(tmp_path, monkeypatch,
     # in proportion to the images up to vq_steps (reached at MIN_IMAGES), never above a smaller vq_steps
     assert [task._vq_hparams(3, 8, n)["steps"] for n in (2, 100, 500, 1000, 20_000)] == [100, 150, 750, 1500, 1500]
     assert task_with(images=str(folder), vq_steps=7)._vq_hparams(3, 8, 2)["steps"] == 7
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("crop", "squash", "center | resize"), ("color", "sepia", "auto | rgb | grey"),
+    ("codes", 1, r"in \[2, 65536\]"), ("test_frac", 1.0, r"in \(0, 1\)")])
+def test_bad_options_are_refused_by_their_settings_before_the_folder_is_read(key, value, allowed):
+    with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
+        for_task(ImageFolderTask(), None, {"images": "/nonexistent", key: value})

@@ -133,3 +133,31 @@ def test_catdiff_list_name_prints_one_components_settings(capsys):
     assert main(["list", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("catdiff: error: no method, backbone or task named 'nope'. Known: ar, catdm,") and "Traceback" not in err
+
+
+def test_open_upper_bound_and_subclass_defaults():
+    from catdiff.settings import with_defaults
+
+    frac = Setting("f", 0.1, "", low=0, low_open=True, high=1, high_open=True)
+    assert frac.allowed() == "in (0, 1)" and Setting("g", 0.1, "", high=1, high_open=True).allowed() == "< 1"
+    frac.check(0.999)
+    with pytest.raises(UserError, match=r"config f=1.0: must be in \(0, 1\)"):
+        frac.check(1.0)
+    base = (Setting("a", 1, "one", low=0), Setting("b", "x", "two", mutable=True))
+    a, b = with_defaults(base, a=5)
+    assert (a.default, a.doc, a.low, b) == (5, "one", 0, base[1])
+    with pytest.raises(KeyError, match="no setting named c"):
+        with_defaults(base, c=1)
+
+
+def test_a_legacy_subclass_keeps_its_defaults_for_its_parents_settings():
+    class New:
+        settings = (Setting("beams", 4, "beam size", low=1, mutable=True), Setting("path", "", "data"))
+
+    class Old(New):  # written against catdiff 0.1
+        options = {"beams": 2, "extra": 1.5}
+
+    beams, path, extra = declared(Old)
+    assert (beams.default, beams.doc, beams.mutable, path.default) == (2, "beam size", True, "")
+    assert (extra.name, extra.type, extra.default) == ("extra", float, 1.5)
+    assert declared(New) == New.settings and declared(Old()) == declared(Old)

@@ -229,7 +229,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "short.txt").write_text("a short text of a few words, " * 4)
     with pytest.raises(UserError, match=r"short\.txt: the test split .* holds 7 tokens, shorter than one chunk of seq_len=64"):
         task_with(path=str(tmp_path / "short.txt")).load("test")
-    with pytest.raises(UserError, match="tokenizer='bpe' is not one of chars, sentencepiece"):
+    with pytest.raises(UserError, match=r"config tokenizer='bpe': must be chars \| sentencepiece"):
         task_with(path=str(GPL3), tokenizer="bpe")
     with pytest.raises(UserError, match="bpe_vocab=20 .* needs at least 76"):
         task_with(path=str(GPL3), tokenizer="sentencepiece", bpe_vocab=20, cache_dir=str(tmp_path))

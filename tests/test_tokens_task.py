@@ -178,3 +178,9 @@ def test_bad_inputs_name_the_file(tmp_path, arrays):
         task_with(path=str(x), test_path=str(tmp_path / "wide.npy"))
     with pytest.raises(UserError, match=r"give test_labels for .*wide\.npy"):
         task_with(path=str(x), labels=str(y), test_path=str(tmp_path / "wide.npy"))
+
+
+def test_bad_settings_are_refused_before_the_data_is_read():
+    for key, value, allowed in (("test_frac", 1.0, r"in \(0, 1\)"), ("vocab_size", -1, ">= 0")):
+        with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
+            for_task(TokensTask(), None, {"path": "/nonexistent.npy", key: value})

@@ -345,3 +345,16 @@ def test_generic_translation_task_any_pair_in_one_command(tmp_path, monkeypatch,
     assert code == 2 and "lacks train.xx, test.xx" in capsys.readouterr().err
     assert cli.main(["run", "translation", "--out", str(tmp_path / "run"), "--set", f"data_dir={data}"]) == 2
     assert "needs two languages: --set src=LANG --set tgt=LANG" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, key, value, allowed", [
+    ("mt-iwslt14", "bpe", "bytes", "auto | sentencepiece | marked"), ("mt-ding", "bpe", "marked", "sentencepiece"),
+    ("translation", "text", "detok", "tokenized | raw"), ("mt-ding", "test_percent", 60, r"in \[1, 50\]"),
+    ("mt-wmt14", "rerank_draws", -1, ">= 0")])
+def test_bad_options_are_refused_by_their_settings(task, key, value, allowed):
+    from catdiff.config import for_task
+    from catdiff.errors import UserError
+    from catdiff.hooks import registry
+
+    with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
+        for_task(registry().get("tasks", task).factory(), None, {key: value})

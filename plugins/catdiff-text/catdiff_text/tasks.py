@@ -27,12 +27,18 @@ import torch
 
 from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
+from catdiff.settings import Setting, with_defaults
 from catdiff.task import Task, TokenData
 
 from . import corpus
 from .tokenizer import ALPHABET, CharTokenizer
 
 FREE, FILL = "_", "*"
+BPC_SETTINGS = (
+    Setting("bpc_draws", 4, "Monte-Carlo draws of t per test chunk for bpc (stratified: draw j in [j/draws, "
+            "(j+1)/draws))", low=1, mutable=True),
+    Setting("bpc_chunks", 0, "test chunks the bpc is computed on (the first ones); 0 = all", low=0, mutable=True),
+)
 
 
 class TextTask(Task):
@@ -42,8 +48,7 @@ class TextTask(Task):
 
     vocab_size = len(ALPHABET)
     seq_len = 256
-    options: Mapping[str, Any] = dict(bpc_draws=4, bpc_chunks=0)
-    mutable_options = ("bpc_draws", "bpc_chunks")
+    settings = BPC_SETTINGS
 
     def __init__(self):
         self.tokenizer = CharTokenizer()
@@ -140,7 +145,10 @@ class Text8Task(TextTask):
         layers=12, heads=12, width=768, embed_dim=256, batch_size=512, lr=3e-4, warmup=2000, evidence=False,
         positions="sinusoidal",  # the paper's transformer
         steps=343_000, ckpt_every=5000, log_every=100, sample_steps=256, n_samples=16, eval_batches=1)
-    options: Mapping[str, Any] = dict(text8_path="", bpc_draws=1, bpc_chunks=0)
+    settings = (
+        Setting("text8_path", "", "the text8 file, text8.zip, or a directory holding one; \"\" = env CATDIFF_TEXT8"),
+        *with_defaults(BPC_SETTINGS, bpc_draws=1),
+    )
     description = "text8 characters (a-z, space), 90M/5M/5M, chunks of 256; needs text8(.zip)"
 
     def corpus_text(self) -> str:
@@ -165,7 +173,13 @@ class TdavidTask(TextTask):
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
         positions="rotary", evidence=True, ckpt_every=250, log_every=25, sample_steps=100, n_samples=8,
         eval_batches=1)
-    options: Mapping[str, Any] = dict(sword_dir=DEFAULT_SWORD_DIR, cache_dir="", bpc_draws=1, bpc_chunks=0)
+    settings = (
+        Setting("sword_dir", DEFAULT_SWORD_DIR, "the SWORD module directory holding ot.czs and ot.czz (Debian "
+                "sword-comm-tdavid)"),
+        Setting("cache_dir", "", "where the cleaned text is cached; \"\" = $XDG_CACHE_HOME/catdiff, else "
+                "~/.cache/catdiff"),
+        *with_defaults(BPC_SETTINGS, bpc_draws=1),
+    )
     description = "Treasury of David prose (Debian sword-comm-tdavid), a-z and space, 90/5/5 split, chunks of 256"
 
     def corpus_text(self) -> str:

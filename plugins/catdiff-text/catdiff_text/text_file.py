@@ -41,10 +41,11 @@ import torch
 
 from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
+from catdiff.settings import Setting, with_defaults
 from catdiff.task import TokenData
 
 from . import corpus, sources
-from .tasks import FILL, FREE, TextTask
+from .tasks import BPC_SETTINGS, FILL, FREE, TextTask
 from .tokenizer import ALPHABET, clean_text
 from .vocab import BpeVocab, CharVocab, derive_alphabet, finish_alphabet, load_proto, restrict, train_bpe
 
@@ -72,10 +73,27 @@ class TextFileTask(TextTask):
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
         positions="rotary", evidence=True, ckpt_every=250, log_every=25, sample_steps=100, n_samples=8,
         eval_batches=1)
-    options: Mapping[str, Any] = dict(
-        path="", seq_len=256, test_frac=0.05, lowercase=False, clean=False, alphabet="", unknown="replace",
-        tokenizer="chars", bpe_vocab=1000, spm_proto="", cache_dir="", bpc_draws=1, bpc_chunks=0)
-    mutable_options = ("bpc_draws", "bpc_chunks", "cache_dir")  # a resume must match the rest (and the vocabulary)
+    settings = (
+        Setting("path", "", "the text: a UTF-8 file, a folder (searched recursively) or a glob; each file is split "
+                "contiguously into train / valid / test"),
+        Setting("seq_len", 256, "tokens per chunk (characters or BPE pieces); chunks do not overlap", low=1),
+        Setting("test_frac", 0.05, "fraction of each file for test, and as much for valid",
+                low=0, low_open=True, high=0.5, high_open=True),
+        Setting("lowercase", False, "lowercase the text"),
+        Setting("clean", False, "fold the text text8-style to a-z and single spaces (overrides lowercase)"),
+        Setting("alphabet", "", "the characters of the vocabulary (text8 = a-z and space); \"\" = every character "
+                "of the training split; the resolved alphabet is stored with the checkpoint"),
+        Setting("unknown", "replace", "characters outside the alphabet: replace (by U+FFFD, one extra id) | drop",
+                choices=("replace", "drop")),
+        Setting("tokenizer", "chars", "chars: one id per character of the alphabet | sentencepiece: a BPE model "
+                "trained on the training split", choices=TOKENIZERS),
+        Setting("bpe_vocab", 1000, "pieces of the BPE model (tokenizer=sentencepiece)", low=2),
+        Setting("spm_proto", "", "the BPE model, serialised and base64-encoded; \"\" = trained (or found in "
+                "cache_dir) at setup; the resolved model is stored with the checkpoint"),
+        Setting("cache_dir", "", "where trained BPE models are cached; \"\" = $XDG_CACHE_HOME/catdiff/text-file, "
+                "else ~/.cache/catdiff/text-file", mutable=True),
+        *with_defaults(BPC_SETTINGS, bpc_draws=1),
+    )  # a resume must match all but cache_dir and the bpc ones (and the vocabulary)
     description = "any UTF-8 text file, folder or glob (--set path=...), characters or BPE, bits per character"
 
     def __init__(self):
@@ -87,7 +105,6 @@ class TextFileTask(TextTask):
     def setup(self, cfg) -> None:
         super().setup(cfg)
         self._raw = self._splits = None
-        self._check_options()
         self.seq_len = int(self.option("seq_len"))
         unknown = self.option("unknown")
         alphabet = ALPHABET_PRESETS.get(self.option("alphabet"), self.option("alphabet"))
@@ -103,21 +120,6 @@ class TextFileTask(TextTask):
             cfg.options["spm_proto"] = proto
             self.tokenizer = BpeVocab(base64.b64decode(proto))
         self.vocab_size = self.tokenizer.vocab_size
-
-    def _check_options(self) -> None:
-        def bad(key, why):
-            raise UserError(f"task text-file: option {key}={self.option(key)!r} {why}")
-
-        if self.option("tokenizer") not in TOKENIZERS:
-            bad("tokenizer", f"is not one of {', '.join(TOKENIZERS)}")
-        if self.option("unknown") not in ("replace", "drop"):
-            bad("unknown", "must be replace (characters outside the alphabet become U+FFFD) or drop")
-        if self.option("seq_len") < 1:
-            bad("seq_len", "must be >= 1")
-        if not 0 < self.option("test_frac") < 0.5:
-            bad("test_frac", "must be in (0, 0.5): the fraction of each file for test (and as much for valid)")
-        if self.option("tokenizer") == "sentencepiece" and self.option("bpe_vocab") < 2:
-            bad("bpe_vocab", "must be >= 2")
 
     def _bpe_model(self) -> bytes:
         """The BPE model for the training split and the settings: from the cache, else trained and cached."""

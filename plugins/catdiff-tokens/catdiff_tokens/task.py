@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from catdiff.errors import UserError
+from catdiff.settings import Setting
 from catdiff.task import LazyTokenData, Task, TokenData
 
 from .arrays import check_labels, check_tokens, read_array
@@ -108,8 +109,21 @@ class TokensTask(Task):
     # chosen for (four such tasks at 1300 steps, docs/results.md#core-defaults-on-untuned-tasks);
     # only the budget is set here. Image tokens sample better with token_grid and conv_kernel=3.
     defaults: Mapping[str, Any] = dict(steps=1300, sample_steps=50, n_samples=64, ckpt_every=250, log_every=25)
-    options: Mapping[str, Any] = dict(path="", labels="", test_path="", test_labels="", test_frac=0.1,
-                                      vocab_size=0, seq_len=0, num_classes=0)
+    settings = (
+        Setting("path", "", "the tokens: an integer array [N, M] (.npy, memory-mapped, or .pt), a token shard "
+                "directory of `catdiff prepare`, or a directory of train/ and test/ shards"),
+        Setting("labels", "", "class ids [N] of path's rows (.npy / .pt): a class-conditional model; shards carry "
+                "their own"),
+        Setting("test_path", "", "the test tokens (same M); \"\" = a fixed test_frac of path's rows"),
+        Setting("test_labels", "", "class ids of test_path's rows (needed when labels is given)"),
+        Setting("test_frac", 0.1, "fraction of path's rows held out for test when there is no test_path (a fixed "
+                "split, seed 0, not the run's seed)", low=0, low_open=True, high=1, high_open=True),
+        Setting("vocab_size", 0, "token ids 0..vocab_size-1; 0 = max id + 1 over train and test (or the shards' "
+                "vocabulary); resolved at setup and stored with the checkpoint", low=0),
+        Setting("seq_len", 0, "tokens per row, M; 0 = the data's; resolved at setup and stored", low=0),
+        Setting("num_classes", 0, "classes of the labels; 0 = max label + 1 (or the shards' class names); resolved "
+                "at setup and stored", low=0),
+    )
     description = "any integer token array [N, M] (.npy/.pt, --set path=...) or token shards, optional labels"
 
     def __init__(self):
@@ -119,8 +133,6 @@ class TokensTask(Task):
     def setup(self, cfg) -> None:
         super().setup(cfg)
         self._splits = None
-        if not 0 < self.option("test_frac") < 1:
-            raise UserError(f"task tokens: option test_frac={self.option('test_frac')} must be in (0, 1)")
         vocab, seq, classes = (int(self.option(k)) for k in ("vocab_size", "seq_len", "num_classes"))
         maybe_labels = bool(self.option("labels")) or Path(self.option("path")).expanduser().is_dir()
         if not (vocab > 0 and seq > 0 and (classes > 0 or not maybe_labels)):

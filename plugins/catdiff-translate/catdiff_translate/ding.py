@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 from catdiff.errors import UserError
+from catdiff.settings import Setting, with_defaults
 
 from .data import DING_FILE, ding_pairs, hash_split
-from .task import COMMON_OPTIONS, TranslationTask, cache_root
+from .task import COMMON_SETTINGS, TranslationTask, cache_root
 from .vocab import SentencePieceVocab, train_sentencepiece
 
 
@@ -27,13 +29,29 @@ def _splits(path: str, min_words: int, max_words: int, test_percent: int):
     return hash_split(ding_pairs(Path(path), min_words, max_words), test_percent)
 
 
+# the translation settings that mean something else here (the pairs come from ding_file)
+DING_CHANGES = {
+    "data_dir": dict(doc="not read by mt-ding: its pairs come from ding_file"),
+    "data_bin": dict(doc="must stay \"\" for mt-ding: its pairs come from ding_file"),
+    "bpe": dict(doc="sentencepiece: a joint BPE model trained on the training pairs (the only vocabulary here)",
+                choices=("sentencepiece",)),
+}
+
+
 class DingDeEn(TranslationTask):
     name = "mt-ding"
     description = "German->English example sentences of the Ding dictionary (Debian trans-de-en), CPU-sized"
     src_lang, tgt_lang = "de", "en"
-    options = {**COMMON_OPTIONS, "ding_file": "", "min_words": 3, "max_words": 12, "test_percent": 4,
-               "bpe": "sentencepiece", "bpe_vocab": 2000, "text": "raw", "max_len": 24,
-               "length_beam": 3, "noise_beam": 2}
+    settings = (
+        *(replace(s, **DING_CHANGES[s.name]) if s.name in DING_CHANGES else s
+          for s in with_defaults(COMMON_SETTINGS, bpe="sentencepiece", bpe_vocab=2000, text="raw", max_len=24)),
+        Setting("ding_file", "", "the Ding dictionary ('german :: english' lines); \"\" = $CATDIFF_DING, else "
+                f"Debian trans-de-en's {DING_FILE}"),
+        Setting("min_words", 3, "fewest words of a kept sentence (each side)", low=1),
+        Setting("max_words", 12, "most words of a kept sentence (each side)", low=1),
+        Setting("test_percent", 4, "percent of the pairs for test (by a hash of the German sentence), as many for "
+                "valid", low=1, high=50),
+    )
     # ~0.5 s/step on one busy CPU thread: 600 steps (~3.5 epochs) fit the "minutes on CPU" budget.
     # ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 600 steps); after 600 steps
     # (seed 0) 0.99 -> 0.9 moved tokenized BLEU 0.09 -> 0.33, the bound 378 -> 9.45 nats/token.

@@ -42,6 +42,7 @@ import torch
 
 from catdiff.checkpoint import write_atomic
 from catdiff.errors import UserError
+from catdiff.settings import Setting, with_defaults
 from catdiff.task import Task, TokenData
 
 from .backbone import PRESETS
@@ -54,18 +55,29 @@ def cache_root() -> Path:
     return Path(os.environ.get("CATDIFF_CACHE") or Path.home() / ".cache" / "catdiff") / "translate"
 
 
-COMMON_OPTIONS = {
-    "data_dir": "",        # text corpus directory (see TEXT_LAYOUT); "" = the task's env var
-    "data_bin": "",        # a fairseq-preprocess output directory (read natively; fairseq not needed)
-    "bpe": "auto",         # auto | sentencepiece | marked
-    "bpe_vocab": 10000,    # sentencepiece vocabulary size
-    "spm_model": "",       # sentencepiece model path; "" = in the cache
-    "text": "tokenized",   # tokenized (Moses, fairseq's scripts) | raw: the level of the corpus text
-    "max_len": 128,        # S = M, source and target tokens
-    "length_beam": 3,      # top-k target lengths per source
-    "noise_beam": 2,       # samples per length
-    "rerank_draws": 4,     # t draws of the likelihood bound used for reranking (0 = no reranking)
-}
+BPE_MODES = ("auto", "sentencepiece", "marked")
+TEXT_LEVELS = ("tokenized", "raw")
+COMMON_SETTINGS = (
+    Setting("data_dir", "", "the corpus: a directory of train / valid / test.{src,tgt}, one sentence per line (the "
+            "layout of fairseq's prepare scripts); \"\" = the task's env var ($CATDIFF_IWSLT14, $CATDIFF_WMT14, "
+            "$CATDIFF_TRANSLATION)"),
+    Setting("data_bin", "", "a fairseq-preprocess output directory (`dict.LANG.txt` and the binarized splits, read "
+            "natively; fairseq not needed), used instead of data_dir and bpe"),
+    Setting("bpe", "auto", "the vocabulary: sentencepiece (a joint BPE model trained on the training split) | "
+            "marked (text already in `@@ ` pieces: a joint fairseq dictionary) | auto (marked when the training "
+            "source holds `@@ `, else sentencepiece)", choices=BPE_MODES),
+    Setting("bpe_vocab", 10_000, "pieces of the joint sentencepiece BPE model", low=1),
+    Setting("spm_model", "", "a sentencepiece model file to use; \"\" = the one trained into the cache "
+            "($CATDIFF_CACHE/translate/)"),
+    Setting("text", "tokenized", "the level of the corpus text: tokenized (Moses, as fairseq's scripts write it) | "
+            "raw (tokenized BLEU Moses-tokenizes both sides first)", choices=TEXT_LEVELS),
+    Setting("max_len", 128, "source and target tokens, S = M; longer training pairs are left out, longer test "
+            "sources truncated", low=1),
+    Setting("length_beam", 3, "target lengths tried per source: the length head's top ones", low=1, mutable=True),
+    Setting("noise_beam", 2, "samples drawn per target length", low=1, mutable=True),
+    Setting("rerank_draws", 4, "t draws of the model's likelihood bound that rerank the candidates; 0 = no "
+            "reranking (one sample at the top length)", low=0, mutable=True),
+)
 
 
 class TranslationTask(Task):
@@ -76,8 +88,7 @@ class TranslationTask(Task):
     env_var = ""
     prepare_script = ""
     data_subdir = ""
-    options = COMMON_OPTIONS
-    mutable_options = ("length_beam", "noise_beam", "rerank_draws")
+    settings = COMMON_SETTINGS
 
     def __init__(self):
         self._vocabs = None
@@ -96,10 +107,6 @@ class TranslationTask(Task):
     def setup(self, cfg) -> None:
         super().setup(cfg)
         self._vocabs = None
-        if self.option("bpe") not in ("auto", "sentencepiece", "marked"):
-            raise UserError(f"task {self.name}: option bpe must be auto, sentencepiece or marked, got {self.option('bpe')!r}")
-        if self.option("text") not in ("tokenized", "raw"):
-            raise UserError(f"task {self.name}: option text must be tokenized or raw, got {self.option('text')!r}")
         try:
             src, tgt = self.vocabs()
         except FileNotFoundError:
@@ -344,7 +351,7 @@ class WMT14(TranslationTask):
     env_var = "CATDIFF_WMT14"
     prepare_script = "prepare-wmt14en2de.sh"
     data_subdir = "wmt14_en_de/"
-    options = {**COMMON_OPTIONS, "bpe_vocab": 32000}
+    settings = with_defaults(COMMON_SETTINGS, bpe_vocab=32_000)
     defaults = {**BENCHMARK_DEFAULTS, **PRESETS["transformer"]}
 
 
@@ -360,7 +367,11 @@ class Translation(TranslationTask):
     env_var = "CATDIFF_TRANSLATION"
     prepare_script = "prepare-*.sh"
     data_subdir = "or your own"
-    options = {**COMMON_OPTIONS, "src": "", "tgt": "", "bpe_vocab": 4000}
+    settings = (
+        *with_defaults(COMMON_SETTINGS, bpe_vocab=4000),
+        Setting("src", "", "the source language: the suffix LANG of DIR/train.LANG (e.g. de)"),
+        Setting("tgt", "", "the target language, another suffix (e.g. en)"),
+    )
     defaults = dict(backbone="encdec", layers=2, width=128, heads=4, mlp_ratio=2.0, dropout=0.1, embed_dim=64,
                     batch_size=64, lr=1e-3, warmup=100, steps=600, ema_cm=0.9, log_every=50, ckpt_every=300,
                     positions="sinusoidal",  # what its settings were measured with

@@ -29,12 +29,21 @@ from typing import Any, Mapping
 import torch
 
 from catdiff.checkpoint import load_file
+from catdiff.settings import Setting
 from catdiff.task import Task, TokenData
 
 from . import fashion_data
 
-OPTIONS: Mapping[str, Any] = {"data_dir": "", "cache_dir": "~/.cache/catdiff/fashion-mnist", "codes": 128,
-                              "vq_steps": 1500}
+DEFAULT_CACHE = "~/.cache/catdiff/fashion-mnist"
+SETTINGS = (
+    Setting("data_dir", "", "directory of the four Fashion-MNIST `*-ubyte.gz` files; \"\" = env CATDIFF_FASHION_MNIST, "
+            f"else the Debian package's {fashion_data.DEFAULT_DIR}"),
+    Setting("cache_dir", DEFAULT_CACHE, "where `catdiff prepare` puts the VQ tokenizer, the token shards and the "
+            "metric classifier"),
+    Setting("codes", 128, "codebook size of the small VQ tokenizer: the diffusion's vocabulary size K",
+            low=2, high=65_536),
+    Setting("vq_steps", 1500, "training steps of the VQ tokenizer (`catdiff prepare`)", low=1),
+)
 # ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 1000 steps): after 1000 steps
 # (seed 0) fashion-classifier FID 114.8 -> 84.9; the likelihood bound rose 14.4 -> 31.6 nats/token.
 # lr 2e-3, not the first choice 1e-3: at 100 CPU-s of training (3 seeds, FID 1e-3 -> 2e-3) CATDM
@@ -53,7 +62,7 @@ class FashionTask(Task):
     best_metric = ("fid_fashion_classifier", "min")
     vocab_size = 128
     seq_len = 49
-    options = OPTIONS
+    settings = SETTINGS
     defaults = DEFAULTS
     description = "Fashion-MNIST (Debian package) as 7x7 VQ tokens; run `catdiff prepare fashion-mnist` once"
 
@@ -80,7 +89,7 @@ class FashionTask(Task):
         return self.cache / f"tokens-{self.vq_path.stem[3:]}" / split
 
     def _missing(self, what: Path) -> FileNotFoundError:
-        sets = "" if self.cache == Path(OPTIONS["cache_dir"]).expanduser() else f" --set cache_dir={self.cache}"
+        sets = "" if self.cache == Path(DEFAULT_CACHE).expanduser() else f" --set cache_dir={self.cache}"
         return FileNotFoundError(f"{what} not found: run `catdiff prepare {self.name}{sets}` once (trains the VQ "
                                  "tokenizer and the metric classifier, extracts tokens; minutes on CPU)")
 

@@ -55,6 +55,7 @@ import torch
 
 from catdiff.checkpoint import load_file
 from catdiff.errors import UserError
+from catdiff.settings import Setting
 from catdiff.task import LazyTokenData, Task
 
 from . import folder_images as fi
@@ -66,15 +67,55 @@ UNIGRAM_ROWS = 10_000
 RECON_IMAGES = 256  # test images for the tokenizer's reconstruction error
 MIN_IMAGES = 1000  # training images the default settings are meant for; fewer: a warning, fewer VQ steps
 VQ_MIN_STEPS = 100  # the small VQ's steps on the smallest folder (vq_steps scaled by images / MIN_IMAGES)
-DERIVED = ("vocab_size", "seq_len", "grid", "channels", "num_classes", "class_names", "data_key")
-OPTIONS: Mapping[str, Any] = {
-    "images": "", "classes": False, "tokenizer": "", "trust_checkpoint": False, "image_size": 0, "color": "auto",
-    "crop": "center", "test_frac": 0.05, "cache_dir": "", "codes": 128, "vq_steps": 1500, "vq_images": 20_000,
-    "workers": -1, "fid_reference": "", "fid_images": 10_000, "inception_weights": "", "vgg16_weights": "",
-    "precision_recall": False,
-    # derived by setup (stored with the checkpoint; not to be set by hand)
-    "vocab_size": 0, "seq_len": 0, "grid": 0, "channels": 0, "num_classes": 0, "class_names": "", "data_key": "",
-}
+SET_BY_SETUP = "derived at setup and stored with the checkpoint (not set by hand)"
+SETTINGS = (
+    Setting("images", "", "the image folder, searched recursively (.png .jpg .jpeg .webp .bmp); stored as an "
+            "absolute path", mutable=True),
+    Setting("classes", False, "one sub-folder per class (ImageFolder style, label = rank of the sorted folder "
+            "name): a class-conditional model"),
+    Setting("tokenizer", "", "a taming VQGAN of any factor and codebook size (its log directory, or last.ckpt with "
+            "model.yaml beside it); \"\" = the small VQ-VAE, trained on the folder"),
+    Setting("trust_checkpoint", False, "allow pickled objects when loading the VQGAN checkpoint "
+            "(torch.load weights_only=False); env CATDIFF_TRUST_CHECKPOINT=1 too", mutable=True),
+    Setting("image_size", 0, "image side in pixels, a multiple of the tokenizer's factor; 0 = 32 with the small VQ, "
+            "the VQGAN's ddconfig.resolution with a VQGAN (resolved at setup and stored)", low=0),
+    Setting("color", "auto", "auto: grey when every image is grey, rgb when every one is colour (a folder that "
+            "mixes both is an error); rgb | grey convert every image; resolved at setup and stored",
+            choices=fi.COLORS),
+    Setting("crop", "center", "center: resize the shorter side (bicubic), then centre-crop | resize: squash to "
+            "a square", choices=fi.CROPS),
+    Setting("test_frac", 0.05, "fraction of the images held out for the likelihood bound (at least one; the same "
+            "split, seed 0, for every run)", low=0, low_open=True, high=1, high_open=True),
+    Setting("cache_dir", "", "where the small VQ and the token shards are cached, under data_key; \"\" = "
+            "$CATDIFF_DATA/image-folder, else ~/.cache/catdiff/image-folder", mutable=True),
+    Setting("codes", 128, "codebook size of the small VQ, the vocabulary K (not used with a VQGAN tokenizer)",
+            low=2, high=65_536),
+    Setting("vq_steps", 1500, f"training steps of the small VQ (on a folder of under {MIN_IMAGES} training images "
+            f"that many in proportion, at least {VQ_MIN_STEPS})", low=1),
+    Setting("vq_images", 20_000, "training images the small VQ trains on (a fixed random subset); <= 0 = all"),
+    Setting("workers", -1, "image-decoding processes; < 0 = up to 4 (one per spare core), 0 = in the main process",
+            mutable=True),
+    Setting("fid_reference", "", "directory of real images for FID / IS; \"\" = up to fid_images training images",
+            mutable=True),
+    Setting("fid_images", 10_000, "training images in the FID reference (a fixed random subset); <= 0 = all",
+            mutable=True),
+    Setting("inception_weights", "", "torch-fidelity Inception weights file; \"\" = env CATDIFF_INCEPTION_WEIGHTS, "
+            "else the torch hub cache (never downloaded); without them FID is skipped (fid_skipped = 1)", mutable=True),
+    Setting("vgg16_weights", "", "VGG16 weights file for precision / recall; \"\" = env CATDIFF_VGG16_WEIGHTS, "
+            "else the torch hub cache (never downloaded)", mutable=True),
+    Setting("precision_recall", False, "also report VGG16 precision / recall (skipped, precision_recall_skipped = 1, "
+            "without VGG16 weights)", mutable=True),
+    # written by setup (_derive), so a checkpoint rebuilds the task without the images
+    Setting("vocab_size", 0, f"tokens of the tokenizer's codebook (K); {SET_BY_SETUP}", low=0),
+    Setting("seq_len", 0, f"tokens per image, grid^2; {SET_BY_SETUP}", low=0),
+    Setting("grid", 0, f"token grid side, image_size / the tokenizer's factor; {SET_BY_SETUP}", low=0),
+    Setting("channels", 0, f"image channels the tokenizer reads (1 grey, 3 rgb); {SET_BY_SETUP}", low=0),
+    Setting("num_classes", 0, f"class sub-folders (0 without classes); {SET_BY_SETUP}", low=0),
+    Setting("class_names", "", f"the class folder names, a JSON list; {SET_BY_SETUP}"),
+    Setting("data_key", "", f"hash of the image list and every setting that changes the tokens, the cache "
+            f"sub-directory; {SET_BY_SETUP}"),
+)
+DERIVED_KEYS = ("vocab_size", "seq_len", "grid", "channels", "num_classes", "class_names", "data_key")
 # fashion-mnist's measured small-image settings (catdiff_vision.fashion: lr 2e-3, short warmup,
 # ema_cm 0.9, D = 32, measured with evidence off and sinusoidal positions); not re-tuned here.
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
@@ -95,10 +136,8 @@ class ImageFolderTask(Task):
     name = "image-folder"
     vocab_size = 0  # vocab_size, seq_len, num_classes: set by setup
     seq_len = 0
-    options = OPTIONS
+    settings = SETTINGS
     defaults = DEFAULTS
-    mutable_options = ("images", "trust_checkpoint", "cache_dir", "workers", "fid_reference", "fid_images",
-                       "inception_weights", "vgg16_weights", "precision_recall")
     description = "any folder of images (--set images=DIR; classes=true: sub-folders), small VQ or taming VQGAN tokens"
 
     # ------------------------------------------------------------------ setup
@@ -124,8 +163,6 @@ class ImageFolderTask(Task):
     def _derive(self) -> None:
         """List the folder, resolve colour / size / tokenizer, and store the results in the config."""
         opt = self.option
-        if opt("crop") not in fi.CROPS:
-            raise UserError(f"task image-folder: option crop={opt('crop')!r} is not one of {', '.join(fi.CROPS)}")
         root = Path(opt("images")).expanduser()
         items, names = fi.list_folder(root, bool(opt("classes")))
         if opt("classes") and any(p.suffix.lower() in EXTENSIONS for p in root.iterdir() if p.is_file()):
@@ -137,8 +174,6 @@ class ImageFolderTask(Task):
         else:
             factor, vocab, size = SMALL_VQ_FACTOR, int(opt("codes")), SMALL_VQ_SIZE
             channels = 1 if color == "grey" else 3
-            if not 2 <= vocab <= 65_536:
-                raise UserError(f"task image-folder: option codes={vocab} must be in [2, 65536]")
         size = int(opt("image_size")) or size
         if size < factor or size % factor:
             raise UserError(f"task image-folder: image_size={size} must be a positive multiple of the tokenizer's "
@@ -202,9 +237,9 @@ class ImageFolderTask(Task):
 
     def prepare_command(self) -> str:
         """The `catdiff prepare` command line of these options (for the DDP error message)."""
+        defaults = {s.name: s.default for s in SETTINGS if s.name not in DERIVED_KEYS and s.name != "images"}
         sets = "".join(f" --set {k}={str(v).lower() if isinstance(v, bool) else v}"
-                       for k, v in sorted(self.cfg.options.items())
-                       if k in OPTIONS and k not in DERIVED and k != "images" and v != OPTIONS[k])
+                       for k, v in sorted(self.cfg.options.items()) if k in defaults and v != defaults[k])
         return f"catdiff prepare image-folder --images {self.root}{sets}"
 
     # ------------------------------------------------------------------ tokenizer

@@ -26,25 +26,34 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 
 from catdiff.errors import UserError
+from catdiff.settings import Setting
 from catdiff.task import LazyTokenData, Task, TokenData
 
 TEST_FALLBACK_ROWS = 1024
-OPTIONS: Mapping[str, Any] = {
-    "data_dir": "",            # default $CATDIFF_DATA/<task> or ~/.cache/catdiff/<task>
-    "tokenizer": "",           # VQGAN log dir or last.ckpt; default env CATDIFF_VQGAN
-    "trust_checkpoint": False,  # allow torch.load(weights_only=False) for lightning checkpoints
-    "image_size": 256,
-    "fid_reference": "",       # reference image directory; default: the extracted train images
-    "inception_weights": "",   # see image_metrics: else env CATDIFF_INCEPTION_WEIGHTS, else torch hub cache
-    "vgg16_weights": "",
-    "precision_recall": True,
-    "init_codebook_from": "",  # VQGAN checkpoint whose codes initialise the diffusion codebook (CSDM-fixed)
-}
+SETTINGS = (
+    Setting("data_dir", "", "directory of the token shards (tokens/train/, tokens/test/) that `catdiff prepare` "
+            "writes; \"\" = $CATDIFF_DATA/NAME, else ~/.cache/catdiff/NAME (NAME: the task's, e.g. image-ffhq)"),
+    Setting("tokenizer", "", "the taming VQGAN (f16, 1024 codes): its log directory, or last.ckpt with model.yaml "
+            "beside it; \"\" = env CATDIFF_VQGAN"),
+    Setting("trust_checkpoint", False, "allow pickled objects when loading the VQGAN checkpoint "
+            "(torch.load weights_only=False; lightning checkpoints need it); env CATDIFF_TRUST_CHECKPOINT=1 too",
+            mutable=True),
+    Setting("image_size", 256, "image side in pixels (resize and crop); image_size / the VQGAN's factor must give "
+            "the task's 16x16 grid", low=1),
+    Setting("fid_reference", "", "directory of real images for FID / IS and precision / recall; \"\" = the "
+            "images the train tokens were extracted from", mutable=True),
+    Setting("inception_weights", "", "torch-fidelity Inception weights file; \"\" = env "
+            "CATDIFF_INCEPTION_WEIGHTS, else the torch hub cache (never downloaded)", mutable=True),
+    Setting("vgg16_weights", "", "VGG16 weights file for precision / recall; \"\" = env CATDIFF_VGG16_WEIGHTS, "
+            "else the torch hub cache (never downloaded)", mutable=True),
+    Setting("precision_recall", True, "also report VGG16 precision / recall", mutable=True),
+    Setting("init_codebook_from", "", "a VQGAN checkpoint whose codes initialise the diffusion codebook (the "
+            "CSDM-fixed baseline, with fixed_codebook=true objective=csdm); \"\" = none"),
+)
 # 256 tokens of a 1024-code f16 VQGAN; paper 003 appendix: 15 layers / 8 heads / 512 wide,
 # attention dropout 0.1, batch 128; 200 sampling steps; FID on 50k samples.
 # token_grid only takes effect with --set conv_kernel=K (not in the paper).
@@ -61,8 +70,7 @@ def _default_root(name: str) -> Path:
 class ImageTask(Task):
     vocab_size = 1024
     seq_len = 256
-    options = OPTIONS
-    mutable_options = ("trust_checkpoint", "fid_reference", "inception_weights", "vgg16_weights", "precision_recall")
+    settings = SETTINGS
     classes = False  # source layout: class folders (ImageNet) or a flat tree
     source_hint = "a directory of images"
 
