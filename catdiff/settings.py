@@ -27,9 +27,10 @@ TYPES = (bool, int, float, str)
 
 @dataclass(frozen=True)
 class Setting:
-    """One config key. ``low``/``high`` bound numbers (inclusive unless ``low_open`` / ``high_open``); ``pattern``
-    is a regular expression a string must match in full (``rule`` says it in words); ``auto``
-    allows ``None``, which the component fills in; ``mutable`` lets a resume change the value."""
+    """One config key. ``low``/``high`` bound numbers (inclusive unless ``low_open`` /
+    ``high_open``); ``pattern`` is a regular expression a string must match in full (``rule``
+    says it in words); ``auto`` allows ``None``, which the component fills in; ``mutable`` lets
+    a resume change the value."""
 
     name: str
     default: Any

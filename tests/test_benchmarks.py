@@ -22,6 +22,8 @@ TABLES = {
                 r"^\| AR \(KV cache\) \| 8 \|"],
     "defaults": [r"^\| task \| unigram \| core defaults ", r"^\| words \| ", r"^\| digits \| "],
     "dropping": [r"^arm +seed +FID +bits/tok", r"^rand\(0.2\), z_0 0.5 +0 "],
+    "gpu_check": [r"^\[gpu check\] device cpu", r"^\| precision \| steps \| ms/step \| FID \| bits/token \|",
+                  r"^\| ar \| 4 \| "],
     "image_steps": [r"^ +steps +ancestral +ddim", r"^ +w +FID +IS-like +label acc"],
     "sampler_sweep": [r"^\| sampling setting \| FID \|", r"^\| ancestral, 50 steps, tau 2.0 \| "],
     "speed": [r"^\[summary\]", r"^ +backbone +prec +ours +stock +ours/stock", r"^\[training loop"],
