@@ -312,6 +312,10 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
     backbone = pick("backbone", task.defaults, saved, overrides)
     settings = component_settings(task, method, backbone)
     known = lambda k: k in RUN_SETTINGS or k in settings  # noqa: E731
+    typos = sorted(k for k in task.defaults if not known(k) and owner_of(k) is None)
+    if typos:  # a plugin's bug, not the user's
+        raise ValueError(f"task {task.name!r} has defaults for {', '.join(typos)}, which no method, backbone or "
+                         f"task declares")
     task_defaults = {k: v for k, v in task.defaults.items() if known(k)}
     saved = {k: v for k, v in saved.items() if known(k) or k not in V1_MOVED}
     return derive(resolve(task_defaults, saved, overrides, {"task": task.name}, settings=settings))

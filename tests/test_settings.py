@@ -161,3 +161,12 @@ def test_a_legacy_subclass_keeps_its_defaults_for_its_parents_settings():
     assert (beams.default, beams.doc, beams.mutable, path.default) == (2, "beam size", True, "")
     assert (extra.name, extra.type, extra.default) == ("extra", float, 1.5)
     assert declared(New) == New.settings and declared(Old()) == declared(Old)
+
+
+def test_a_tasks_default_for_a_key_nobody_declares_is_the_plugins_bug():
+    class Typo(ToyTask):
+        defaults = {**ToyTask.defaults, "shfit": -2.0}
+
+    with pytest.raises(ValueError, match="task 'toy' has defaults for shfit, which no method, backbone or task"):
+        for_task(Typo())
+    assert "shift" not in for_task(ToyTask(), overrides={"method": "d3pm"}).options  # catdm's: skipped for d3pm
