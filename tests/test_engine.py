@@ -11,7 +11,7 @@ from catdiff.config import for_task, validate
 from catdiff.errors import UserError
 from catdiff.engine import Engine
 from catdiff.task import LazyTokenData, TokenData
-from toytask import ToyCondTask, ToyTask, progressions
+from toytask import ToyClassTask, ToyCondTask, ToyTask, progressions
 
 
 def same_weights(a: Engine, b: Engine) -> bool:
@@ -97,12 +97,21 @@ def test_wrong_vocabulary_size(tmp_path, toy):
         Engine(Liar(), steps=1).fit()
 
 
-def test_conditional_task_trains_and_samples_with_guidance(toy_cond):
-    eng = Engine(toy_cond, steps=3).fit()
-    out = eng.sample(6, steps=2, guidance=1.5)
-    assert out.shape == (6, 12)
+@pytest.mark.parametrize("method", ["catdm", "mdlm", "ar", "d3pm"])
+def test_guidance_moves_the_samples_toward_their_label(method):
+    """Each class of ToyClassTask is mostly its own token; after brief training the share of sampled
+    tokens equal to the label rises with the guidance weight (w = 0, 1, 3), as it cannot when the
+    sampler ignores the label or the weight."""
+    eng = Engine(ToyClassTask(), method=method, steps=60, seed=0, threads=1).fit()
+    labels = torch.arange(96) % ToyClassTask.num_classes
+    share = {w: (eng.sample(96, steps=8, guidance=w, labels=labels, seed=0) == labels[:, None]).float().mean().item()
+             for w in (0.0, 1.0, 3.0)}
+    assert share[0.0] + 0.1 < share[1.0] < share[3.0] - 0.1 and share[3.0] > 0.8, share
+
+
+def test_labels_for_an_unconditional_task_are_refused(toy):
     with pytest.raises(ValueError, match="unconditional"):
-        Engine(ToyTask(), steps=1).sample(2, labels=torch.zeros(2, dtype=torch.long))
+        Engine(toy, steps=1).sample(2, labels=torch.zeros(2, dtype=torch.long))
 
 
 def test_evaluate_writes_flat_metrics(tmp_path, toy):
@@ -124,9 +133,18 @@ def test_core_imports_no_modality_library():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_bf16_autocast_training_on_cpu(toy):
-    eng = Engine(toy, steps=3, precision="bf16").fit()
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_bf16_autocast_training_on_cpu(toy, precision, dtype):
+    """precision=bf16 runs the training step's matmuls in bf16 (every Linear's output, seen by a
+    forward hook) while the weights stay fp32; fp32 is the control."""
+    eng = Engine(toy, steps=3, precision=precision, threads=1)
+    seen = set()
+    for m in eng.model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda m, i, out: seen.add((out.dtype, torch.is_autocast_enabled("cpu"))))
+    eng.fit()
     assert eng.step == 3
+    assert seen == {(dtype, precision == "bf16")}
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in eng.model.parameters())
 
 

@@ -33,3 +33,28 @@ class ToyTask(Task):
 class ToyCondTask(ToyTask):
     name = "toy-cond"
     num_classes = 3
+
+
+def class_tokens(n: int, seq_len: int, vocab: int, classes: int, keep: float, seed: int):
+    """Row i has label i mod ``classes``; each token is the label with probability ``keep``, else uniform."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    noise = torch.randint(vocab, (n, seq_len), generator=g)
+    keep_mask = torch.rand(n, seq_len, generator=g) < keep
+    return TokenData(torch.where(keep_mask, labels[:, None].expand(n, seq_len), noise), labels)
+
+
+class ToyClassTask(ToyCondTask):
+    """A class-conditional task where each class has its own token (half the tokens of a row are
+    its label, the rest uniform): the conditional and the unconditional model differ at every position."""
+    name = "toy-class"
+    vocab_size = 6
+    seq_len = 8
+    description = "rows of mostly their label's token (tests)"
+
+    def load(self, split):
+        return class_tokens(256 if split == "train" else 64, self.seq_len, self.vocab_size, self.num_classes, 0.5,
+                            0 if split == "train" else 1)
+
+    def evaluate(self, tokens, labels, out_dir):
+        return {"label_token_frac": (tokens == labels[:, None]).float().mean().item()}
