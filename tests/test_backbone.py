@@ -105,11 +105,18 @@ def test_bf16_autocast_returns_float32():
     torch.manual_seed(0)
     model = EncoderTransformer(small_cfg(), K, M, NC)
     z, t = inputs()
+    seen = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(z, t, torch.tensor([0, 1, 2, 3]))
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert seen == {torch.bfloat16}  # the matmuls ran in bf16 ...
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()  # ... the logits come back in fp32
+    seen.clear()
     ref = model(z, t, torch.tensor([0, 1, 2, 3]))
-    assert (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.1
+    assert seen == {torch.float32}
+    assert 0 < (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.1  # rounded, not another function
     out.float().logsumexp(-1).sum().backward()
 
 
