@@ -1,6 +1,6 @@
 """Tests of the catdiff-vision plugin: digits task, grey-level tokenizer, classifier FID, plots.
 
-The plugin lives in plugins/catdiff-vision; if it is not pip-installed, it is imported from
+The plugin lives in plugins/catdiff-vision; if it is not pip-installed, conftest imports it from
 there. The classifier is trained once per session into a temporary CATDIFF_CACHE (a few
 seconds), so these tests never read or write the user's cache.
 """
@@ -16,19 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_DIR = ROOT / "plugins" / "catdiff-vision"
-try:
-    import catdiff_vision  # noqa: F401 - installed (editable or not)
-except ImportError:
-    sys.path.insert(0, str(PLUGIN_DIR))
-
-from catdiff_vision.grey_levels import GreyLevelTokenizer  # noqa: E402
-
-
-def needs(*modules: str) -> None:
-    for name in modules:
-        pytest.importorskip(name, reason=f"{name} is not installed (pip install -e plugins/catdiff-vision)")
+from catdiff_vision.grey_levels import GreyLevelTokenizer
+from helpers import ROOT, VISION_DIR, needs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -308,7 +297,7 @@ def test_plugin_import_is_light():
         "heavy = [m for m in ('sklearn', 'torchvision', 'torch_fidelity', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    env_path = [str(ROOT), str(PLUGIN_DIR)]
+    env_path = [str(ROOT), str(VISION_DIR)]
     proc = subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}\n{code}"],
         capture_output=True, text=True, timeout=120,

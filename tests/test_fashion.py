@@ -3,19 +3,11 @@ whole prepare -> train -> evaluate -> sample grids path at a tiny budget."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import catdiff_vision  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
-
-from catdiff_vision import fashion_data  # noqa: E402
+from catdiff_vision import fashion_data
 
 needs_data = pytest.mark.skipif(not fashion_data.available(),
                                 reason="Fashion-MNIST absent: install Debian package dataset-fashion-mnist (make data)")

@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import catdiff_vision  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
-
-from PIL import Image  # noqa: E402
-
-from catdiff import Engine  # noqa: E402
-from catdiff.cli import main as cli_main  # noqa: E402
-from catdiff.config import for_task  # noqa: E402
-from catdiff.errors import UserError  # noqa: E402
-from catdiff_vision import fashion_data, image_folder  # noqa: E402
-from catdiff_vision.image_folder import ImageFolderTask  # noqa: E402
-from taming import random_vqgan  # noqa: E402
+from catdiff import Engine
+from catdiff.cli import main as cli_main
+from catdiff.config import for_task
+from catdiff.errors import UserError
+from catdiff_vision import fashion_data, image_folder
+from catdiff_vision.image_folder import ImageFolderTask
+from taming import write_vqgan
 
 SMALL = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, n_samples=4,
              sample_steps=4, eval_batches=1, threads=1, log_every=100, ckpt_every=100)
@@ -43,11 +34,7 @@ model:
 CLASSES = {"ankle-boot": 9, "t-shirt": 0}  # folder name -> fashion-mnist class
 
 
-@pytest.fixture(autouse=True)
-def no_inception(monkeypatch, tmp_path):
-    """No Inception weights on this machine (nothing is downloaded): FID is skipped with a note."""
-    monkeypatch.delenv("CATDIFF_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+pytestmark = pytest.mark.usefixtures("no_fidelity_weights")  # FID is skipped with a note
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +69,11 @@ def rgb_folder(tmp_path_factory):
     return d
 
 
-def write_vqgan(d: Path, yaml_text: str = MODEL_YAML) -> Path:
-    model = random_vqgan(d, yaml_text)
-    torch.save({"state_dict": model.state_dict(), "global_step": 10}, d / "last.ckpt")
-    return d
-
-
 @pytest.fixture(scope="module")
 def taming_dir(tmp_path_factory):
-    pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e plugins/catdiff-vision)")
-    return write_vqgan(tmp_path_factory.mktemp("vqgan") / "f4-48")
+    d = tmp_path_factory.mktemp("vqgan") / "f4-48"
+    write_vqgan(d, MODEL_YAML, global_step=10)
+    return d
 
 
 def task_with(**opts) -> ImageFolderTask:
@@ -178,8 +160,9 @@ def test_vqgan_of_another_factor_cli_run_resume_sample(rgb_folder, taming_dir, t
 
 
 def test_vqgan_grid_and_vocab_follow_its_config(rgb_folder, tmp_path):
-    f2 = write_vqgan(tmp_path / "f2", MODEL_YAML.replace("ch_mult: [1, 1, 2]", "ch_mult: [1, 2]")
-                     .replace("n_embed: 48", "n_embed: 100").replace("resolution: 32", "resolution: 16"))
+    f2 = tmp_path / "f2"
+    write_vqgan(f2, MODEL_YAML.replace("ch_mult: [1, 1, 2]", "ch_mult: [1, 2]")
+                .replace("n_embed: 48", "n_embed: 100").replace("resolution: 32", "resolution: 16"), global_step=10)
     task = task_with(images=str(rgb_folder), tokenizer=str(f2))
     assert (task.vocab_size, task.seq_len, task.cfg.options["image_size"]) == (100, 64, 16)  # (16 / 2)^2
     assert task_with(images=str(rgb_folder), tokenizer=str(f2), image_size=24).seq_len == 144

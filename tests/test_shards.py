@@ -3,21 +3,13 @@ image-folder -> VQGAN -> shards path (with flips and class labels)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import catdiff_vision  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
-
-from catdiff.feed import BatchFeed  # noqa: E402
-from catdiff_vision import shards  # noqa: E402
+from catdiff.feed import BatchFeed
+from catdiff_vision import shards
 
 SEQ, VOCAB = 6, 1000
 

@@ -2,20 +2,11 @@
 the image-task error messages and the torch-fidelity missing-weights errors."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import catdiff_vision  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "plugins" / "catdiff-vision"))
-
-from catdiff_vision import vqgan  # noqa: E402
-from taming import random_vqgan  # noqa: E402
+from catdiff_vision import vqgan
+from taming import write_vqgan
 
 # taming-style model.yaml of a small VQModel (same structure as configs/faceshq_vqgan.yaml)
 MODEL_YAML = """\
@@ -54,14 +45,10 @@ TAMING_KEYS = [
 
 @pytest.fixture(scope="module")
 def taming_dir(tmp_path_factory):
-    pytest.importorskip("yaml", reason="PyYAML is not installed (pip install -e plugins/catdiff-vision)")
     d = tmp_path_factory.mktemp("vqgan")
-    model = random_vqgan(d, MODEL_YAML)
-    state = dict(model.state_dict())
-    state["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 4, 4)
-    state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
-    torch.save({"state_dict": state, "epoch": 3, "global_step": 1000}, d / "last.ckpt")
-    return d, model
+    loss_keys = {"loss.discriminator.main.0.weight": torch.randn(4, 3, 4, 4),
+                 "loss.perceptual_loss.lin0.model.1.weight": torch.randn(1, 64, 1, 1)}
+    return d, write_vqgan(d, MODEL_YAML, loss_keys, epoch=3, global_step=1000)
 
 
 def test_config_and_key_names(taming_dir):
@@ -168,22 +155,20 @@ def test_image_task_errors(tmp_path, monkeypatch):
     assert (cfg.layers, cfg.heads, cfg.width, cfg.embed_dim, cfg.sample_steps) == (15, 8, 512, 256, 200)
 
 
-def test_missing_fidelity_weights_error(tmp_path, monkeypatch):
+def test_missing_fidelity_weights_error(no_fidelity_weights, tmp_path, monkeypatch):
     pytest.importorskip("torch_fidelity")
     from catdiff_vision import image_metrics
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv("CATDIFF_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.delenv("CATDIFF_VGG16_WEIGHTS", raising=False)
+    torch_home = no_fidelity_weights
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     with pytest.raises(FileNotFoundError) as err:
         image_metrics.image_metrics(images, images, prc=False)
     msg = str(err.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in msg and "CATDIFF_INCEPTION_WEIGHTS" in msg
-    assert str(tmp_path / "hub" / "checkpoints") in msg
+    assert str(torch_home / "hub" / "checkpoints") in msg
     with pytest.raises(FileNotFoundError, match=r"vgg16-397923af\.pth.*CATDIFF_VGG16_WEIGHTS"):
         image_metrics.image_metrics(images, images, fid=False, isc=False)
-    fake = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    fake = torch_home / "hub" / "checkpoints" / "vgg16-397923af.pth"
     fake.parent.mkdir(parents=True)
     fake.write_bytes(b"")
     assert image_metrics.weights_file("vgg16") == fake  # found in the torch hub cache
