@@ -282,7 +282,7 @@ def pick(key: str, *layers: Mapping[str, Any]) -> str:
 
 
 def derive(cfg: Config) -> Config:
-    """``cfg`` with its "choose for me" run-level keys filled in from the run's size (issue 18):
+    """``cfg`` with its "choose for me" run-level keys filled in from the run's size:
     ``lr=None`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP; width 128
     where the backbone has no ``width``) and ``warmup=None`` -> ``min(2000, steps // 40)``. The
     sweep of benchmarks/defaults.py found fixed values (lr 3e-4, warmup 100) too slow for small

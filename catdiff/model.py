@@ -30,8 +30,8 @@ class Codebook(nn.Module):
     Initialisation: the paper writes N(0, D^{-1/2}). We read the second argument as the
     *variance*, as the notation N(mean, variance) says: ``std = D ** -0.25``, so
     E||e_k||^2 = sqrt(D). The other reading (std = D^-1/2, E||e_k||^2 = 1) starts the
-    embeddings 4x smaller at D = 256; on digits it gave a worse FID in one run each
-    (224 after 600 steps vs 150 after 800 steps; see the closing note of the core issue).
+    embeddings 4x smaller at D = 256 and trained worse on digits (docs/method.md, "Choices
+    where the paper is silent").
     ``init_std`` (config ``embed_init_std``; None = the above) overrides it.
 
     ``norm`` > 0 (CATDM's ``embed_norm``; CDCD and Plaid normalise their embeddings): every row
@@ -78,9 +78,9 @@ class Denoiser(nn.Module):
     self-conditioned denoiser of z alone: a first pass without an estimate, then a second
     reading it (a deterministic function of z_t, so the likelihood bound stays a bound).
 
-    Token evidence (``schedule`` given; not part of the CATDM paper, off by default): the
-    logits become f_theta(z_t; t) + log N(z_t,i; alpha_t e_k, sigma_t^2 I) (the k-dependent
-    part). Since P(x_i = k | z_t) is proportional to P(x_i = k | z_t,-i) N(z_t,i; alpha_t e_k,
+    Token evidence (``schedule`` given: CATDM's ``evidence``, on by default; not part of the
+    CATDM paper): the logits become f_theta(z_t; t) + log N(z_t,i; alpha_t e_k, sigma_t^2 I)
+    (the k-dependent part). Since P(x_i = k | z_t) is proportional to P(x_i = k | z_t,-i) N(z_t,i; alpha_t e_k,
     sigma_t^2 I), the network is then left with what the *other* positions say about token i,
     and the posterior is exact per token from the start: it sharpens with the SNR as it
     should (a plain network's wrong-token mass stops shrinking at high SNR, where the bound's

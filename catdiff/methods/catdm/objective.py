@@ -5,22 +5,21 @@ sec. 5.1 (L_DM), sec. 5.3 (random dropping), appendix F.4 (L_CE); paper 000 Algo
 
 Every term is a per-sequence sum over tokens (and embedding dims), averaged over the batch.
 
-Choices where the paper is ambiguous (documented, measured in benchmarks/):
+Choices where the paper is ambiguous (docs/method.md; their measurements: docs/results.md):
 - Random dropping replaces tokens of the network *input* by the learned [mask] row, for
   both student inputs (z_0 for L0 and z_t); targets stay the clean tokens.
   ``rand``: each token dropped with prob ``drop_ratio``; ``linear``: with prob
   ``drop_ratio * t`` (0 at t=0); ``rand_ratio``: a per-sequence ratio ~ U(0, drop_ratio).
 - ``drop_l0`` (ours; None, the default, = the strategy's ratio): the drop probability of the
-  z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0. On digits (1500
-  steps, 300 samples) 0.5 there and 0.2 on z_t gave FID 46.0 / 29.2 / 48.8 / 44.3 (seeds
-  0-3) against 55.2 +- 0.9 (seeds 0, 1) for 0.2 on both, so the digits task sets it;
-  0.65 gave 41.7 / 46.6 (seeds 0 / 2, within noise of 0.5), 0.8 gave 49.1 (seed 0).
+  z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0, so a higher ratio
+  there trains the network to fill in tokens from context. The digits task sets 0.5 (z_t
+  keeps 0.2), which lowered its FID (docs/results.md, "Digits: what moved FID").
 - ``l0_rows`` (ours; 1, the default, = every row as in Algorithm 1): the fraction of the batch
   whose z_0 pass estimates L0. A Monte Carlo choice, not a change of the objective: the mean
   of L0 over a random subset of the rows is an unbiased estimate of its batch mean, at the
-  price of more variance in that term. The z_0 pass doubles the rows of the student's pass;
-  0.25 makes a digits step 0.66x as long (benchmarks/speed.py), but at equal training time it
-  gave a worse, far noisier FID (39.6 +- 10 against 35.7 +- 0.6, 3 seeds; docs/results.md).
+  price of more variance in that term. The z_0 pass doubles the rows of the student's pass,
+  so a smaller share makes a step shorter; on digits, at equal training time, 0.25 gave a
+  worse and noisier FID than 1 (docs/results.md), hence the default.
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.

@@ -18,8 +18,8 @@ e^-4 ~ 0.018 per dimension on z_0, far below the distance between embeddings, so
 grows like e^lambda while a network's error ||EMB - EMB_hat||^2 stops shrinking (softmax
 confidence is finite: wrong-token probabilities ~1e-4): with 15, that stretch held about
 half of the digits model's L_inf and made its Monte-Carlo estimate heavy-tailed (most t
-draws miss it). Measured, same training otherwise: text-tdavid BPC 5.58 +- 0.75 (15) ->
-4.78 +- 0.22 (8); digits bound 2.49 +- 0.18 -> 2.28 +- 0.03 bits/token.
+draws miss it), and both text-tdavid's BPC and the digits bound were worse and noisier than
+with 8 (figures: docs/method.md, "Choices where the paper is silent").
 """
 from __future__ import annotations
 
