@@ -162,13 +162,12 @@ class TdavidTask(TextTask):
     """Spurgeon's Treasury of David (Debian ``sword-comm-tdavid``), 11.2M cleaned characters."""
 
     name = "text-tdavid"
-    # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of 300 steps; BPC after 300
-    # steps (seed 0) was 2653 +- 750 with 0.99 and 5.58 +- 0.75 with 0.9 (logsnr_max 15).
+    # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of 300 steps and left its bound
+    # far from converged (docs/results.md, "Task defaults: the CM teacher's EMA").
     # positions=rotary and evidence=true (both beyond the paper): with the paper's sinusoids
     # added to the input, L0's dropped characters stayed at the unigram loss for 1000+ steps
-    # (no context learned); BPC (256 test chunks x 4 draws, seed 0) after 300 steps: 4.64 +- 0.14
-    # (neither), 4.23 +- 0.12 (evidence), 4.31 +- 0.11 (rotary), 3.91 +- 0.11 (both); after 1500
-    # steps 4.27 +- 0.07 (neither), 3.15 +- 0.04 (both). The unigram (no context) posterior scores 4.06.
+    # (no context learned); each of the two lowered BPC, both together most (docs/method.md,
+    # docs/results.md "text-tdavid bits per character").
     defaults: Mapping[str, Any] = dict(
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
         positions="rotary", evidence=True, ckpt_every=250, log_every=25, sample_steps=100, n_samples=8,

@@ -65,10 +65,10 @@ class TextFileTask(TextTask):
     name = "text-file"
     vocab_size = 0  # set by setup from the data and options
     seq_len = 256
-    # text-tdavid's small CPU model (see TdavidTask). Measured on the characters of
-    # /usr/share/common-licenses, chunks of 64, 1300 steps (benchmarks/defaults.py, docs/results.md):
-    # bound 4.23 +- 0.22 bits (3 seeds) against 3.97 +- 0.24 with the core defaults (4 x 128,
-    # D 256, batch 32), whose runs took ~4x longer; so this task keeps the small model, for speed.
+    # text-tdavid's small CPU model (see TdavidTask). On the characters of /usr/share/common-licenses
+    # the core defaults (4 x 128, D 256, batch 32) gave a slightly better bound but took ~4x longer
+    # (benchmarks/defaults.py; docs/results.md, "Core defaults on untuned tasks"); so this task
+    # keeps the small model, for speed.
     defaults: Mapping[str, Any] = dict(
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
         positions="rotary", evidence=True, ckpt_every=250, log_every=25, sample_steps=100, n_samples=8,

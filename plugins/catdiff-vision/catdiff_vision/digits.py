@@ -23,24 +23,20 @@ class DigitsTask(Task):
     vocab_size = data.LEVELS
     seq_len = data.SIDE * data.SIDE
     num_classes = 0
-    # A budget whose whole `catdiff run` stays under 5 minutes on 2 idle CPU cores (1300 steps
-    # at 5.1-6.9 it/s, the machine's speed varies by day; measured: see README). FID (300
-    # samples, one seed, before drop_l0 / pos_scale) 73.5 at 1000 steps, 55.8 at 1500; with
-    # both, 1300 steps gave 28.0 / 27.6 (seeds 0 / 1) and 1500 steps 28.8 / 25.3.
-    # ema_cm 0.9, not the paper's 0.99: a 0.99 teacher lags ~100 steps, a large part of this
-    # budget. FID at 1000 steps, 500 samples: 134.5 (0.99), 67.5 (0.9);
-    # 300 samples: 80.3 (0.97), 73.1 (0.9), 70.4 (0.8). drop_l0 0.5 (L0's z_0 pass drops half
-    # its inputs, z_t keeps drop_ratio 0.2): FID 46.0 / 29.2 / 48.8 / 44.3 (seeds 0-3) vs 55.2 +- 0.9.
-    # pos_scale 3 (sinusoids 3x the default amplitude; the projected embeddings grow ~3x during
-    # training): 28.8 / 25.3 / 27.9 / 29.9 (seeds 0-3). Rotary positions: 75.3 (seed 0).
-    # conv_kernel 3 over the 8x8 grid (a depthwise conv before each block, see
-    # catdiff.backbones.encoder), 1300 steps: 17.9 / 17.3 / 16.2 / 19.6 (seeds 0-3) against
-    # 28.0 / 27.6 (seeds 0 / 1) without.
+    # A budget whose whole `catdiff run` stays under 5 minutes on 2 CPU cores (1300 steps).
+    # Each setting below beyond the paper's lowered FID at this budget (figures: docs/results.md,
+    # "Digits: what moved FID" and "Task defaults: the CM teacher's EMA"):
+    # - ema_cm 0.9, not the paper's 0.99: a 0.99 teacher lags ~100 steps, a large part of the budget;
+    # - drop_l0 0.5: L0's z_0 pass drops half its inputs (z_t keeps drop_ratio 0.2);
+    # - sinusoidal positions at pos_scale 3 (the projected embeddings grow ~3x during training,
+    #   so the default amplitude fades); rotary positions did worse here;
+    # - conv_kernel 3 over the 8x8 grid (a depthwise conv before each block, catdiff.backbones.encoder);
+    # - evidence off: the core default did not help samples here.
     defaults: Mapping[str, Any] = dict(
         layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=50, steps=1300,
         ema_cm=0.9, drop_l0=0.5, positions="sinusoidal", pos_scale=3.0, conv_kernel=3, token_grid=f"{data.SIDE}x{data.SIDE}",
         sample_steps=50, n_samples=500, ckpt_every=250, log_every=10,
-        evidence=False)  # evidence (the core default) hurt samples here: FID 65.1 vs 55.8 at 1500 steps, one seed
+        evidence=False)
     description = "8x8 handwritten digits (sklearn), 64 tokens of 17 grey levels; 1497 train / 300 test"
 
     def __init__(self):

@@ -44,11 +44,10 @@ SETTINGS = (
             low=2, high=65_536),
     Setting("vq_steps", 1500, "training steps of the VQ tokenizer (`catdiff prepare`)", low=1),
 )
-# ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 1000 steps): after 1000 steps
-# (seed 0) fashion-classifier FID 114.8 -> 84.9; the likelihood bound rose 14.4 -> 31.6 nats/token.
-# lr 2e-3, not the first choice 1e-3: at 100 CPU-s of training (3 seeds, FID 1e-3 -> 2e-3) CATDM
-# 90.8 -> 81.3, D3PM 66.1 -> 63.4, VQ-Diffusion 67.5 -> 62.6, MaskGIT 57.9 -> 57.5, AR 35.4 -> 31.3
-# (docs/results.md, "Fashion-MNIST at equal time"): no method worse, CATDM helped most.
+# ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 1000 steps): a better FID, at the
+# price of a higher likelihood bound (docs/results.md, "Task defaults: the CM teacher's EMA").
+# lr 2e-3, not the first choice 1e-3: at equal training time no method did worse and CATDM gained
+# most (docs/results.md, "Every method at equal training time").
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
                                    steps=1000, ema_cm=0.9, sample_steps=50, n_samples=1000, ckpt_every=500,
                                    log_every=50, eval_batches=4, token_grid="7x7",  # for --set conv_kernel=3
