@@ -25,6 +25,7 @@ import torch
 from . import checkpoint, config as config_mod, evaluation, export as export_mod, rundir, streams, training
 from .checks import check_installed, plugin_sources
 from .config import Config
+from .context import RunContext
 from .distributed import ProcessGroup, pick_device
 from .errors import UserError
 from .hooks import registry
@@ -274,6 +275,10 @@ class Engine:
         return export_mod.export(self, directory, force=force)
 
     # ----------------------------------------------------------------- sampling and evaluation
+    def context(self, out: str | Path | None = None) -> RunContext:
+        """What ``Task.generate`` receives (this process alone; ``out``: the task's files go there)."""
+        return RunContext(self, out)
+
     def default_labels(self, n: int) -> torch.Tensor | None:
         """Conditions for ``n`` samples: balanced classes, or the test split's conditions (cycled)."""
         if self.task.num_classes:

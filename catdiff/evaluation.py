@@ -60,7 +60,7 @@ def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]
     """``Engine.evaluate`` on this process, writing into ``out`` unless it is None."""
     metrics: dict[str, float] = {"step": float(eng.step)}
     if eng.method.has_bound:
-        metrics.update(eng.likelihood(eng))
+        metrics.update(likelihood(eng))
     report = None
     if eng.method.continuous:
         test = eng.data("test")
