@@ -73,14 +73,18 @@ class ProcessGroup:
         """A barrier, then the group is destroyed, so no rank tears down gloo while a peer still
         talks to it (which aborts with "terminate called without an active exception"); and no
         rank exits before every rank has torn its group down (a peer that exits first closes its
-        sockets under one still tearing down, which gloo also aborts on)."""
+        sockets under one still tearing down, which gloo also aborts on), nor rank 0 before every
+        rank has seen that (rank 0 may host the store they read)."""
         store = self.store
         dist.barrier()
         dist.destroy_process_group()
-        store.add("catdiff/left", 1)
         deadline = time.monotonic() + self.timeout
-        while store.add("catdiff/left", 0) < self.world and time.monotonic() < deadline:
-            time.sleep(0.01)
+        for key in ("catdiff/left", "catdiff/saw-all-left"):
+            store.add(key, 1)
+            # the store's host (rank 0 without torchrun) waits until every peer is done with it
+            if key == "catdiff/left" or self.rank == 0:
+                while store.add(key, 0) < self.world and time.monotonic() < deadline:
+                    time.sleep(0.01)
 
     @property
     def store(self):

@@ -341,9 +341,5 @@ class Engine:
             raise UserError(f"the number of samples must be >= 1, got {n}")
         if out is None or self.rank != 0:
             return evaluation.evaluate(self, n, None, on_metrics)
-        before = rundir.files(out)
-        try:
+        with rundir.recording(out):
             return evaluation.evaluate(self, n, out, on_metrics)
-        finally:
-            if new := rundir.written(out, before):
-                rundir.record(out, new)

@@ -54,6 +54,22 @@ def record(directory: Path, paths: list[Path]) -> None:
     checkpoint.write_atomic(("\n".join(names) + "\n").encode(), path, "file list")
 
 
+@contextlib.contextmanager
+def recording(directory: Path):
+    """Record the files written in ``directory`` inside the block, also when it fails (an error
+    of the manifest's own then gives way to the block's)."""
+    before = files(directory)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if new := written(directory, before):
+                record(directory, new)
+        raise
+    if new := written(directory, before):
+        record(directory, new)
+
+
 class RunDir:
     def __init__(self, path: str | Path, rank: int = 0):
         self.path = Path(path)
