@@ -168,7 +168,7 @@ def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log) ->
             try:
                 with config_set(eng.cfg, dict(over, **({} if n is None else {"sample_steps": n}))):
                     c0, w0 = clock(), time.perf_counter()
-                    tokens, labels = task.generate(eng, samples)
+                    tokens, labels = task.generate(eng.context(), samples)
                     dt, dw = clock() - c0, time.perf_counter() - w0
             finally:
                 counter.close()

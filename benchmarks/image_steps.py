@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         results["guidance"] = guidance_table(cond, args.n, weights)
         from catdiff_vision.fashion import guidance_sweep
 
-        print(f"wrote {guidance_sweep(cond.task, cond, out / 'guidance_sweep.png', per_class=2)}")
+        print(f"wrote {guidance_sweep(cond.task, cond.context(), out / 'guidance_sweep.png', per_class=2)}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "image_steps.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\ntotal {time.perf_counter() - t0:.0f}s; wrote {out / 'image_steps.json'}")

@@ -40,7 +40,7 @@ def fid(eng: Engine, samples: int, temperature: float, overrides: dict) -> tuple
         eng.ema_eval.logits = lambda *a, **k: logits(*a, **k) / temperature  # an instance attribute shadows the method
     try:
         with config_set(eng.cfg, overrides):
-            tokens, labels = eng.task.generate(eng, samples)
+            tokens, labels = eng.task.generate(eng.context(), samples)
     finally:
         eng.ema_eval.__dict__.pop("logits", None)
     metrics = eng.task.evaluate(tokens, labels, None)

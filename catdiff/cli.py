@@ -70,35 +70,23 @@ def _list_settings(reg, name: str) -> int:
 
 def cmd_run(args) -> int:
     from .engine import Engine
+    from .rundir import files, written
 
     overrides = parse_sets(args.sets)
     if args.steps is not None:
         overrides["steps"] = args.steps
     out = Path(args.out or f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
-    before = _files(out)
-    with eng.writing():
+    before = files(out)
+    with eng.writing():  # the run lock through training and evaluation
         eng.fit()
-        eng.leave_group()
         if eng.rank != 0:  # evaluation runs once, on rank 0
             return 0
         eng.evaluate(out=out, on_metrics=_print_metrics)
     print(f"\nrun directory: {out.resolve()}")
-    for path in _written(out, before):
+    for path in written(out, before):
         print(f"  {path.name:<14} {path.resolve()}")
     return 0
-
-
-def _files(directory: Path) -> dict[str, int]:
-    """Name -> modification time (ns) of the files in ``directory``."""
-    return {p.name: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()} if directory.is_dir() else {}
-
-
-def _written(directory: Path, before: dict[str, int]) -> list[Path]:
-    """The files of ``directory`` a command created or changed since ``before`` (``_files``),
-    whatever the task wrote (samples.txt, translations.txt, ...); hidden files left out."""
-    return [directory / name for name, mtime in sorted(_files(directory).items())
-            if not name.startswith(".") and before.get(name) != mtime]
 
 
 def cmd_prepare(args, rest: list[str]) -> int:
@@ -172,11 +160,11 @@ def cmd_sample(args) -> int:
 
     from .checkpoint import write_atomic
     from .engine import Engine
+    from .rundir import files, written
 
     out = Path(args.out)
     check_writable(out, "samples")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
-    eng.leave_group()
     if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
         return 0
     _check_sample_args(args, eng)
@@ -192,20 +180,21 @@ def cmd_sample(args) -> int:
     labels = torch.full((args.n,), args.label) if args.label is not None else None
     tokens = eng.sample(args.n, steps=args.steps, guidance=args.guidance, labels=labels,
                         known=known, known_mask=mask, seed=args.seed)
-    before = _files(out)
+    before = files(out)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()  # in memory first: torch's zip writer reports a full disk as "unexpected pos"
     torch.save(tokens, buf)
     write_atomic(buf.getbuffer(), out / "samples.pt", "sample file")
     with naming(out):  # a task's write that names no file: name the directory
         eng.task.save_samples(tokens, labels if labels is not None else eng.default_labels(args.n), out)
-    for path in _written(out, before):
+    for path in written(out, before):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from .engine import Engine
+    from .rundir import files, written
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
@@ -213,13 +202,12 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
     check_writable(out, "metrics.json")
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
-    eng.leave_group()
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
-    before = _files(out)
+    before = files(out)
     eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print()
-    for path in _written(out, before):
+    for path in written(out, before):
         print(f"wrote {path}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Engine: build a CATDM model for a task, train it, sample from it, evaluate it.
+"""Engine: build a model for a task, train it, sample from it, evaluate it.
 
     from catdiff import Engine
     eng = Engine(task="digits", out="runs/digits", steps=2000)
@@ -6,159 +6,53 @@
     tokens = eng.sample(16, steps=50)
     print(eng.evaluate())
 
-Training draws each step's batch and noise from seeds derived from (seed, step, rank),
-so a resumed run repeats an uninterrupted one exactly (same device and thread count).
-Under ``torchrun`` the model is wrapped in DistributedDataParallel; each rank takes its
-share of the global batch; rank 0 writes checkpoints and logs.
+The engine builds the task, config, method, network and its EMA copies, and holds the state a
+checkpoint saves. The training loop is catdiff.training, the run directory catdiff.rundir,
+the process group of a ``torchrun`` job catdiff.distributed, what tasks may call
+catdiff.context.RunContext and the random streams catdiff.streams.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 import inspect
-import json
-import math
-import os
-import shutil
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
-import torch.distributed as dist
 
-from . import checkpoint, config as config_mod, export as export_mod
+from . import checkpoint, config as config_mod, evaluation, export as export_mod, rundir, streams, training
+from .checks import check_installed, plugin_sources
 from .config import Config
-from .diagnostics import collapse_report
-from .errors import TrainingInterrupted, UserError, naming
-from .feed import BatchFeed
-from .heartbeat import Heartbeat
+from .context import RunContext
+from .distributed import ProcessGroup, pick_device
+from .errors import UserError
 from .hooks import registry
-from .interrupts import DeferredSignals
 from .method import Method
-from .model import Codebook, Denoiser, ema_copy, ema_update
-from .runlock import RunLock
-from .trainlog import TrainLog, progress
+from .model import Codebook, Denoiser, ema_copy
+from .splits import Splits
 from .task import DataSpec, LazyTokenData, Task, TokenData
-
-CKPT_NAME = "last.pt"
-# What a run writes into --out; `resume=false` moves these aside (into DIR/previous-<time>/).
-RUN_FILES = (CKPT_NAME, "best.pt", "step-*.pt", "config.json", "train_log.csv", "eval_log.csv", "metrics.json",
-             "tensorboard", "wandb", "samples.*", "collapse.*")
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU. ``auto`` and a bare ``cuda`` take the GPU of
-    ``LOCAL_RANK`` (torchrun's one GPU per process)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if name.startswith("cuda"):
-        if torch.device(name).index >= torch.cuda.device_count():
-            raise UserError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device=mps requested but MPS is not available; use device=cpu or auto")
-    return torch.device(name)
-
-
-SLOW_RUN_S = 1800  # on the CPU, a run whose remaining steps would take longer than this says so
-TIMED_STEPS = 5    # steps timed for that projection (after the first, which pays for setup)
-SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
-
-
-def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW (betas 0.9, 0.99), fused where torch has a fused kernel for the parameters' device.
-
-    On CPU torch's default is a per-tensor loop; the fused kernel does the same update ~3x
-    faster (benchmarks/speed.py times training steps with this optimizer)."""
-    params = list(params)
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=fused or None)
-
-
-def check_token_range(tokens: torch.Tensor, task: Task, split: str, seq_len: int | None = None) -> None:
-    """Sequence length and id range of ``tokens`` (or of the declared ``seq_len``) against the task."""
-    length = tokens.shape[-1] if seq_len is None else seq_len
-    if length != task.seq_len:
-        raise UserError(f"task {task.name!r} split {split!r}: sequences have length {length}, "
-                         f"the task declares seq_len={task.seq_len}")
-    if tokens.dim() != 2 or tokens.shape[1] != length:
-        raise UserError(f"task {task.name!r} split {split!r}: rows have shape {tuple(tokens.shape[1:])}, "
-                         f"expected [{length}] (seq_len)")
-    if tokens.numel() == 0:
-        return
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= task.vocab_size:
-        raise UserError(f"task {task.name!r} split {split!r}: token ids span [{lo}, {hi}] but the task declares "
-                         f"vocab_size={task.vocab_size} (ids must be in [0, {task.vocab_size - 1}])")
-
-
-def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> None:
-    """In memory: every token. Lazy: the declared seq_len / vocab_size and ``SPOT_CHECK_ROWS`` rows
-    spread over the split (each training batch is range-checked when gathered)."""
-    if isinstance(data, LazyTokenData):
-        if data.vocab_size > task.vocab_size:
-            raise UserError(f"task {task.name!r} split {split!r}: the data declares vocab_size={data.vocab_size} but "
-                             f"the task declares vocab_size={task.vocab_size}")
-        n = len(data)
-        if n == 0:
-            raise UserError(f"task {task.name!r} split {split!r} is empty")
-        tokens, labels = data.rows(torch.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).round().long())
-        check_token_range(tokens, task, split, seq_len=data.seq_len)
-    else:
-        tokens, labels = data.tokens, data.labels
-        if len(tokens) == 0:
-            raise UserError(f"task {task.name!r} split {split!r} is empty")
-        check_token_range(tokens, task, split)
-    if (task.num_classes or task.conditional) and labels is None:
-        raise UserError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
-
-
-def _check_installed(what: str, config: dict[str, Any], plugins: dict[str, str] | None, task_given: bool) -> None:
-    """The task, method and backbone a checkpoint or export (``what``) was written with are provided
-    here; else a UserError names the missing one and the plugin that gave it (``plugins``: its
-    distribution and version; absent in checkpoints written before catdiff recorded them)."""
-    reg = registry()
-    config = config_mod.migrate(config)
-    for kind, key in (("tasks", "task"), ("methods", "method"), ("backbones", "backbone")):
-        name = config.get(key)
-        if (kind == "tasks" and task_given) or not isinstance(name, str) or name in reg.components[kind]:
-            continue
-        source = (plugins or {}).get(kind)
-        dist = source.split(" ")[0] if source else None
-        if dist is None:
-            why = (f"which no installed plugin provides (installed {kind}: {', '.join(reg.names(kind)) or '(none)'}); "
-                   f"install the plugin that provides it")
-        elif dist == "catdiff":
-            why = "which this version of catdiff does not provide; use the catdiff version that wrote it"
-        elif any(f"(from {dist} " in err for err in reg.failed.values()):
-            why = "which failed to load (see its warning; --debug shows the traceback)"
-        else:
-            why = f"which is not installed: pip install {dist}"
-        plugin = f" (plugin {source})" if dist not in (None, "catdiff") else ""
-        raise UserError(f"{what} was written with {kind[:-1]} {name!r}{plugin}, {why}")
+from .trainlog import progress
+from .training import adamw
 
 
 class Engine:
     def __init__(self, task: str | Task = "digits", out: str | Path | None = None,
                  config_file: str | Path | Mapping[str, Any] | None = None, **overrides: Any):
         reg = registry()
-        if isinstance(task, Task):
-            self.task = task
-        else:
-            self.task = reg.get("tasks", task).factory()
+        self.task = task if isinstance(task, Task) else reg.get("tasks", task).factory()
         self.cfg: Config = config_mod.for_task(self.task, config_file, overrides)
         config_mod.validate(self.cfg)
         self.settings = config_mod.component_settings(self.task, self.cfg.method, self.cfg.backbone)
         self.task.setup(self.cfg)
-        self.out = Path(out) if out is not None else None
-        self._setup_distributed()
         cfg = self.cfg
+        self.out = Path(out) if out is not None else None
+        self.device = pick_device(cfg.device)
+        self.group = ProcessGroup(self.device, cfg.dist_timeout)  # joined while fit() trains
+        self.run = rundir.RunDir(self.out, self.rank) if self.out is not None else None
+        if cfg.batch_size % self.world:
+            raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
         if cfg.guidance > 0 and not self.task.num_classes:
             raise UserError(f"guidance={cfg.guidance} needs a class-conditional task; task {self.task.name!r} "
                             f"has no classes (set guidance=0)")
@@ -189,18 +83,14 @@ class Engine:
         self.step = 0
         self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of best.pt
         self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
-        self._train_net = None                   # the (DDP-wrapped) training network, built once
-        self._beat: Heartbeat | None = None      # the peers' heartbeats while a DDP run trains
-        self._splits: dict[str, TokenData | LazyTokenData] = {}  # loaded, checked (on device unless lazy), once per split
-        self._lock = RunLock(self.out) if self.out is not None else None
-        self._start_over = False  # resume=false on a run directory: move its files aside in fit()
-        if self.out is not None and (self.out / CKPT_NAME).exists():
+        self.splits = Splits(self.task, self.device, self.conditional)  # loaded and checked once each
+        if self.run is not None and self.run.last.exists():
             if cfg.resume:
-                payload = checkpoint.load(self.out / CKPT_NAME)
+                payload = checkpoint.load(self.run.last)
                 self._check_resume(payload["config"])
-                self.load_state(payload, self.out / CKPT_NAME)
+                self.load_state(payload, self.run.last)
             else:
-                self._start_over = True
+                self.run.start_over = True  # fit() moves the old run's files aside
 
     # ----------------------------------------------------------------- setup
     def _check_resume(self, saved: dict[str, Any]) -> None:
@@ -209,23 +99,11 @@ class Engine:
         fixed, changed = config_mod.resume_differences(saved, self.cfg, self.settings)
         fmt = lambda diffs: "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)  # noqa: E731
         if fixed:
-            raise UserError(f"{self.out / CKPT_NAME} trained another model than the one requested ({fmt(fixed)}). "
+            raise UserError(f"{self.run.last} trained another model than the one requested ({fmt(fixed)}). "
                             f"Pass a new --out to train this one, or --set resume=false to start over in "
                             f"{self.out} (the old run's files are moved aside, not deleted)")
         if changed and self.rank == 0:
-            print(f"catdiff: resuming {self.out / CKPT_NAME} with changed settings: {fmt(changed)}", file=sys.stderr)
-
-    def _setup_distributed(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.device = pick_device(self.cfg.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(seconds=self.cfg.dist_timeout))
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-        if self.cfg.batch_size % self.world:
-            raise UserError(f"batch_size={self.cfg.batch_size} must be divisible by the number of processes ({self.world})")
+            print(f"catdiff: resuming {self.run.last} with changed settings: {fmt(changed)}", file=sys.stderr)
 
     def _backbone_kwargs(self) -> dict[str, Any]:
         """The method's ``backbone_options`` and, for a factory that accepts it, the data spec."""
@@ -244,6 +122,15 @@ class Engine:
         if name not in self.method.samplers:
             raise UserError(f"method {self.cfg.method!r} has samplers {self.method.samplers}, not {name!r}")
         return name
+
+    @property
+    def world(self) -> int:
+        """Processes of the ``torchrun`` job (1 without torchrun)."""
+        return self.group.world
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank
 
     @property
     def conditional(self) -> bool:
@@ -267,309 +154,28 @@ class Engine:
 
     def data(self, split: str) -> TokenData | LazyTokenData:
         """The task's ``split``, checked; in memory on the device, or a LazyTokenData left on the host."""
-        if split not in self._splits:
-            data = self.task.load(split)
-            check_tokens(data, self.task, split)
-            if not isinstance(data, LazyTokenData):
-                data = TokenData(data.tokens.to(self.device), None if data.labels is None else data.labels.to(self.device))
-            self._splits[split] = data
-        return self._splits[split]
+        return self.splits.get(split)
 
     def rows(self, data: TokenData | LazyTokenData, idx, split: str):
-        """Tokens and conditions (None unless the network reads them) of rows ``idx`` on the device;
-        a lazy split's rows are gathered on the host, range-checked and moved."""
-        if not isinstance(data, LazyTokenData):
-            if isinstance(idx, torch.Tensor):
-                idx = idx.to(data.tokens.device)
-            x, labels = data.tokens[idx], None if data.labels is None else data.labels[idx]
-        else:
-            x, labels = (None if t is None else t.to(self.device) for t in self.host_rows(data, idx, split))
-        return x, labels if self.conditional else None
-
-    def host_rows(self, data: LazyTokenData, idx, split: str):
-        """Rows ``idx`` of a lazy split on the host, range-checked (labels None unless read)."""
-        x, labels = data.rows(idx)
-        check_token_range(x, self.task, split)
-        return x, labels if self.conditional else None
-
-    def lr_at(self, step: int) -> float:
-        """Linear warmup, then cosine decay to 10% of ``lr`` at ``steps``."""
-        cfg = self.cfg
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-    def _drop_conditions(self, cond):
-        """Classifier-free guidance training: each class label becomes the learnable null one
-        with probability ``cond_drop``."""
-        if not self.task.num_classes:
-            return cond
-        drop = torch.rand(cond.shape, device=self.device) < self.cfg.cond_drop
-        return torch.where(drop, self.task.num_classes, cond)
+        """Tokens and conditions (None unless the network reads them) of rows ``idx`` on the device."""
+        return self.splits.rows(data, idx, split)
 
     # ----------------------------------------------------------------- training
-    @contextlib.contextmanager
-    def writing(self):
-        """Hold ``out``'s run lock (rank 0; re-entrant) and tidy the directory: remove temp files of
-        killed writes and, after ``resume=false``, move the old run's files aside."""
-        if self._lock is None or self.rank != 0:
-            yield
-            return
-        with self._lock:
-            checkpoint.remove_stale_temps(self.out)
-            if self._start_over:
-                self._move_aside()
-            yield
-
-    def _move_aside(self) -> None:
-        old = [p for pattern in RUN_FILES for p in sorted(self.out.glob(pattern))]
-        dest = self.out / time.strftime("previous-%Y%m%d-%H%M%S")
-        while dest.exists():
-            dest = dest.with_name(dest.name + "x")
-        dest.mkdir()
-        for p in old:
-            shutil.move(str(p), str(dest / p.name))
-        self._start_over = False
-        print(f"catdiff: resume=false: moved the previous run's files to {dest}", file=sys.stderr)
-
     def fit(self, until: int | None = None) -> "Engine":
-        """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``.
+        """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``
+        (catdiff.training). Under ``torchrun`` the ranks join a process group for the training
+        and leave it when it ends.
 
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
         :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
-        with self.writing(), DeferredSignals() as signals, self._heartbeat():
-            try:
-                return self._fit(until, signals)
-            except RuntimeError as e:
-                peer_lost = isinstance(e, dist.DistError) or any(
-                    m in str(e) for m in ("Timed out", "timed out", "Connection closed by peer", "Connection reset"))
-                if self.world > 1 and peer_lost:
-                    raise UserError(self._peers_lost(str(e).splitlines()[0][:200])) from None
-                raise
+        return training.fit(self, until)
 
-    @contextlib.contextmanager
-    def _heartbeat(self):
-        """Under DDP, the peers' heartbeats (catdiff.heartbeat) while training: a beat every
-        dist_timeout / 10 seconds (at most 5), so a silent peer is told from a busy one."""
-        if self.world == 1:
-            yield
-            return
-        store = dist.distributed_c10d._get_default_store()
-        with Heartbeat(store, self.rank, self.world, min(5.0, self.cfg.dist_timeout / 10)) as self._beat:
-            try:
-                yield
-            finally:
-                self._beat = None
-
-    def _peers_lost(self, error: str) -> str:
-        """The message of a DDP rank whose peers did not answer: which went silent, what was kept."""
-        silent = self._beat.silent() if self._beat is not None else {}
-        if silent:
-            who = ", ".join(f"rank {r} (silent for {s:.0f}s)" for r, s in silent.items())
-            what = (f"{who} stopped answering (stopped, killed or cut off) at step {self.step}; "
-                    f"check that process")
-        else:
-            what = f"the other processes did not answer within dist_timeout={self.cfg.dist_timeout:g}s at step " \
-                   f"{self.step} (busy or hung: {error})"
-        ckpt = self.out / CKPT_NAME if self.out is not None else None
-        kept = f"The last checkpoint, {ckpt}, is intact" if ckpt is not None and ckpt.exists() else \
-            "No checkpoint was written yet"
-        return f"rank {self.rank}: {what}. {kept}; rerun the same command to resume"
-
-    def _fit(self, until: int | None, signals: DeferredSignals) -> "Engine":
-        cfg = self.cfg
-        data = self.data("train")
-        self.data("test")  # checked before training, not after it
-        stop = min(cfg.steps, until) if until is not None else cfg.steps
-        rank0 = self.rank == 0
-        log = TrainLog(self.out if rank0 else None, total=stop, start=self.step, quiet=not rank0,
-                       logger=cfg.logger, run_id=self.run_id, config=cfg.to_dict())
-        feed = BatchFeed(self, data, self.step, stop)
-        finite = torch.ones((), dtype=torch.bool, device=self.device)  # every step since `checked` was finite
-        checked = first = self.step
-        self.model.train()
-        try:
-            while self.step < stop:
-                finite = finite & self._train_step(feed, log)
-                self.step += 1
-                if self.step == first + 1:
-                    timed_from = time.perf_counter()
-                elif self.step == first + 1 + TIMED_STEPS and rank0 and self.device.type == "cpu":
-                    self._say_if_slow(time.perf_counter() - timed_from, stop, log)
-                at_log = self.step % cfg.log_every == 0 or self.step == stop
-                # one process reads its signal flag every step; DDP ranks agree on it at log points
-                if self.world == 1:
-                    signum = signals.received or 0
-                else:
-                    signum = self._stop_signal(signals) if at_log else 0
-                save = self.out is not None and rank0 and (self.step % cfg.ckpt_every == 0 or signum)
-                evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
-                if not (at_log or save or evaluate or signum):
-                    continue  # no host synchronisation between these points
-                checked = self._check_finite(finite, checked)
-                if at_log:
-                    log.write(self.step)
-                if evaluate:
-                    self._evaluate_during_training(log)
-                if save:
-                    path = self.save()
-                    if not signum:
-                        self._keep_step_checkpoint(path)
-                if signum:
-                    raise TrainingInterrupted(signum, self.step, self.out / CKPT_NAME if save else None)
-        finally:
-            feed.close()
-            log.close()
-        if self.out is not None and rank0:
-            self.save()
-        return self
-
-    def _say_if_slow(self, seconds: float, stop: int, log: TrainLog) -> None:
-        """One line when ``TIMED_STEPS`` steps took ``seconds`` and the rest of the run would take
-        longer than ``SLOW_RUN_S`` (the paper's model sizes take hours on a CPU)."""
-        per_step = seconds / TIMED_STEPS
-        left = per_step * (stop - self.step)
-        if left > SLOW_RUN_S:
-            log.bar.write(f"catdiff: {per_step:.2f}s per step on the CPU: the remaining {stop - self.step} steps "
-                          f"take about {left / 3600:.1f} h; a GPU (device=cuda), a smaller model (layers, width) "
-                          f"or fewer steps would be faster", file=sys.stderr)
-
-    def _train_step(self, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
-        """One optimizer step on the global batch of ``self.step``, in ``accum`` micro-batches
-        (DDP syncs gradients on the last one only). Each micro-batch's loss is weighted by its
-        share of the rows, so a batch-mean loss gives the gradient of the whole batch however it
-        is split. The noise of micro-batch j is seeded by (seed, step, rank, j): splitting a batch
-        another way draws other (equally distributed) noise. Returns a device flag "loss and
-        gradient finite" (no host read)."""
-        cfg, step = self.cfg, self.step
-        model, ddp = self._training_network()
-        torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank)
-        x, cond = feed.get(step)
-        cond = self._drop_conditions(cond)
-        lr = self.lr_at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        xs = x.tensor_split(cfg.accum)
-        conds = cond.tensor_split(cfg.accum) if cond is not None else [None] * cfg.accum
-        total, logs = 0.0, {}
-        for j, (xj, cj) in enumerate(zip(xs, conds)):
-            if j:
-                torch.manual_seed(cfg.seed * 7_919 + step * 104_729 + self.rank + j * 1_000_033)
-            weight = len(xj) / len(x)
-            sync = ddp.no_sync() if ddp is not None and j < cfg.accum - 1 else contextlib.nullcontext()
-            with sync:
-                with self.autocast:
-                    loss, parts = self.method.loss(model, self.ema_cm, xj, cj)
-                self.scaler.scale(loss * weight).backward()
-            total = total + loss.detach() * weight
-            for k, v in parts.items():
-                logs[k] = logs[k] + v * weight if k in logs else v * weight
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.method.uses_target_ema:
-            ema_update(self.ema_cm, self.model, cfg.ema_cm)
-        ema_update(self.ema_eval, self.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
-        log.add({**logs, "lr": lr, "grad_norm": grad_norm, "batch": cfg.batch_size})
-        # with loss scaling a non-finite gradient only skips the step (GradScaler); that is no divergence
-        return torch.isfinite(total) & (torch.isfinite(grad_norm) | self.scaler.is_enabled())
-
-    def _training_network(self):
-        """(the network the loss runs through, its DDP wrapper or None), built once."""
-        if self._train_net is None:
-            ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else None
-            self._train_net = (ddp or self.model, ddp)
-        return self._train_net
-
-    def _check_finite(self, finite: torch.Tensor, checked: int) -> int:
-        """Stop on a non-finite loss or gradient since step ``checked`` (one host read); non-finite
-        weights are never saved. Returns the step now known to be finite."""
-        if not bool(finite):
-            last = self.out / CKPT_NAME if self.out is not None else None
-            if last is None:
-                kept = "nothing was saved"
-            elif last.exists():
-                kept = f"the last checkpoint, {last}, is kept"
-            else:  # diverged before the first checkpoint: there is nothing to resume from
-                kept = f"no checkpoint was written yet (the first is due at step {self.cfg.ckpt_every})"
-            raise UserError(f"training diverged: a non-finite loss or gradient between steps {checked + 1} and "
-                            f"{self.step}; {kept}. Lower lr, raise warmup, or check the data")
-        return self.step
-
-    def _evaluate_during_training(self, log: TrainLog) -> None:
-        """``eval_every``: the bound on the first ``eval_batches`` x 128 test rows (fixed draws) and the
-        task's sample metrics on ``eval_samples`` samples, logged; keeps best.pt by the task's
-        ``best_metric`` (else the bound). Rank 0 evaluates; its DDP peers wait while it beats."""
-        done = f"catdiff/evaluated/{self.step}"
-        if self.rank != 0:  # wait for rank 0 as long as it is alive, however long it evaluates
-            store = dist.distributed_c10d._get_default_store()
-            while not store.check([done]):
-                if 0 in self._beat.silent():
-                    raise UserError(self._peers_lost("evaluating"))
-                time.sleep(0.2)
-            return
-        metrics: dict[str, float] = {}
-        world, self.world = self.world, 1  # rank 0 alone: a task that shards its sampling must not wait for peers
-        try:
-            if self.method.has_bound:
-                metrics.update(self.likelihood(batches=self.cfg.eval_batches))
-            tokens, labels = self.task.generate(self, self.cfg.eval_samples)
-            metrics.update(self.task.evaluate(tokens, labels, None))
-        finally:
-            self.world = world
-            if world > 1:
-                dist.distributed_c10d._get_default_store().set(done, "1")
-        log.scalars(self.step, metrics)
-        name, mode = self.task.best_metric or (("nll_bound_bits_per_token", "min") if self.method.has_bound else (None, None))
-        value = metrics.get(name) if name else None
-        if value is None or not math.isfinite(value):
-            return
-        if self.best is None or (value < self.best["value"] if mode == "min" else value > self.best["value"]):
-            self.best = {"metric": name, "mode": mode, "value": value, "step": self.step}
-            if self.out is not None:
-                checkpoint.save(self.state(), self.out / "best.pt")
-
-    def _keep_step_checkpoint(self, path: Path) -> None:
-        """``keep_last`` N: a step-numbered copy (a hard link) of ``path``; older ones are removed."""
-        if not self.cfg.keep_last:
-            return
-        numbered = path.with_name(f"step-{self.step:08d}.pt")
-        numbered.unlink(missing_ok=True)
-        try:
-            os.link(path, numbered)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(path, numbered)
-        for old in sorted(path.parent.glob("step-*.pt"))[: -self.cfg.keep_last]:
-            old.unlink()
+    def writing(self):
+        """Hold the run directory's lock (rank 0; re-entrant) while the caller writes into it."""
+        return self.run.writing() if self.run is not None else contextlib.nullcontext()
 
     def leave_group(self) -> None:
-        """End this process's part in a DDP run (all ranks call it after ``fit``): a barrier, then
-        the process group is destroyed, so no rank tears down gloo while a peer still talks to it
-        (which aborts with "terminate called without an active exception")."""
-        if self.world > 1 and dist.is_initialized():
-            store = dist.distributed_c10d._get_default_store()
-            dist.barrier()
-            dist.destroy_process_group()
-            # and no rank exits before every rank has torn its group down: a peer that exits
-            # first closes its sockets under one still tearing down, which gloo also aborts on
-            store.add("catdiff/left", 1)
-            deadline = time.monotonic() + self.cfg.dist_timeout
-            while store.add("catdiff/left", 0) < self.world and time.monotonic() < deadline:
-                time.sleep(0.01)
-        self.world = 1  # from here on a single process: rank 0 evaluates alone, unsharded
-
-    def _stop_signal(self, signals: DeferredSignals) -> int:
-        """The signal that asks to stop after this step (0: none); under DDP every rank stops
-        at the same step when any rank was signalled."""
-        signum = signals.received or 0
-        if self.world > 1:
-            flag = torch.tensor([signum], device=self.device if dist.get_backend() == "nccl" else "cpu")
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            signum = int(flag.item())
-        return signum
+        """Kept for scripts of catdiff <= 0.x: ``fit`` leaves the process group itself."""
 
     # ----------------------------------------------------------------- state
     @property
@@ -579,28 +185,16 @@ class Engine:
 
     @property
     def plugins(self) -> dict[str, str]:
-        """The distributions (with version) that provide the run's task, method and backbone, kept in
-        checkpoints and exports, so that loading one where a plugin is missing names it."""
-        reg = registry()
-        names = {"tasks": self.task.name, "methods": self.cfg.method, "backbones": self.cfg.backbone}
-        return {kind: reg.components[kind][name].source for kind, name in names.items() if name in reg.components[kind]}
+        """The distributions that provide the run's task, method and backbone (catdiff.checks)."""
+        return plugin_sources(self.task.name, self.cfg.method, self.cfg.backbone)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "config": self.cfg.to_dict(),
-            "task": self.task_meta,
-            "plugins": self.plugins,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "ema_cm": self.ema_cm.state_dict(),
-            "ema_eval": self.ema_eval.state_dict(),
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "best": self.best,
-            "run_id": self.run_id,
-        }
+        """Everything a checkpoint holds (catdiff.checkpoint)."""
+        return {"config": self.cfg.to_dict(), "task": self.task_meta, "plugins": self.plugins, "step": self.step,
+                "model": self.model.state_dict(), "ema_cm": self.ema_cm.state_dict(),
+                "ema_eval": self.ema_eval.state_dict(), "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": checkpoint.rng_state(), "best": self.best, "run_id": self.run_id}
 
     def _load_weights(self, meta: dict[str, Any], weights: dict[str, dict], path) -> None:
         """``weights``: state dicts of model / ema_cm / ema_eval, checked against the task ``meta``."""
@@ -630,13 +224,12 @@ class Engine:
         checkpoint.set_rng_state(payload["rng"])
 
     def save(self, path: str | Path | None = None) -> Path:
-        if path is None:
-            if self.out is None:
-                raise UserError("Engine has no `out` directory; pass a path to save()")
-            checkpoint.write_atomic((json.dumps(self.cfg.to_dict(), indent=2) + "\n").encode(),
-                                    self.out / "config.json", "config")
-            path = self.out / CKPT_NAME
-        return checkpoint.save(self.state(), path)
+        """The checkpoint to ``path``; by default the run directory's last.pt (and config.json)."""
+        if path is not None:
+            return checkpoint.save(self.state(), path)
+        if self.run is None:
+            raise UserError("Engine has no `out` directory; pass a path to save()")
+        return self.run.save(self.state())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, /, out: str | Path | None = None, task: Task | None = None,
@@ -644,7 +237,7 @@ class Engine:
         """Rebuild an Engine from a checkpoint: its own config (``overrides`` for sampling/eval keys),
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
-        _check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
+        check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
         eng = cls._from_config(payload["config"], overrides, task, out)
         eng.load_state(payload, path)
         return eng
@@ -662,7 +255,7 @@ class Engine:
         """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
         its config, its EMA weights in every copy of the network, no optimizer state."""
         meta, weights = export_mod.read(directory)
-        _check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
+        check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
         eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
         eng.method.load_state_dict(meta.get("method") or {})
@@ -682,6 +275,10 @@ class Engine:
         return export_mod.export(self, directory, force=force)
 
     # ----------------------------------------------------------------- sampling and evaluation
+    def context(self, out: str | Path | None = None) -> RunContext:
+        """What ``Task.generate`` receives (this process alone; ``out``: the task's files go there)."""
+        return RunContext(self, out)
+
     def default_labels(self, n: int) -> torch.Tensor | None:
         """Conditions for ``n`` samples: balanced classes, or the test split's conditions (cycled)."""
         if self.task.num_classes:
@@ -704,7 +301,7 @@ class Engine:
         elif not self.conditional:
             raise UserError(f"task {self.task.name!r} is unconditional; labels are not accepted")
         sampler = self.sampler_name(sampler)
-        gen = torch.Generator().manual_seed(cfg.seed + 12_345 if seed is None else seed)
+        gen = streams.generator(cfg.seed, "sample") if seed is None else torch.Generator().manual_seed(seed)
         out = []
         bar = progress(n, "sample", disable=self.rank != 0)
         for lo in range(0, n, batch_size):
@@ -723,78 +320,26 @@ class Engine:
         tokens = torch.cat(out).cpu()
         return self.task.decode(tokens) if decode else tokens
 
-    @torch.no_grad()
     def likelihood(self, split: str = "test", batches: int | None = None, batch_size: int = 128,
                    draws: int = 1, seed: int | None = None) -> dict[str, float]:
-        """Mean of the eq. 3 bound per token (nats and bits) on ``split``, with its standard error.
-
-        Each sequence's bound is the mean of ``draws`` Monte-Carlo draws of (t, eps); draw j of
-        every row falls in the time stratum [j/draws, (j+1)/draws), and within a stratum the
-        rows of a batch take one sub-stratum each in random order (draws=1: stratified across
-        rows). The standard error is that of the mean of the per-sequence estimates."""
-        if draws < 1:
-            raise UserError(f"likelihood draws must be >= 1, got {draws}")
-        data = self.data(split)
-        seed = self.cfg.seed if seed is None else seed
-        gen = torch.Generator().manual_seed(seed + 99)
-        n = min(len(data), (batches or self.cfg.eval_batches) * batch_size)
-        totals, parts = [], {}
-        torch.manual_seed(seed + 98)
-        bar = progress(n, "likelihood", disable=self.rank != 0)
-        for lo in range(0, n, batch_size):
-            x, cond = self.rows(data, slice(lo, min(n, lo + batch_size)), split)
-            bar.update(len(x))
-            total = torch.zeros(len(x), dtype=torch.float64)
-            for j in range(draws):
-                u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
-                with self.autocast:
-                    b = self.method.nll_bound(self.ema_eval, x, cond, ((j + u) / draws).to(self.device))
-                total += b["total"].double().cpu() / draws
-                for k, v in b.items():
-                    if k != "total":
-                        parts[k] = parts.get(k, 0.0) + v.double().sum().item() / draws
-            totals.append(total)
-        bar.close()
-        tot = torch.cat(totals) / self.task.seq_len
-        nats = tot.mean().item()
-        se = (tot.std() / math.sqrt(len(tot))).item() if len(tot) > 1 else float("nan")
-        res = {"nll_bound_nats_per_token": nats, "nll_bound_nats_per_token_se": se,
-               "nll_bound_bits_per_token": nats / math.log(2), "nll_bound_bits_per_token_se": se / math.log(2)}
-        res.update({f"nll_bound_{k}_per_token": v / (len(tot) * self.task.seq_len) for k, v in parts.items()})
-        return res
+        """Mean of the eq. 3 bound per token (nats and bits) on ``split``, with its standard error
+        (the first ``batches`` x ``batch_size`` rows; ``draws`` stratified draws per row; see
+        catdiff.evaluation.likelihood)."""
+        return evaluation.likelihood(self, split, batches, batch_size, draws, seed)
 
     def evaluate(self, n_samples: int | None = None, out: str | Path | None = None,
                  on_metrics=None) -> dict[str, float]:
         """Likelihood bound, collapse diagnostics and the task's sample metrics (EMA model).
 
-        With an output directory (``out`` or the engine's), also writes metrics.json and then the
-        task's sample rendering and its diagnostics plot; ``on_metrics(metrics)`` is called in
-        between, so a failing image write loses no metrics. Run it on one process (rank 0)."""
+        With an output directory (``out`` or the engine's), rank 0 also writes metrics.json and
+        then the task's own files (``save_samples``, ``diagnostics`` and whatever its ``generate``
+        writes into ``ctx.out``), recorded in the directory's file list (catdiff.rundir);
+        ``on_metrics(metrics)`` is called in between, so a failing image write loses no metrics."""
         out = Path(out) if out is not None else self.out
         n = self.cfg.n_samples if n_samples is None else n_samples
         if n < 1:
             raise UserError(f"the number of samples must be >= 1, got {n}")
-        metrics: dict[str, float] = {"step": float(self.step)}
-        if self.method.has_bound:
-            metrics.update(self.likelihood())
-        report = None
-        if self.method.continuous:
-            test = self.data("test")
-            k = min(len(test), 1024)
-            x, cond = self.rows(test, slice(0, k), "test")
-            report = collapse_report(self.ema_eval, self.method.schedule, x, cond)
-            metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
-        t0 = time.perf_counter()
-        tokens, labels = self.task.generate(self, n)
-        metrics["sample_seconds"] = time.perf_counter() - t0
-        metrics.update(self.task.evaluate(tokens, labels, out))
-        if out is not None and self.rank == 0:
-            checkpoint.write_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json", "metrics")
-        if on_metrics is not None:
-            on_metrics(metrics)
-        if out is not None and self.rank == 0:
-            with naming(out):  # a task's write that names no file: name the directory
-                self.task.save_samples(tokens, labels, out)
-                if report is not None:
-                    self.task.diagnostics(report, out)
-        return metrics
+        if out is None or self.rank != 0:
+            return evaluation.evaluate(self, n, None, on_metrics)
+        with rundir.recording(out):
+            return evaluation.evaluate(self, n, out, on_metrics)

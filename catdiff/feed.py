@@ -1,6 +1,6 @@
 """The training batches of a run, in (seed, step) order, gathered ahead of the step that uses them.
 
-Step s always trains on the rows drawn by a generator seeded from (seed, s), whatever the
+Step s always trains on the rows drawn from stream ``batch`` of (seed, s) (catdiff.streams), whatever the
 split is stored in, so a resumed run sees exactly the batches an uninterrupted one would. An
 in-memory split lives on the device and is indexed there. A lazy (memory-mapped) split is
 read by a background thread ``depth`` steps ahead: rows gathered and range-checked on the
@@ -13,13 +13,13 @@ import threading
 
 import torch
 
+from . import streams
 from .task import LazyTokenData
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor:
-    """The global batch of ``step``: i.i.d. row indices from a (seed, step) generator."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return torch.randint(n, (batch_size,), generator=g)
+    """The global batch of ``step``: i.i.d. row indices from stream ``batch`` of (seed, step)."""
+    return torch.randint(n, (batch_size,), generator=streams.generator(seed, "batch", step))
 
 
 class BatchFeed:
@@ -42,7 +42,7 @@ class BatchFeed:
     def _work(self, start: int, stop: int) -> None:
         for step in range(start, stop):
             try:
-                item = self.engine.host_rows(self.data, self._share(step), "train")
+                item = self.engine.splits.host_rows(self.data, self._share(step), "train")
                 if self.pin:
                     item = tuple(None if t is None else t.pin_memory() for t in item)
             except BaseException as e:  # noqa: BLE001 - re-raised in the training thread

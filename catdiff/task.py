@@ -146,14 +146,17 @@ class Task:
         token sets). Raise FileNotFoundError naming what to provide."""
         raise NotImplementedError
 
-    def generate(self, engine, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def generate(self, ctx, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``n`` samples that ``Engine.evaluate`` scores, with their conditions.
 
-        Default: ``engine.sample`` with balanced class labels. Override to condition on test
-        inputs (e.g. translate the test sources), choose lengths, rerank candidates, ...
+        ``ctx`` is a :class:`catdiff.context.RunContext`, all a task may call: sampling,
+        likelihoods, named random streams, the ranks evaluating together, and ``ctx.out``, the
+        directory for files of the task's own (None during training). Default: ``ctx.sample``
+        with balanced class labels. Override to condition on test inputs (e.g. translate the
+        test sources), choose lengths, rerank candidates, ...
         """
-        labels = engine.default_labels(n)
-        return engine.sample(n, labels=labels), labels
+        labels = ctx.default_labels(n)
+        return ctx.sample(n, labels=labels), labels
 
     def evaluate(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path | None) -> dict[str, float]:
         """Metrics of generated ``tokens`` [N, M] (with the ``labels`` they were conditioned on)."""

@@ -306,15 +306,17 @@ def test_plugin_bug_shows_its_traceback_and_origin(capsys, tmp_path):
 
 
 def test_out_of_device_memory_is_one_line_and_keeps_the_checkpoint(capsys, tmp_path, monkeypatch):
-    real = Engine._train_step
+    from catdiff import training
 
-    def step(self, feed, log):
-        if self.step == 3:
+    real = training.train_step
+
+    def step(eng, ddp, feed, log):
+        if eng.step == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
                                          "capacity of 79.3 GiB of which 1.2 GiB is free.\nIf reserved ...")
-        return real(self, feed, log)
+        return real(eng, ddp, feed, log)
 
-    monkeypatch.setattr(Engine, "_train_step", step)
+    monkeypatch.setattr(training, "train_step", step)
     code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=2")
     assert code == 2 and "Traceback" not in err and [line for line in err.splitlines() if "catdiff" in line] == [
         err.splitlines()[-1]], err
@@ -349,8 +351,10 @@ def test_resume_false_moves_the_old_run_aside(capsys, run):
 
 
 def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tmp_path, monkeypatch):
-    real = Engine._train_step
-    monkeypatch.setattr(Engine, "_train_step", lambda self, feed, log: real(self, feed, log) & (self.step < 2))
+    from catdiff import training
+
+    real = training.train_step
+    monkeypatch.setattr(training, "train_step", lambda eng, *a: real(eng, *a) & (eng.step < 2))
     code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=5",
                            "--set", "log_every=1")
     assert code == 2 and "Traceback" not in err and [l for l in err.splitlines() if "catdiff" in l] == [

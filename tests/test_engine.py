@@ -340,13 +340,13 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
 
 
 def test_a_long_cpu_run_says_so_after_a_few_steps(toy, monkeypatch, capsys):
-    import catdiff.engine as engine_mod
+    import catdiff.training as training
 
-    monkeypatch.setattr(engine_mod, "SLOW_RUN_S", 0.0)  # any run is "long": no dependence on the machine's speed
-    Engine(toy, steps=2 + engine_mod.TIMED_STEPS, threads=1).fit()
+    monkeypatch.setattr(training, "SLOW_RUN_S", 0.0)  # any run is "long": no dependence on the machine's speed
+    Engine(toy, steps=2 + training.TIMED_STEPS, threads=1).fit()
     line = [x for x in capsys.readouterr().err.splitlines() if "per step" in x][0]
     assert line.startswith("catdiff: ") and "s per step on the CPU: the remaining 1 steps take about" in line
     assert "a GPU (device=cuda), a smaller model (layers, width) or fewer steps" in line
-    monkeypatch.setattr(engine_mod, "SLOW_RUN_S", float("inf"))
-    Engine(toy, steps=2 + engine_mod.TIMED_STEPS, threads=1).fit()
+    monkeypatch.setattr(training, "SLOW_RUN_S", float("inf"))
+    Engine(toy, steps=2 + training.TIMED_STEPS, threads=1).fit()
     assert "per step on the CPU" not in capsys.readouterr().err

@@ -116,6 +116,7 @@ def test_length_beam_infills_padding_and_reranks():
         x = torch.randint(1, K, (n, M))
         return torch.where(known_mask, known, x)
 
+    from catdiff.context import RunContext
     from catdiff.method import Method
     from catdiff.task import TokenData
 
@@ -127,7 +128,7 @@ def test_length_beam_infills_padding_and_reranks():
     engine = SimpleNamespace(data=lambda split: test, ema_eval=SimpleNamespace(net=model),
                              autocast=torch.autocast("cpu", enabled=False), sample=sample, method=Bounded(None),
                              device=torch.device("cpu"), cfg=SimpleNamespace(seed=0))
-    out, cond = task.generate(engine, 5)
+    out, cond = task.generate(RunContext(engine), 5)
     assert seen["n"] == 2 * 2 * 2
     assert seen["mask"].sum(1).tolist() == [4, 4, 2, 2] * 2  # lengths 2, 2, 4, 4 per source
     assert out.shape == (2, M) and torch.equal(cond, src)
@@ -136,7 +137,7 @@ def test_length_beam_infills_padding_and_reranks():
 
     # a method without a bound (e.g. maskgit) cannot rerank: one draw per source at the top-1 length
     engine.method = Method(None)
-    out, _ = task.generate(engine, 5)
+    out, _ = task.generate(RunContext(engine), 5)
     assert seen["n"] == 2 and seen["mask"].sum(1).tolist() == [4, 4]
     assert ((out != PAD).sum(1) == 2).all() and task._stats["length_top2_accuracy"] == 1.0
 

@@ -70,21 +70,21 @@ class TextTask(Task):
         return TokenData(corpus.chunk(self.tokenizer.encode(self.split_texts()[split]), self.seq_len))
 
     # ------------------------------------------------------------- evaluation
-    def bits_per_character(self, engine, split: str = "test") -> dict[str, float]:
+    def bits_per_character(self, ctx, split: str = "test") -> dict[str, float]:
         """BPC of ``split`` from the likelihood bound (see the module docstring)."""
         draws, chunks = int(self.option("bpc_draws")), int(self.option("bpc_chunks"))
-        n = len(engine.data(split))
+        n = len(ctx.data(split))
         n = min(n, chunks) if chunks > 0 else n
         batch = 128
-        res = engine.likelihood(split, batches=math.ceil(n / batch), batch_size=batch, draws=draws)
+        res = ctx.likelihood(split, batches=math.ceil(n / batch), batch_size=batch, draws=draws)
         return {"bpc": res["nll_bound_bits_per_token"], "bpc_se": res["nll_bound_bits_per_token_se"],
                 "bpc_chunks": float(n), "bpc_draws": float(draws)}
 
-    def generate(self, engine, n: int):
+    def generate(self, ctx, n: int):
         """Computes the BPC (kept for :meth:`evaluate`; none for a method without a likelihood
         bound, e.g. maskgit), then draws ``n`` unconditional samples."""
-        self._bpc = self.bits_per_character(engine) if engine.method.has_bound else {}
-        return super().generate(engine, n)
+        self._bpc = self.bits_per_character(ctx) if ctx.has_bound else {}
+        return super().generate(ctx, n)
 
     def evaluate(self, tokens: torch.Tensor, labels, out_dir: Path | None) -> dict[str, float]:
         """``bpc``, ``bpc_se`` (test split, see the module docstring), ``bpc_chunks``,

@@ -173,16 +173,16 @@ class TextFileTask(TextTask):
         return TokenData(corpus.chunk(ids, self.seq_len))
 
     # ------------------------------------------------------------- evaluation
-    def bits_per_character(self, engine, split: str = "test") -> dict[str, float]:
+    def bits_per_character(self, ctx, split: str = "test") -> dict[str, float]:
         """Bits per token of the first ``bpc_chunks`` (0 = all) chunks of ``split`` from the bound,
         and bits per character = bits per token * tokens / characters of exactly those chunks."""
         draws, chunks = int(self.option("bpc_draws")), int(self.option("bpc_chunks"))
-        data = engine.data(split)
+        data = ctx.data(split)
         want = min(len(data), chunks) if chunks > 0 else len(data)
         batch = min(128, want)
         batches = math.ceil(want / batch)
         n = min(len(data), batches * batch)  # the rows Engine.likelihood evaluates
-        res = engine.likelihood(split, batches=batches, batch_size=batch, draws=draws)
+        res = ctx.likelihood(split, batches=batches, batch_size=batch, draws=draws)
         tokens = n * self.seq_len
         chars = int(self.tokenizer.char_counts(data.tokens[:n].cpu()).sum())
         ratio = tokens / chars

@@ -237,18 +237,18 @@ class TranslationTask(Task):
 
     # ----------------------------------------------------------------- decoding
     @torch.no_grad()
-    def generate(self, engine, n: int):
+    def generate(self, ctx, n: int):
         """Translate the first ``n`` test sources: length beam x noise beam, reranked (see module doc)."""
-        test = engine.data("test")
+        test = ctx.data("test")
         n = min(n, len(test))
         src, ref_tokens = test.labels[:n], test.tokens[:n]
-        net, M = engine.ema_eval.net, self.seq_len
+        net, M = ctx.network, self.seq_len
         if not hasattr(net, "length_logits"):
             raise UserError(f"task {self.name} needs a backbone with a length head (backbone=encdec)")
         pad = net.pad_id
         k = max(1, min(int(self.option("length_beam")), M))
         d = max(1, int(self.option("noise_beam")))
-        with engine.autocast:
+        with ctx.autocast:
             top = torch.cat([net.length_logits(src[i:i + 256]) for i in range(0, n, 256)]).topk(k, -1).indices + 1
         ref_len = (ref_tokens != pad).sum(1).clamp(1, M)
         self._stats = {"length_accuracy": (top[:, 0] == ref_len).float().mean().item(),
@@ -256,39 +256,35 @@ class TranslationTask(Task):
                        "length_mean_abs_error": (top[:, 0] - ref_len).abs().float().mean().item()}
         # Without reranking (rerank_draws 0, or a method with no bound, e.g. maskgit) more
         # candidates would go unused: one draw at the top-1 length.
-        if int(self.option("rerank_draws")) <= 0 or not engine.method.has_bound:
+        if int(self.option("rerank_draws")) <= 0 or not ctx.has_bound:
             top, d = top[:, :1], 1
         C = top.shape[1] * d
         lengths = top.repeat_interleave(d, 1).reshape(-1)  # [n * C], source-major
         cond = src.repeat_interleave(C, 0)
         known = torch.full((n * C, M), pad, dtype=torch.long, device=src.device)
         mask = torch.arange(M, device=src.device)[None, :] >= lengths[:, None]
-        cand = engine.sample(n * C, labels=cond, known=known, known_mask=mask).view(n, C, M)
+        cand = ctx.sample(n * C, labels=cond, known=known, known_mask=mask).view(n, C, M)
         if C == 1:
             return cand[:, 0], src.cpu()
-        score = self.rerank_scores(engine, cand, src)
+        score = self.rerank_scores(ctx, cand, src)
         best = score.argmax(1)
         self._stats["rerank_changed_frac"] = (best != 0).float().mean().item()
         return cand[torch.arange(n), best], src.cpu()
 
-    def rerank_scores(self, engine, cand: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    def rerank_scores(self, ctx, cand: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """[n, C] estimates of log P(candidate | source): minus the eq. 3 bound, mean of R draws
         at t_j = (j + 1/2) / R with common random numbers across the C candidates."""
         n, C, _ = cand.shape
         R = int(self.option("rerank_draws"))
         scores = torch.zeros(n, C, dtype=torch.float64)
-        devices = [engine.device] if engine.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for lo in range(0, n, 128):
-                hi = min(n, lo + 128)
-                s = src[lo:hi].to(engine.device)
-                for j in range(R):
-                    t = torch.full((hi - lo,), (j + 0.5) / R, device=engine.device)
-                    for c in range(C):
-                        torch.manual_seed(engine.cfg.seed * 1_000_003 + lo * R + j)
-                        with engine.autocast:
-                            b = engine.method.nll_bound(engine.ema_eval, cand[lo:hi, c].to(engine.device), s, t)
-                        scores[lo:hi, c] -= b["total"].double().cpu() / R
+        for lo in range(0, n, 128):
+            hi = min(n, lo + 128)
+            for j in range(R):
+                t = torch.full((hi - lo,), (j + 0.5) / R)
+                seed = ctx.seed_of("rerank", step=lo * R + j)  # the same draws for every candidate
+                for c in range(C):
+                    b = ctx.nll_bound(cand[lo:hi, c], src[lo:hi], t, seed=seed)
+                    scores[lo:hi, c] -= b["total"].double().cpu() / R
         return scores
 
     # ----------------------------------------------------------------- metrics and output

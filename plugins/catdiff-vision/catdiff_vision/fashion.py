@@ -218,11 +218,11 @@ class FashionCondTask(FashionTask):
     defaults = dict(DEFAULTS, guidance=1.0)
     description = "Fashion-MNIST 7x7 VQ tokens conditioned on the class (guidance); `catdiff prepare fashion-mnist-cond`"
 
-    def generate(self, engine, n: int):
-        """The evaluation samples; with a run directory also ``guidance_sweep.png`` (w = 0..4)."""
-        out = super().generate(engine, n)
-        if engine.out is not None and engine.rank == 0:
-            guidance_sweep(self, engine, Path(engine.out) / "guidance_sweep.png")
+    def generate(self, ctx, n: int):
+        """The evaluation samples; with an output directory also ``guidance_sweep.png`` (w = 0..4)."""
+        out = super().generate(ctx, n)
+        if ctx.out is not None:
+            guidance_sweep(self, ctx, ctx.out / "guidance_sweep.png")
         return out
 
 
@@ -237,10 +237,10 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, scale: int = 2) 
     return path
 
 
-def guidance_sweep(task: FashionTask, engine, path: Path, weights=GUIDANCE_WEIGHTS, per_class: int = 1) -> Path:
+def guidance_sweep(task: FashionTask, ctx, path: Path, weights=GUIDANCE_WEIGHTS, per_class: int = 1) -> Path:
     """Paper 003 Figure 5 analogue: row r = guidance weight weights[r], columns = classes 0..9
     (``per_class`` each); the same initial noise in every row, so only w changes."""
     labels = torch.arange(10).repeat_interleave(per_class)
-    rows = [task.images(engine.sample(len(labels), labels=labels, guidance=w, seed=engine.cfg.seed + 777))
+    rows = [task.images(ctx.sample(len(labels), labels=labels, guidance=w, seed=ctx.seed_of("guidance-sweep")))
             for w in weights]
     return save_grid(torch.cat(rows), path, nrow=len(labels))

@@ -166,19 +166,13 @@ class ImageTask(Task):
         print(f"wrote {index}")
 
     # ------------------------------------------------------------------ sampling and metrics
-    def generate(self, engine, n: int):
-        """n samples, split across DDP ranks (each draws its share with its own seed), gathered on every rank."""
-        import torch.distributed as dist
-
-        world, rank = engine.world, engine.rank
-        share = -(-n // world)
-        labels = engine.default_labels(share * world)
-        mine = None if labels is None else labels[rank * share : (rank + 1) * share]
-        tokens = engine.sample(share, labels=mine, seed=engine.cfg.seed + 12_345 + 1_000_003 * rank)
-        if world > 1:
-            parts = [torch.empty_like(tokens) for _ in range(world)]
-            dist.all_gather(parts, tokens.to(engine.device))
-            tokens = torch.cat([p.cpu() for p in parts])
+    def generate(self, ctx, n: int):
+        """n samples, split across the ranks evaluating together (each draws its share from its own
+        ``sample`` stream), gathered on every rank."""
+        share = -(-n // ctx.world)
+        labels = ctx.default_labels(share * ctx.world)
+        mine = None if labels is None else labels[ctx.rank * share : (ctx.rank + 1) * share]
+        tokens = ctx.all_gather(ctx.sample(share, labels=mine, seed=ctx.seed_of("sample")))
         return tokens[:n], None if labels is None else labels[:n]
 
     @torch.no_grad()
