@@ -13,13 +13,13 @@ Choices where the paper is ambiguous (docs/method.md; their measurements: docs/r
 - ``drop_l0`` (ours; None, the default, = the strategy's ratio): the drop probability of the
   z_0 pass alone. L0 on dropped inputs is a masked-token loss at t = 0, so a higher ratio
   there trains the network to fill in tokens from context. The digits task sets 0.5 (z_t
-  keeps 0.2), which lowered its FID (docs/results.md, "Digits: what moved FID").
+  keeps 0.2), which lowered its FID (docs/notes.md, "Digits: what moved FID").
 - ``l0_rows`` (ours; 1, the default, = every row as in Algorithm 1): the fraction of the batch
   whose z_0 pass estimates L0. A Monte Carlo choice, not a change of the objective: the mean
   of L0 over a random subset of the rows is an unbiased estimate of its batch mean, at the
   price of more variance in that term. The z_0 pass doubles the rows of the student's pass,
   so a smaller share makes a step shorter; on digits, at equal training time, 0.25 gave a
-  worse and noisier FID than 1 (docs/results.md), hence the default.
+  worse and noisier FID than 1 (docs/notes.md, "Cheaper CATDM steps"), hence the default.
 - z_bar_s follows Algorithm 1 line 5 literally: the EMA codebook embeds the *undropped*
   x, and z_t is the student's (dropped) noisy input.
 - The teacher (EMA network) runs without dropout and without gradient.

@@ -47,7 +47,7 @@ SETTINGS = (
 # ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 1000 steps): a better FID, at the
 # price of a higher likelihood bound (docs/results.md, "Task defaults: the CM teacher's EMA").
 # lr 2e-3, not the first choice 1e-3: at equal training time no method did worse and CATDM gained
-# most (docs/results.md, "Every method at equal training time").
+# most (docs/notes.md, "Fashion-MNIST: the learning rate and the convolution").
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
                                    steps=1000, ema_cm=0.9, sample_steps=50, n_samples=1000, ckpt_every=500,
                                    log_every=50, eval_batches=4, token_grid="7x7",  # for --set conv_kernel=3
