@@ -1,0 +1,126 @@
+"""The scaling curve: FID and bits/token against training CPU time, one line per method.
+
+    python -m benchmarks.scaling --json scale.json [--budgets 25 50 100 200] [--methods catdm mdlm d3pm ar]
+                                 [--seeds 0 1] [--plot docs/img/scaling.png] [--quick]
+
+Trains every method at every budget with ``benchmarks.compare``'s equal-time mode (the same
+step-rate probe and LR schedule sizing; results appended to ``--json``, finished runs skipped),
+then prints one table (mean ± std over seeds at each budget, FID at each method's best
+sampling step count) and, with ``--plot``, draws it. ``--table`` only reads ``--json`` files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks import compare
+from benchmarks.harness import quick, quick_argument
+
+LABELS = {"catdm": "CATDM", "mdlm": "MDLM", "d3pm": "D3PM-uniform", "vqdiffusion": "VQ-Diffusion",
+          "maskgit": "MaskGIT", "ar": "AR"}
+
+
+def records(paths: list[str]) -> list[dict]:
+    out = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        out += [r for r in data.get("records", []) if r.get("mode") == "time"]
+    return out
+
+
+def curves(recs: list[dict]) -> dict:
+    """{method: {budget: (steps, FIDs, bits)}} over seeds; FID at the sampling step count whose
+    mean over seeds is best (as compare.py's tables)."""
+    cells: dict = {}
+    for r in recs:
+        cells.setdefault(r["method"], {}).setdefault(r["budget_s"], []).append(r)
+    out: dict = {}
+    for method, by in cells.items():
+        for budget, rs in by.items():
+            per_n = {}
+            for r in rs:
+                for e in r.get("evals", []):
+                    per_n.setdefault(e["sample_steps"], []).append(e.get("fid", float("nan")))
+            full = {n: v for n, v in per_n.items() if len(v) == len(rs)}
+            fids = min(full.values(), key=statistics.mean) if full else [float("nan")]
+            out.setdefault(method, {})[budget] = ([r["steps"] for r in rs], fids,
+                                                  [r.get("bits_per_token", float("nan")) for r in rs])
+    return out
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3g}"
+    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+
+
+def table(data: dict) -> str:
+    budgets = sorted({b for m in data.values() for b in m})
+    lines = ["| method | " + " | ".join(f"{b:g} CPU-s: steps, FID, bits/token" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for method, by in data.items():
+        cells = [f"{statistics.mean(by[b][0]):.0f}, {fmt(by[b][1])}, {fmt(by[b][2])}" if b in by else "–"
+                 for b in budgets]
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for method, by in data.items():
+        budgets = sorted(by)
+        for ax, i in zip(axes, (1, 2)):
+            means = [statistics.mean(by[b][i]) for b in budgets]
+            errs = [statistics.stdev(by[b][i]) if len(by[b][i]) > 1 else 0 for b in budgets]
+            ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=LABELS.get(method, method))
+    for ax, name in zip(axes, ("FID (digits classifier)", "bits/token (bound; AR exact)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("training CPU-seconds (one thread)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="digits")
+    p.add_argument("--methods", nargs="+", default=["catdm", "mdlm", "d3pm", "ar"])
+    p.add_argument("--budgets", type=float, nargs="+", default=[25, 50, 100, 200])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--sample-steps", type=int, nargs="+", default=[25, 50])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default="scaling_results.json")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="only print (and --plot) these results files")
+    p.add_argument("--plot", help="write the curves to this image")
+    quick_argument(p)
+    args = quick(p, p.parse_args(argv), budgets=[3.0], seeds=[0], samples=16, sample_steps=[4],
+                 methods=["catdm", "ar"])
+    paths = args.table or [args.json]
+    if not args.table:
+        for budget in args.budgets:
+            compare.main(["--tasks", args.task, "--methods", *args.methods, "--modes", "time", "--seeds",
+                          *map(str, args.seeds), "--budget", str(budget), "--samples", str(args.samples),
+                          "--sample-steps", *map(str, args.sample_steps), "--threads", str(args.threads),
+                          "--no-speed", "--json", args.json, *(["--quick"] if args.quick else [])])
+    data = curves(records(paths))
+    print(f"\nscaling on {args.task}: mean ± std over seeds at each training budget\n")
+    print(table(data))
+    if args.plot:
+        plot(data, args.plot)
+
+
+if __name__ == "__main__":
+    main()
