@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .shared import draw, guided_log_probs
+from .shared import check_sampling, draw, guided_log_probs
 
 
 class MaskReplace:
@@ -121,6 +121,13 @@ def choose(score: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> 
     score = torch.where(eligible, score, -math.inf)
     rank = score.argsort(1, descending=True).argsort(1)
     return eligible & (rank < count[:, None])
+
+
+def masked_start(model, n: int, seq_len: int, final: str, known, known_mask, device, steps: int) -> torch.Tensor:
+    """The sampling arguments checked (shared.check_sampling), then :func:`all_masked` with the
+    model's [mask] id: the first lines of the MaskGIT and MDLM samplers."""
+    known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
+    return all_masked(n, seq_len, model.codebook.mask_id, known, known_mask, device)
 
 
 def all_masked(n: int, seq_len: int, mask_id: int, known, known_mask, device) -> torch.Tensor:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..method import Method
 from ..settings import Setting
-from .discrete import all_masked, choose, x0_log_probs
-from .shared import check_sampling, draw, gumbel, with_aux
+from .discrete import choose, masked_start, x0_log_probs
+from .shared import draw, gumbel, with_aux
 
 
 def mask_schedule(r: torch.Tensor) -> torch.Tensor:
@@ -58,9 +58,8 @@ class MaskGIT(Method):
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
+        x = masked_start(model, n, seq_len, final, known, known_mask, device, steps)
         mask_id = model.codebook.mask_id
-        x = all_masked(n, seq_len, mask_id, known, known_mask, device)
         unknown = (x == mask_id).sum(1)
         for i in range(steps):
             masked = x == mask_id

@@ -69,8 +69,8 @@ import torch.nn.functional as F
 
 from ..method import Method
 from ..settings import Setting
-from .discrete import all_masked, x0_log_probs
-from .shared import check_sampling, draw_times, with_aux
+from .discrete import masked_start, x0_log_probs
+from .shared import draw_times, with_aux
 
 SCHEDULES = ("loglinear", "cosine")
 
@@ -166,9 +166,8 @@ class MDLM(Method):
     @torch.no_grad()
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
+        x = masked_start(model, n, seq_len, final, known, known_mask, device, steps)
         mask_id = model.codebook.mask_id
-        x = all_masked(n, seq_len, mask_id, known, known_mask, device)
         alphas = alpha(self.schedule, torch.linspace(1, 0, steps + 1, dtype=torch.float64)).tolist()
         logp = torch.zeros(n, seq_len, model.codebook.vocab_size, device=device)  # x0 predictions, per row
         stale = torch.ones(n, dtype=torch.bool, device=device)  # rows whose prediction is out of date
