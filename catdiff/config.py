@@ -219,15 +219,16 @@ def settings_registry():
 
 
 def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
-    """name -> Setting of every key the run's method, backbone and task declare; a key declared
-    by two of them differently, or shadowing a run-level key, raises ValueError naming both
-    (a plugin's bug). Unknown method or backbone names raise the registry's UnknownName."""
+    """name -> Setting of every key the run's method, backbone and task (None: no task) declare;
+    a key declared by two of them differently, or shadowing a run-level key, raises ValueError
+    naming both (a plugin's bug). Unknown method or backbone names raise the registry's UnknownName."""
     from .settings import declared
 
     reg = settings_registry()
     owners = [(f"method {method!r}", declared(reg.get("methods", method).factory)),
-              (f"backbone {backbone!r}", declared(reg.get("backbones", backbone).factory)),
-              (f"task {task.name!r}", declared(task))]
+              (f"backbone {backbone!r}", declared(reg.get("backbones", backbone).factory))]
+    if task is not None:
+        owners.append((f"task {task.name!r}", declared(task)))
     return merge(owners, reserved={k: "the core (a run-level key)" for k in RUN_NAMES})
 
 
@@ -324,12 +325,8 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
 def make(**values: Any) -> Config:
     """A config without a task: the run-level keys and the settings of the ``method`` and
     ``backbone`` in ``values`` (default catdm, encoder), e.g. to build a backbone in a test."""
-    from .settings import declared
-
-    reg = settings_registry()
-    owners = [(f"method {pick('method', values)!r}", declared(reg.get("methods", pick("method", values)).factory)),
-              (f"backbone {pick('backbone', values)!r}", declared(reg.get("backbones", pick("backbone", values)).factory))]
-    return derive(resolve(values, settings=merge(owners)))
+    settings = component_settings(None, pick("method", values), pick("backbone", values))
+    return derive(resolve(values, settings=settings))
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
