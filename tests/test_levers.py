@@ -93,6 +93,8 @@ def test_l0_share_follows_the_spread_of_the_terms(toy):
     assert sd0 > 0 and sdr > 0 and obj.l0_share() == pytest.approx(min(1.0, sd0 / sdr))
     obj.spread = [1.0, 8.0]
     assert obj.l0_share() == 0.125
+    vlb = Engine(toy, objective="csdm", l0_rows="auto", steps=3, threads=1, batch_size=16).fit()
+    assert vlb.method.objective.spread is not None  # the VLB objectives share rows by the spread too
     with pytest.raises(ValueError, match=r"config l0_rows=0.0: must be in \(0, 1\], or auto"):
         Engine(toy, l0_rows=0.0)
 

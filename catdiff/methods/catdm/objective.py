@@ -149,11 +149,13 @@ class CATDMObjective:
         # ||EMB(x) - EMB_hat(z_t; t)||^2  (eq. 2, 3)
         sq_err = (emb - predicted_embedding(logits_t, e_data)).pow(2).flatten(1).sum(-1)
         logs = {"l0": l0.mean()}
-        logp_t = F.log_softmax(logits_t, -1)
+        vlb = cfg.objective in ("csdm", "csdm_l2")
+        logp_t = F.log_softmax(logits_t, -1) if self.warp is not None or not vlb else None
+        token_ce = None if logp_t is None else -logp_t.gather(-1, x[..., None]).squeeze(-1)  # [B, M]
         if self.warp is not None:  # the warp's statistic: mean CE per token of each row at its t
-            self.warp.update(t, -logp_t.detach().gather(-1, x[..., None]).squeeze(-1).mean(-1))
+            self.warp.update(t, token_ce.detach().mean(-1))
 
-        if cfg.objective in ("csdm", "csdm_l2"):
+        if vlb:
             # eq. 3: prior KL + L0 + L_inf, L_inf = -1/2 SNR'(t) ||EMB - EMB_hat||^2
             one = torch.ones(1, device=x.device)
             a1, s1 = sch.alpha_sigma(one)
@@ -161,18 +163,17 @@ class CATDMObjective:
             l_inf = -0.5 * sch.dsnr_dt(t) * sq_err
             if warped:  # t ~ f(t), not U(0, 1): importance weight 1 / f(t) keeps the VLB unbiased
                 l_inf = l_inf / self.warp.density(t)
-            loss = prior + l_inf
+            rest = prior + l_inf
             logs.update(prior=prior.mean(), l_inf=l_inf.mean())
             if cfg.objective == "csdm_l2":
                 l2 = emb.pow(2).flatten(1).sum(-1)
-                loss = loss + cfg.l2_weight * l2
+                rest = rest + cfg.l2_weight * l2
                 logs["l2"] = l2.mean()
-            loss = loss.mean() + l0.mean()
         else:
             l_dm = sq_err  # sec. 5.1: unweighted
             logs["l_dm"] = l_dm.mean()
             if cfg.objective == "ce":
-                reg = -logp_t.gather(-1, x[..., None]).squeeze(-1).sum(-1)  # L_CE (app. F.4)
+                reg = token_ce.sum(-1)  # L_CE (app. F.4)
                 logs["l_ce"] = reg.mean()
             elif cfg.beta_cm > 0:
                 reg = self.consistency(teacher, x, t, z_t.detach(), logp_t, cond, prev_t)
@@ -180,9 +181,9 @@ class CATDMObjective:
             else:
                 reg = torch.zeros_like(l_dm)
             rest = cfg.beta_dm * l_dm + cfg.beta_cm * reg
-            loss = l0.mean() + rest.mean()
-            if cfg.l0_rows is None:
-                self.track_spread(l0, rest)
+        loss = l0.mean() + rest.mean()
+        if cfg.l0_rows is None:  # every objective: L0 against the other terms per row
+            self.track_spread(l0, rest)
         return with_aux(loss, logs, out.aux)  # + the backbone's own loss (e.g. target length), every row
 
     @torch.no_grad()
