@@ -17,6 +17,8 @@ Methods (``--methods``; one training each, a sampler arm is an evaluation of it)
   vqdiffusion  VQ-Diffusion, evaluated with its ancestral sampler and with the purity sampler
   maskgit      MaskGIT (no likelihood)
   ar           autoregressive (the backbone made causal, KV-cache decoding, exact NLL)
+  NAME[K=V,..] a variant of one of these with its own settings, e.g. ``catdm[embed_norm=5.66]``
+               (a lever arm: one training each, its own rows, beside the others of the same run)
 
 Modes (``--modes``):
   steps  every method trains the task's default steps (or ``--steps``) with its LR schedule;
@@ -91,10 +93,32 @@ METHODS = {
 MODES = ("time", "steps")
 
 
+def method_spec(name: str) -> tuple[str, dict, list]:
+    """(label, training overrides, sampling arms) of a method name or a variant ``base[K=V,...]``."""
+    base, _, rest = name.partition("[")
+    if base not in METHODS or (rest and not rest.endswith("]")):
+        raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}, or NAME[KEY=VALUE,...]")
+    label, overrides, arms = METHODS[base]
+    if not rest:
+        return label, overrides, arms
+    sets = parse_sets([kv for kv in rest[:-1].split(",") if kv])
+    tag = " ".join(f"{k}={v}" for k, v in sets.items())
+    return f"{label} {tag}", dict(overrides, **sets), [(f"{arm} {tag}", o) for arm, o in arms]
+
+
+def method_name(name: str) -> str:
+    """argparse type: a known method or variant."""
+    try:
+        method_spec(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 # ----------------------------------------------------------------------------- one model, many
 def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, steps: int | None, sample_steps,
             samples: int, threads: int, clock: str, sets: dict, log) -> dict:
-    label, train_overrides, arms = METHODS[method]
+    label, train_overrides, arms = method_spec(method)
     overrides = dict(sets, **train_overrides, seed=seed, threads=threads)
     if steps:
         overrides["steps"] = steps
@@ -156,7 +180,7 @@ def compare(tasks=("digits",), methods=tuple(METHODS), seeds=(0, 1, 2), modes=MO
 
 
 def has_likelihood(method: str) -> bool:
-    return method != "maskgit"
+    return method.partition("[")[0] != "maskgit"
 
 
 def is_text(task: str) -> bool:
@@ -212,7 +236,7 @@ def arm_summary(records: list[dict]) -> list[dict]:
         groups.setdefault((r["task"], r["mode"], r["budget_s"], r["method"]), []).append(r)
     out = []
     for (task, mode, budget, method), recs in groups.items():
-        arms = list(dict.fromkeys(e["arm"] for r in recs for e in r["evals"])) or [METHODS[method][0]]
+        arms = list(dict.fromkeys(e["arm"] for r in recs for e in r["evals"])) or [method_spec(method)[0]]
         for arm in arms:
             by_n: dict = {}
             for r in recs:
@@ -281,7 +305,8 @@ def markdown(records: list[dict], speed: list[dict] | None = None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=["digits", "fashion-mnist"])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), type=method_name,
+                   help=f"{' '.join(METHODS)}, or a variant NAME[KEY=VALUE,...] (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--budget", type=float, default=None,
