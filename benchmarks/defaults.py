@@ -11,7 +11,10 @@ For each task, two runs at the same budget: **core**, a task that declares only 
 **tuned**, the task's own defaults. Printed per task: the likelihood bound in bits per token
 (on the same test rows for both: ``--eval-batches`` x 128; mean ± std over seeds, or ± the
 standard error over the rows for one seed) of both, the unigram entropy of the training tokens
-beside it (what a model without context reaches), and the task's metric. Tasks (all offline):
+beside it (what a model without context reaches), and what the samples are worth
+(``SAMPLE_QUALITY``): FID on digits, the share of real words among the distinct sampled words on
+words, the share of sampled words that occur in the training text on text (beside the same share
+for real test text, the ceiling). Tasks (all offline):
 
   words       12-letter slots of the distinct words of /usr/share/common-licenses (a-z + space)
   digits      sklearn digits, 64 grey-level tokens (catdiff-vision)
@@ -39,6 +42,9 @@ LICENSES = Path("/usr/share/common-licenses")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 # the settings every first-party small task overrides (issue 18): the "tuned" arm of `words`
 SMALL = dict(lr=2e-3, warmup=20, ema_cm=0.9, embed_dim=16, drop_l0=0.5, layers=2, width=64)
+# what the samples are worth beside the bound: FID (digits), the share of sampled words that are
+# real (words), the share of sampled words found in the training text, and of real test text (text)
+SAMPLE_QUALITY = ("fid_digits_classifier", "real_word_frac", "sample_word_known_frac", "test_word_known_frac")
 BUDGET = ("steps", "threads", "seed", "n_samples", "sample_steps", "log_every", "ckpt_every", "eval_batches")
 
 
@@ -103,7 +109,7 @@ def run(task: str, arm: str, seed: int, args) -> dict:
     train(eng)
     metrics = eng.evaluate()
     core = for_task(bare(make(task)[0]), overrides={**options, **budget}).to_dict()  # the config alone
-    keys = [k for k in metrics if k in ("fid_digits_classifier", "real_word_frac", "bpc", "word_known_frac")]
+    keys = [k for k in metrics if k in SAMPLE_QUALITY + ("bpc",)]
     return {"task": task, "arm": arm, "seed": seed, "core": dict(args.core) if arm == "core" else {},
             "bits": metrics["nll_bound_bits_per_token"],
             "se": metrics["nll_bound_bits_per_token_se"], "unigram": unigram_bits(eng), "seconds": time.perf_counter() - t0,

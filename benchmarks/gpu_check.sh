@@ -2,8 +2,9 @@
 # The GPU check (issue 28): at most ~8 minutes on one GPU, no network. Installs catdiff and its
 # plugins from this working tree into the image's Python (which has torch), then runs
 #   1. the tests that need CUDA (tests/test_gpu.py),
-#   2. python -m benchmarks.speed --device cuda --quick (MFU of the paper image backbone and the
-#      digits backbone against the measured bf16 matmul peak; ours vs stock),
+#   2. python -m benchmarks.speed --device cuda --quick --compile (MFU of the paper image backbone
+#      and the digits backbone against the measured bf16 matmul peak; ours vs stock; eager vs
+#      torch.compile),
 #   3. python -m benchmarks.gpu_check (digits with precision=auto against fp32, and sampling
 #      throughput of CATDM, MDLM and AR with its KV cache at batch 1 and 256),
 # and prints one summary table last. Usage (from anywhere):  bash benchmarks/gpu_check.sh
@@ -12,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOG=$(mktemp -d)
-SECONDS_EACH=${GPU_CHECK_SECONDS:-60}
+SECONDS_EACH=${GPU_CHECK_SECONDS:-45}
 status=()
 
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, keep its output, record its exit code
@@ -40,13 +41,13 @@ $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(
 missing=$($PY -c "import importlib.util as u; print(' '.join(m for m in ('pytest','sklearn','torch_fidelity','einops','pluggy','tqdm') if u.find_spec(m) is None))")
 [ -n "$missing" ] && echo "gpu_check: not in this image: $missing (the parts that need them are skipped)"
 
-step tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
-step speed 180 $PY -m benchmarks.speed --device cuda --quick
-step gpu_check 240 $PY -m benchmarks.gpu_check --device cuda --seconds "$SECONDS_EACH"
+step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step speed 200 $PY -m benchmarks.speed --device cuda --quick --compile
+step gpu_check 180 $PY -m benchmarks.gpu_check --device cuda --seconds "$SECONDS_EACH"
 
 echo
 echo "================ GPU check summary ================"
 grep -h -E "passed|failed|error" "$LOG/tests.log" | tail -1
-sed -n '/^\[summary\]/,/^$/p' "$LOG/speed.log"
+sed -n -e '/^\[summary\]/,/^$/p' -e '/^\[MFU/,/^$/p' -e '/^\[compile\]/,/^$/p' "$LOG/speed.log"
 sed -n '/^\[gpu check\]/,$p' "$LOG/gpu_check.log"
 printf '%s\n' "${status[@]}"

@@ -22,6 +22,7 @@ Sections
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -154,6 +155,30 @@ def backbone_section(name, cfg, vocab_size, seq_len, batch, device, prec, rounds
         flush=True,
     )
     return flops, t_ours, t_stock, speed
+
+
+def compile_section(name, cfg, vocab_size, seq_len, batch, device, prec, rounds, iters, warmup):
+    """Our backbone eager against ``torch.compile``d (the engine's ``compile=true``: in place, default
+    mode), same weights, interleaved; the compile itself happens in the warm-up and is reported
+    apart. Returns (flops, median eager s, median compiled s, compile s)."""
+    flops = step_flops(cfg, vocab_size, seq_len, batch)
+    torch.manual_seed(0)
+    eager = EncoderTransformer(cfg, vocab_size, seq_len).to(device)
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    bf16 = prec == "bf16"
+    fns = {"eager": make_step(eager, cfg, vocab_size, seq_len, batch, device, bf16),
+           "compiled": make_step(compiled, cfg, vocab_size, seq_len, batch, device, bf16)}
+    t0 = time.perf_counter()
+    fns["compiled"]()  # traces and compiles
+    _sync(device)
+    compile_s = time.perf_counter() - t0
+    res = interleaved(fns, rounds, iters, warmup=warmup, device=device)
+    t_eager, t_comp = statistics.median(res["eager"]), statistics.median(res["compiled"])
+    print(f"  {name:<24}{prec:<6} B={batch:<3} eager {t_eager * 1e3:8.1f} ms  compiled {t_comp * 1e3:8.1f} ms  "
+          f"compiled/eager speed {t_eager / t_comp:.3f}  (compile {compile_s:.0f} s; {rounds} rounds x {iters})",
+          flush=True)
+    return flops, t_eager, t_comp, compile_s
 
 
 # ----------------------------------------------------------------------------- objective
@@ -335,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our backbones torch.compile'd against eager (bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--slow-bf16", action="store_true",
                     help="also time the paper-sized backbone in bf16 on CPUs without native bf16 matmul")
     args = ap.parse_args(argv)
@@ -393,6 +420,13 @@ def main(argv: list[str] | None = None) -> None:
         results[(name, prec)] = backbone_section(name, cfg, K, M, B, device, prec, rounds, iters, warmup)
         peaks.append(matmul_flops(device, n32, torch.float32, "mm", peak_reps))
 
+    compiled = {}
+    if args.compile:
+        print("\n[torch.compile: our backbone's training step, eager against compiled]")
+        for (name, prec), (cfg, K, M, B, rounds, iters, warmup) in plan.items():
+            if prec == ("fp32" if cpu else "bf16") and (name, prec) in results:
+                compiled[(name, prec)] = compile_section(name, cfg, K, M, B, device, prec, rounds, iters, warmup)
+
     peak = statistics.median(peaks)
     print("\n[matmul FLOP/s]")
     print(f"  fp32 torch.mm n={n32}: median {peak / 1e9:.1f} GFLOP/s over {len(peaks)} measurements "
@@ -412,6 +446,12 @@ def main(argv: list[str] | None = None) -> None:
         for (name, prec), (flops, t_o, t_s, speed) in results.items():
             if prec == "bf16":
                 print(f"  {name:<26}ours {flops / t_o / bf_mm:.3f}  stock {flops / t_s / bf_mm:.3f}")
+    if compiled:
+        print("\n[compile] achieved FLOP/s of our backbone's step, eager and torch.compile'd, over the matmul peak")
+    for (name, prec), (flops, t_e, t_c, compile_s) in compiled.items():
+        ref, label = (bf_mm, "bf16 mm") if device.type == "cuda" else (peak, "fp32 mm")
+        print(f"  {name:<26}{prec} eager {flops / t_e / ref:.3f}  compiled {flops / t_c / ref:.3f} of {label}  "
+              f"(compiled/eager speed {t_e / t_c:.2f}; compile {compile_s:.0f} s)")
 
     # 3. objective
     objective_cost(args, device, peak)

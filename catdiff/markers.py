@@ -4,7 +4,9 @@ Plugins (and :mod:`catdiff.builtins`) mark their hook implementations with :data
 :mod:`catdiff.hooks` re-exports both markers, so ``from catdiff.hooks import hookimpl`` keeps
 working for third-party plugins.
 """
+import ast
 import importlib
+import importlib.util
 
 import pluggy
 
@@ -18,12 +20,20 @@ hookimpl = pluggy.HookimplMarker(GROUP)
 class Lazy:
     """A component a hook names by reference, ``"module:attr"`` (``attr`` may be dotted), imported on
     its first use: listing the components (``catdiff list``) then imports none of them (nor torch).
-    ``description`` (a task's one-line summary) is shown by ``catdiff list`` without the import."""
+    ``description`` (a task's one-line summary, shown by ``catdiff list``) is the class's own
+    ``description``, read from the module's source without importing it (:func:`literal_attribute`),
+    unless the hook passes one."""
 
-    __slots__ = ("ref", "description")
+    __slots__ = ("ref", "_description")
 
-    def __init__(self, ref: str, description: str = ""):
-        self.ref, self.description = ref, description
+    def __init__(self, ref: str, description: str | None = None):
+        self.ref, self._description = ref, description
+
+    @property
+    def description(self) -> str:
+        if self._description is None:
+            self._description = literal_attribute(self.ref, "description")
+        return self._description
 
     def load(self):
         module, _, attr = self.ref.partition(":")
@@ -34,6 +44,28 @@ class Lazy:
 
     def __repr__(self) -> str:
         return f"Lazy({self.ref!r})"
+
+
+def literal_attribute(ref: str, name: str) -> str:
+    """The string literal assigned to ``name`` in the body of the class ``"module:Class"``, read
+    from the module's source (its parent packages are imported, the module is not); "" where there
+    is none (the module is not found, the class is nested or built, the value is not a literal)."""
+    module, _, cls = ref.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (ImportError, ValueError, AttributeError, TypeError, OSError, SyntaxError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for stmt in node.body:
+                target = stmt.targets[-1] if isinstance(stmt, ast.Assign) else getattr(stmt, "target", None)
+                value = getattr(stmt, "value", None)
+                if (isinstance(target, ast.Name) and target.id == name and isinstance(value, ast.Constant)
+                        and isinstance(value.value, str)):
+                    return value.value
+    return ""
 
 
 __all__ = ["GROUP", "Lazy", "hookimpl", "hookspec"]

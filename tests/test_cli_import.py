@@ -79,3 +79,23 @@ def test_lazy_components_resolve_and_keep_their_descriptions():
         if c.kind == "tasks":
             assert listed == factory.description and factory.name == c.name, c.name
     assert {n: c.factory for n, c in reg.components["methods"].items() if c.source == "catdiff"} == builtin_methods()
+
+
+def test_lazy_description_is_read_from_the_source_without_importing(tmp_path, monkeypatch):
+    """A task's description comes from the string literal in its class body; the module is not
+    imported; anything else (built, inherited, missing module) lists as "", a given one wins."""
+    from catdiff.markers import Lazy
+
+    (tmp_path / "lazy_desc_mod.py").write_text(
+        "raise RuntimeError('imported')\n"
+        "class A:\n    name = 'a'\n    description = ('two ' 'parts')\n"
+        "class B(A):\n    pass\n"
+        "class C:\n    description: str = 'annotated'\n"
+        "class D:\n    description = 'built ' + str(1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert Lazy("lazy_desc_mod:A").description == "two parts"
+    assert Lazy("lazy_desc_mod:C").description == "annotated"
+    assert Lazy("lazy_desc_mod:B").description == "" and Lazy("lazy_desc_mod:D").description == ""
+    assert Lazy("lazy_desc_mod_missing:A").description == ""
+    assert Lazy("lazy_desc_mod:B", "given").description == "given"
+    assert "lazy_desc_mod" not in sys.modules

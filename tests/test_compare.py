@@ -96,3 +96,21 @@ def test_sampler_sweep_temperature_is_restored(capsys):
                         *[f"--set={k}={v}" for k, v in TINY.items()]])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "FID |" not in line]
     assert [r.split(" | ")[0][2:] for r in rows] == [label for label, _, _ in sampler_sweep.SETTINGS]
+
+
+def test_method_variants_are_their_own_rows(tmp_path):
+    """A lever arm ``catdm[KEY=VALUE,...]`` trains with its settings, under its own label and key,
+    beside the plain method of the same run; a bad name is refused before anything trains."""
+    label, overrides, arms = compare.method_spec("catdm[embed_norm=4,time_warp=sample]")
+    assert label == "CATDM embed_norm=4 time_warp=sample" and arms == [(label, {})]
+    assert overrides["embed_norm"] == "4" and overrides["time_warp"] == "sample"
+    assert not compare.has_likelihood("maskgit[steps=3]") and compare.has_likelihood("mdlm")
+    for bad in ("foo[a=1]", "catdm[embed_norm=4", "catdm[novalue]"):
+        with pytest.raises(ValueError):
+            compare.method_spec(bad)
+    records = compare.compare(tasks=("digits",), methods=("catdm", "catdm[embed_norm=4]"), seeds=(0,),
+                              modes=("steps",), steps=3, sample_steps=(2,), samples=8, threads=1, clock="cpu",
+                              sets=TINY, json_path=tmp_path / "r.json", log=lambda *a: None)
+    rows = {s["arm"]: s for s in compare.arm_summary(records)}
+    assert set(rows) == {"CATDM", "CATDM embed_norm=4"}
+    assert "| CATDM embed_norm=4 |" in compare.markdown(records)

@@ -90,15 +90,18 @@ def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> torch.T
     return torch.stack([angles.cos(), angles.sin()])
 
 
-def rotary_or_none(positions: str, seq_len: int, head_dim: int) -> torch.Tensor | None:
-    """Checks ``cfg.positions``; the rotary tables when it is ``rotary``, else None."""
+def register_positions(module: nn.Module, cfg, seq_len: int, width: int, heads: int) -> None:
+    """Buffers ``rot`` and ``pos`` of ``cfg.positions``, exactly one of them set: the rotary tables
+    (``rotary``), or the sinusoids added to the input, times ``cfg.pos_scale`` (``sinusoidal``)."""
+    positions, head_dim = str(cfg.positions), width // heads
     if positions not in POSITIONS:
         raise ValueError(f"unknown positions {positions!r}; choose one of {POSITIONS}")
-    if positions != "rotary":
-        return None
-    if head_dim % 2:
+    if positions == "rotary" and head_dim % 2:
         raise ValueError(f"rotary positions need an even head size, got width/heads = {head_dim}")
-    return rotary_tables(seq_len, head_dim)
+    rot = rotary_tables(seq_len, head_dim) if positions == "rotary" else None
+    pos = None if rot is not None else float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
+    module.register_buffer("rot", rot, persistent=False)
+    module.register_buffer("pos", pos, persistent=False)
 
 
 def token_grid(spec: str, seq_len: int) -> tuple[int, int] | None:
@@ -355,11 +358,7 @@ class EncoderTransformer(nn.Module):
         self.causal = bool(causal)
 
         self.in_proj = nn.Linear(self.embed_dim, width)
-        # exactly one of the two is set: rotary tables, or the sinusoids added to the input
-        rot = rotary_or_none(str(cfg.positions), seq_len, width // heads)
-        pos = None if rot is not None else float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
-        self.register_buffer("rot", rot, persistent=False)
-        self.register_buffer("pos", pos, persistent=False)
+        register_positions(self, cfg, seq_len, width, heads)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))

@@ -87,9 +87,9 @@ class TextFileTask(TextTask):
                 choices=("replace", "drop")),
         Setting("tokenizer", "chars", "chars: one id per character of the alphabet | sentencepiece: a BPE model "
                 "trained on the training split", choices=TOKENIZERS),
-        Setting("bpe_vocab", 1000, "pieces of the BPE model (tokenizer=sentencepiece)", low=2),
         Setting("spm_proto", "", "the BPE model, serialised and base64-encoded; \"\" = trained (or found in "
                 "cache_dir) at setup; the resolved model is stored with the checkpoint"),
+        Setting("bpe_vocab", 1000, "pieces of the BPE model (tokenizer=sentencepiece)", low=2),
         Setting("cache_dir", "", "where trained BPE models are cached; \"\" = $XDG_CACHE_HOME/catdiff/text-file, "
                 "else ~/.cache/catdiff/text-file", mutable=True),
         *with_defaults(BPC_SETTINGS, bpc_draws=1),

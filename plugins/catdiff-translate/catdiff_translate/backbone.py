@@ -48,7 +48,7 @@ from einops import rearrange
 from torch import nn
 
 from catdiff.backbones import TRANSFORMER, check_transformer
-from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, rotary_or_none, rotate,
+from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, register_positions, rotate,
                                       sinusoidal, zero_linear)
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks
@@ -168,11 +168,7 @@ class EncoderDecoder(nn.Module):
         self.length_head = nn.Linear(width, seq_len)  # class j <-> target length j + 1
 
         self.in_proj = nn.Linear(self.embed_dim, width)
-        # decoder positions: exactly one of rotary tables or input sinusoids (as the encoder backbone)
-        rot = rotary_or_none(str(cfg.positions), seq_len, width // heads)
-        pos = None if rot is not None else float(cfg.pos_scale) * sinusoidal(torch.arange(seq_len), width)
-        self.register_buffer("rot", rot, persistent=False)
-        self.register_buffer("pos", pos, persistent=False)
+        register_positions(self, cfg, seq_len, width, heads)  # the decoder's, as the encoder backbone's
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.dec_blocks = nn.ModuleList(DecoderBlock(width, heads, hidden, dropout) for _ in range(layers))
         self.norm_out = AdaLN(width)

@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -80,14 +81,19 @@ COMMON_SETTINGS = (
 )
 
 
+class Corpus(NamedTuple):
+    """Where a task's corpus comes from, for its "pass --set data_dir" message."""
+    env_var: str = ""  # the environment variable that may name data_dir
+    script: str = ""  # the fairseq script that prepares it
+    subdir: str = ""  # the folder that script writes
+
+
 class TranslationTask(Task):
-    """Base of the translation tasks; subclasses set languages, env var and defaults."""
+    """Base of the translation tasks; subclasses set languages, corpus and defaults."""
 
     conditional = True
     src_lang = tgt_lang = ""
-    env_var = ""
-    prepare_script = ""
-    data_subdir = ""
+    corpus = Corpus()
     settings = COMMON_SETTINGS
 
     def __init__(self):
@@ -121,11 +127,12 @@ class TranslationTask(Task):
         return dataclasses.replace(spec, extras={"src_vocab": src.size, "pad_id": tgt.pad_id})
 
     def data_dir(self) -> Path:
-        value = self.option("data_dir") or os.environ.get(self.env_var, "")
-        layout = TEXT_LAYOUT.format(src=self.src_lang, tgt=self.tgt_lang, script=self.prepare_script,
-                                    subdir=self.data_subdir)
+        value = self.option("data_dir") or os.environ.get(self.corpus.env_var, "")
+        layout = TEXT_LAYOUT.format(src=self.src_lang, tgt=self.tgt_lang, script=self.corpus.script,
+                                    subdir=self.corpus.subdir)
         if not value:
-            raise FileNotFoundError(f"task {self.name} needs its corpus: pass --set data_dir=DIR (or set ${self.env_var}) "
+            raise FileNotFoundError(f"task {self.name} needs its corpus: pass --set data_dir=DIR (or set "
+                                    f"${self.corpus.env_var}) "
                                     f"to {layout}")
         path = Path(value).expanduser()
         missing = [f"{s}.{lang}" for s in ("train", "test") for lang in (self.src_lang, self.tgt_lang)
@@ -334,9 +341,7 @@ class IWSLT14(TranslationTask):
     name = "mt-iwslt14"
     description = "IWSLT14 German->English (fairseq prepare-iwslt14.sh layout; data_dir or $CATDIFF_IWSLT14)"
     src_lang, tgt_lang = "de", "en"
-    env_var = "CATDIFF_IWSLT14"
-    prepare_script = "prepare-iwslt14.sh"
-    data_subdir = "iwslt14.tokenized.de-en/"
+    corpus = Corpus("CATDIFF_IWSLT14", "prepare-iwslt14.sh", "iwslt14.tokenized.de-en/")
     defaults = {**BENCHMARK_DEFAULTS, **PRESETS["transformer_iwslt_de_en"]}
 
 
@@ -344,9 +349,7 @@ class WMT14(TranslationTask):
     name = "mt-wmt14"
     description = "WMT14 English->German (fairseq prepare-wmt14en2de.sh layout; data_dir or $CATDIFF_WMT14)"
     src_lang, tgt_lang = "en", "de"
-    env_var = "CATDIFF_WMT14"
-    prepare_script = "prepare-wmt14en2de.sh"
-    data_subdir = "wmt14_en_de/"
+    corpus = Corpus("CATDIFF_WMT14", "prepare-wmt14en2de.sh", "wmt14_en_de/")
     settings = with_defaults(COMMON_SETTINGS, bpe_vocab=32_000)
     defaults = {**BENCHMARK_DEFAULTS, **PRESETS["transformer"]}
 
@@ -360,9 +363,7 @@ class Translation(TranslationTask):
 
     name = "translation"
     description = "any language pair, plain-text layout: --set data_dir=DIR --set src=de --set tgt=en"
-    env_var = "CATDIFF_TRANSLATION"
-    prepare_script = "prepare-*.sh"
-    data_subdir = "or your own"
+    corpus = Corpus("CATDIFF_TRANSLATION", "prepare-*.sh", "or your own")
     settings = (
         *with_defaults(COMMON_SETTINGS, bpe_vocab=4000),
         Setting("src", "", "the source language: the suffix LANG of DIR/train.LANG (e.g. de)"),

@@ -134,11 +134,8 @@ class ImageFolderTask(Task):
     """Any folder of images (see the module docstring)."""
 
     name = "image-folder"
-    vocab_size = 0  # vocab_size, seq_len, num_classes: set by setup
-    seq_len = 0
-    settings = SETTINGS
-    defaults = DEFAULTS
     description = "any folder of images (--set images=DIR; classes=true: sub-folders), small VQ or taming VQGAN tokens"
+    settings, defaults = SETTINGS, DEFAULTS  # vocab_size, seq_len, num_classes: set by setup
 
     # ------------------------------------------------------------------ setup
     def setup(self, cfg) -> None:

@@ -2,7 +2,7 @@
 
 Components are named by reference (``Lazy``): nothing heavy (torch, scikit-learn, torchvision,
 torch-fidelity, matplotlib, PyYAML) is imported when the plugin is loaded or listed, only when
-a component is used. The task descriptions repeat the classes' own (a test keeps them equal).
+a component is used; ``catdiff list`` reads a task's description from its class's source.
 """
 from catdiff.hooks import Lazy, hookimpl
 
@@ -11,26 +11,13 @@ V = "catdiff_vision."
 
 @hookimpl
 def catdiff_tasks():
-    return {
-        "digits": Lazy(V + "digits:DigitsTask",
-                       "8x8 handwritten digits (sklearn), 64 tokens of 17 grey levels; 1497 train / 300 test"),
-        "digits-cond": Lazy(V + "digits:ConditionalDigitsTask",
-                            "8x8 digits conditioned on the class label 0..9; 1497 train / 300 test"),
-        "fashion-mnist": Lazy(V + "fashion:FashionTask", "Fashion-MNIST (Debian package) as 7x7 VQ tokens; "
-                              "run `catdiff prepare fashion-mnist` once"),
-        "fashion-mnist-cond": Lazy(V + "fashion:FashionCondTask", "Fashion-MNIST 7x7 VQ tokens conditioned on the "
-                                   "class (guidance); `catdiff prepare fashion-mnist-cond`"),
-        "image-folder": Lazy(V + "image_folder:ImageFolderTask", "any folder of images (--set images=DIR; "
-                             "classes=true: sub-folders), small VQ or taming VQGAN tokens"),
-        "image-ffhq": Lazy(V + "image_tasks:FFHQTask", "FFHQ 256x256 as 16x16 VQGAN tokens (1024 codes); "
-                           "unconditional, 15/8/512, 200 steps"),
-        "image-churches": Lazy(V + "image_tasks:ChurchesTask", "LSUN Churches 256x256 as 16x16 VQGAN tokens; "
-                               "unconditional, 15/8/512, 200 steps"),
-        "image-bedrooms": Lazy(V + "image_tasks:BedroomsTask", "LSUN Bedrooms 256x256 as 16x16 VQGAN tokens; "
-                               "unconditional, 15/8/512, 200 steps"),
-        "image-imagenet": Lazy(V + "image_tasks:ImageNetTask", "ImageNet 256x256 as 16x16 VQGAN tokens, 1000 classes "
-                               "(AdaLN + guidance), 24/16/768, 50 steps"),
-    }
+    return {name: Lazy(V + ref) for name, ref in {
+        "digits": "digits:DigitsTask", "digits-cond": "digits:ConditionalDigitsTask",
+        "fashion-mnist": "fashion:FashionTask", "fashion-mnist-cond": "fashion:FashionCondTask",
+        "image-folder": "image_folder:ImageFolderTask",
+        "image-ffhq": "image_tasks:FFHQTask", "image-churches": "image_tasks:ChurchesTask",
+        "image-bedrooms": "image_tasks:BedroomsTask", "image-imagenet": "image_tasks:ImageNetTask",
+    }.items()}
 
 
 @hookimpl
