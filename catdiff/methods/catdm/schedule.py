@@ -88,54 +88,63 @@ class TimeWarp:
         self.bins, self.rate, self.floor = bins, rate, floor
         self.loss = torch.zeros(bins, dtype=torch.float64)
         self.seen = torch.zeros(bins, dtype=torch.bool)
+        self._warm = False
 
+    # The statistics live on the device of the training times (moved there by the first update),
+    # and nothing below reads a value back to the host once the warp is warm: no sync per step.
     @property
     def warm(self) -> bool:
-        return bool(self.seen.all())
+        if not self._warm:
+            self._warm = bool(self.seen.all())
+        return self._warm
 
     def update(self, t: torch.Tensor, ce: torch.Tensor) -> None:
         """Fold the per-row mean cross-entropy ``ce`` [B] at times ``t`` [B] into the bin EMAs."""
-        idx = (t.detach().double().cpu() * self.bins).long().clamp(0, self.bins - 1)
-        ce = ce.detach().double().cpu()
-        sums = torch.zeros(self.bins, dtype=torch.float64).index_add_(0, idx, ce)
-        counts = torch.zeros(self.bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(ce))
+        self.loss, self.seen = self.loss.to(t.device), self.seen.to(t.device)
+        idx = (t.detach().double() * self.bins).long().clamp(0, self.bins - 1)
+        ce = ce.detach().double()
+        sums = torch.zeros_like(self.loss).index_add_(0, idx, ce)
+        counts = torch.zeros_like(self.loss).index_add_(0, idx, torch.ones_like(ce))
         hit = counts > 0
-        mean = sums[hit] / counts[hit]
-        fresh = hit & ~self.seen
-        self.loss[fresh] = mean[fresh[hit]]
-        old = hit & self.seen
-        self.loss[old] = self.rate * self.loss[old] + (1 - self.rate) * mean[old[hit]]
-        self.seen |= hit
+        mean = sums / counts.clamp_min(1)
+        ema = torch.where(self.seen, self.rate * self.loss + (1 - self.rate) * mean, mean)
+        self.loss = torch.where(hit, ema, self.loss)  # a fresh bin takes its first mean
+        self.seen = self.seen | hit
 
     def knots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, F(t)) of the piecewise-linear CDF, uniform share included: [bins + 2] each."""
-        centres = (torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins
-        t = torch.cat([torch.zeros(1, dtype=torch.float64), centres, torch.ones(1, dtype=torch.float64)])
+        dev = self.loss.device
+        centres = (torch.arange(self.bins, dtype=torch.float64, device=dev) + 0.5) / self.bins
+        t = torch.cat([torch.zeros(1, dtype=torch.float64, device=dev), centres,
+                       torch.ones(1, dtype=torch.float64, device=dev)])
         if not self.warm:
             return t, t.clone()
         mono = torch.cummax(self.loss, 0).values
         mono = torch.cat([mono[:1], mono, mono[-1:]])
-        span = float(mono[-1] - mono[0])
-        learned = (mono - mono[0]) / span if span > 1e-12 else t
+        span = mono[-1] - mono[0]
+        learned = torch.where(span > 1e-12, (mono - mono[0]) / span.clamp_min(1e-12), t)
         return t, (1 - self.floor) * learned + self.floor * t
 
     def sample(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[n] times t = F^-1(u) (stratified u: one per interval [i/n, (i+1)/n))."""
-        u = (torch.rand(1, dtype=torch.float64, generator=generator)
-             + torch.arange(n, dtype=torch.float64)) / n
+        """[n] times t = F^-1(u) (stratified u: one per interval [i/n, (i+1)/n)); u is drawn on the
+        generator's device, else on the statistics' device."""
+        at = generator.device if generator is not None else self.loss.device
+        u = (torch.rand(1, dtype=torch.float64, generator=generator, device=at)
+             + torch.arange(n, dtype=torch.float64, device=at)) / n
         return self.inverse(u).float().to(device)
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
         """F^-1(u) for u in [0, 1], by linear interpolation between the knots."""
         t, F = self.knots()
-        j = torch.searchsorted(F, u.double().clamp(0, 1), right=True).clamp(1, len(F) - 1)
+        u = u.double().to(F.device).clamp(0, 1)
+        j = torch.searchsorted(F, u, right=True).clamp(1, len(F) - 1)
         f0, f1, t0, t1 = F[j - 1], F[j], t[j - 1], t[j]
-        return (t0 + (u.double() - f0) / (f1 - f0).clamp_min(1e-12) * (t1 - t0)).clamp(0, 1 - 1e-7)
+        return (t0 + (u - f0) / (f1 - f0).clamp_min(1e-12) * (t1 - t0)).clamp(0, 1 - 1e-7)
 
     def density(self, t: torch.Tensor) -> torch.Tensor:
         """f(t) = F'(t) (>= floor), for importance weights."""
         knots_t, F = self.knots()
-        tt = t.detach().double().cpu()
+        tt = t.detach().double().to(F.device)
         j = torch.searchsorted(knots_t, tt, right=True).clamp(1, len(F) - 1)
         slope = (F[j] - F[j - 1]) / (knots_t[j] - knots_t[j - 1])
         return slope.float().to(t.device)
@@ -147,8 +156,9 @@ class TimeWarp:
         return g.float().to(device)
 
     def state_dict(self) -> dict:
-        return {"loss": self.loss.clone(), "seen": self.seen.clone()}
+        return {"loss": self.loss.cpu().clone(), "seen": self.seen.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.loss = torch.as_tensor(state["loss"], dtype=torch.float64).clone()  # a tensor, or a list (exports)
         self.seen = torch.as_tensor(state["seen"], dtype=torch.bool).clone()
+        self._warm = False
