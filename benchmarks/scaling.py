@@ -18,8 +18,11 @@ from pathlib import Path
 from benchmarks import compare
 from benchmarks.harness import quick, quick_argument
 
-LABELS = {"catdm": "CATDM", "mdlm": "MDLM", "d3pm": "D3PM-uniform", "vqdiffusion": "VQ-Diffusion",
-          "maskgit": "MaskGIT", "ar": "AR"}
+
+
+def label(method: str) -> str:
+    """compare's label of a method or variant (``catdm[l0_rows=auto]`` -> "CATDM l0_rows=auto")."""
+    return compare.method_spec(method)[0]
 
 
 def records(paths: list[str]) -> list[dict]:
@@ -63,7 +66,7 @@ def table(data: dict) -> str:
     for method, by in data.items():
         cells = [f"{statistics.mean(by[b][0]):.0f}, {fmt(by[b][1])}, {fmt(by[b][2])}" if b in by else "–"
                  for b in budgets]
-        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -79,7 +82,7 @@ def plot(data: dict, path: str) -> None:
         for ax, i in zip(axes, (1, 2)):
             means = [statistics.mean(by[b][i]) for b in budgets]
             errs = [statistics.stdev(by[b][i]) if len(by[b][i]) > 1 else 0 for b in budgets]
-            ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=LABELS.get(method, method))
+            ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=label(method))
     for ax, name in zip(axes, ("FID (digits classifier)", "bits/token (bound; AR exact)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -96,7 +99,8 @@ def plot(data: dict, path: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="digits")
-    p.add_argument("--methods", nargs="+", default=["catdm", "mdlm", "d3pm", "ar"])
+    p.add_argument("--methods", nargs="+", default=["catdm", "mdlm", "d3pm", "ar"], type=compare.method_name,
+                   help="as compare's: a method, or a variant NAME[KEY=VALUE,...] (a lever's curve)")
     p.add_argument("--budgets", type=float, nargs="+", default=[25, 50, 100, 200])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--samples", type=int, default=300)
