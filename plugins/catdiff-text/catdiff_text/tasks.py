@@ -168,12 +168,13 @@ class TdavidTask(TextTask):
     # added to the input, L0's dropped characters stayed at the unigram loss for 1000+ steps
     # (no context learned); each of the two lowered BPC, both together most (docs/method.md,
     # docs/results.md "text-tdavid bits per character").
-    # embed_norm=sqrt(D) and time_warp=train (CDCD's levers, beyond the paper): together they lowered
-    # the bound at equal time on every seed, where neither moved FID on the image tasks
-    # (docs/results.md, "CATDM levers at equal time").
+    # embed_norm=sqrt(D), time_warp=train (CDCD) and l0_rows=auto (after Plaid), beyond the paper:
+    # together they lowered the bound at equal time on every seed, where they left FID on the
+    # image tasks within seed noise (docs/results.md, "CATDM levers at equal time").
     defaults: Mapping[str, Any] = dict(
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,
-        positions="rotary", evidence=True, embed_norm=8.0, time_warp="train", ckpt_every=250, log_every=25,
+        positions="rotary", evidence=True, embed_norm=8.0, time_warp="train", l0_rows="auto",
+        ckpt_every=250, log_every=25,
         sample_steps=100, n_samples=8, eval_batches=1)
     settings = (
         Setting("sword_dir", DEFAULT_SWORD_DIR, "the SWORD module directory holding ot.czs and ot.czz (Debian "
