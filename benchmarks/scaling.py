@@ -19,7 +19,6 @@ from benchmarks import compare
 from benchmarks.harness import quick, quick_argument
 
 
-
 def label(method: str) -> str:
     """compare's label of a method or variant (``catdm[l0_rows=auto]`` -> "CATDM l0_rows=auto")."""
     return compare.method_spec(method)[0]

@@ -448,10 +448,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {name:<26}ours {flops / t_o / bf_mm:.3f}  stock {flops / t_s / bf_mm:.3f}")
     if compiled:
         print("\n[compile] achieved FLOP/s of our backbone's step, eager and torch.compile'd, over the matmul peak")
-    for (name, prec), (flops, t_e, t_c, compile_s) in compiled.items():
         ref, label = (bf_mm, "bf16 mm") if device.type == "cuda" else (peak, "fp32 mm")
-        print(f"  {name:<26}{prec} eager {flops / t_e / ref:.3f}  compiled {flops / t_c / ref:.3f} of {label}  "
-              f"(compiled/eager speed {t_e / t_c:.2f}; compile {compile_s:.0f} s)")
+        for (name, prec), (flops, t_e, t_c, compile_s) in compiled.items():
+            print(f"  {name:<26}{prec} eager {flops / t_e / ref:.3f}  compiled {flops / t_c / ref:.3f} of {label}  "
+                  f"(compiled/eager speed {t_e / t_c:.2f}; compile {compile_s:.0f} s)")
 
     # 3. objective
     objective_cost(args, device, peak)
