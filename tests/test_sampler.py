@@ -3,7 +3,7 @@ import torch
 
 from catdiff.config import make as Config
 from catdiff.model import Codebook, Denoiser
-from catdiff.methods.catdm.sampler import sample
+from catdiff.methods.catdm.sampler import SAMPLERS, sample
 from catdiff.methods.shared import guided_log_probs
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
 from catdiff.backbones import build_encoder
@@ -35,7 +35,7 @@ def test_guidance_needs_a_conditional_model():
         guided_log_probs(perturbed(), torch.randn(2, 12, 16), torch.rand(2), torch.tensor([0, 1]), 1.0, None)
 
 
-@pytest.mark.parametrize("method", ["ancestral", "ddim"])
+@pytest.mark.parametrize("method", SAMPLERS)
 @pytest.mark.parametrize("final", ["argmax", "sample"])
 @pytest.mark.parametrize("self_cond", [False, True])
 def test_infilling_never_changes_given_tokens(method, final, self_cond):
@@ -101,7 +101,7 @@ class ExactPosterior(torch.nn.Module):
         return torch.einsum("bn,nmk->bmk", w, onehot).clamp_min(1e-12).log()
 
 
-@pytest.mark.parametrize("method", ["ancestral", "ddim"])
+@pytest.mark.parametrize("method", SAMPLERS)
 def test_exact_posterior_samples_reproduce_the_data(method):
     """With the true posterior, both samplers must land on data sequences (memorised data set)."""
     torch.manual_seed(0)

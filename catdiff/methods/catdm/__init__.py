@@ -2,7 +2,8 @@
 
 - :mod:`.schedule`: the shifted cosine noise schedule (sec. 5.2) and training-time draws
 - :mod:`.objective`: L0 + beta_DM L_DM + beta_CM L_CM (sec. 5.1, eq. 4), its ablations, the eq. 3 bound
-- :mod:`.sampler`: ancestral (eq. 1) and DDIM sampling with guidance and infilling
+- :mod:`.sampler`: ancestral (eq. 1) sampling and the probability-flow ODE solvers (DDIM,
+  DPM-Solver++(2M), Heun), with guidance and infilling
 
 The objective's ablations (csdm, csdm_l2, ce, w/o CM/NS/RD) are config switches of this method.
 """
@@ -12,7 +13,7 @@ from ...errors import UserError
 from ...method import Method
 from ...settings import Setting
 from .objective import DROPS, OBJECTIVES, CATDMObjective, likelihood_bound
-from .sampler import SAMPLERS, sample
+from .sampler import GRIDS, SAMPLERS, sample, time_grid
 from .schedule import T_DRAWS, ShiftedCosineSchedule
 
 # paper 003 sec. 2, 4, 5; the ablation switches are one value each
@@ -40,6 +41,8 @@ SETTINGS = (
     Setting("time_warp", "off", "learned density of training times (CDCD sec. 3.3; methods/catdm/schedule.py "
             "TimeWarp): off | train | sample (train, and sample on the warped time grid)",
             choices=("off", "train", "sample")),
+    Setting("sample_grid", "t", "sampling time grid: t (uniform in t) | logsnr (uniform in log-SNR, "
+            "DPM-Solver's); time_warp=sample replaces it by the warp's", choices=GRIDS, mutable=True),
     Setting("embed_norm", 0.0, "fixed L2 norm of every codebook row (CDCD, Plaid: sqrt(embed_dim)); 0 = free, "
             "as in the paper", low=0),
     Setting("ema_cm", 0.99, "EMA rate of the CM target (network and codebook)", low=0, high=1),
@@ -64,6 +67,9 @@ class CATDM(Method):
             raise UserError(f"config logsnr_min={cfg.logsnr_min} must be < logsnr_max={cfg.logsnr_max}")
         self.schedule = ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
         self.objective = CATDMObjective(cfg, self.schedule)
+        if cfg.time_warp == "sample" and cfg.sample_grid != "t":
+            raise UserError(f"config time_warp=sample samples on the warp's grid; it cannot take "
+                            f"sample_grid={cfg.sample_grid} (set one of them)")
 
     @property
     def uses_target_ema(self) -> bool:  # L_CM is the only reader of the target EMA
@@ -81,7 +87,10 @@ class CATDM(Method):
     def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
                generator, device):
         warp = self.objective.warp
-        grid = warp.grid(steps, device) if warp is not None and warp.warm and self.cfg.time_warp == "sample" else None
+        if warp is not None and warp.warm and self.cfg.time_warp == "sample":
+            grid = warp.grid(steps, device)
+        else:
+            grid = time_grid(self.schedule, steps, self.cfg.sample_grid, device)
         return sample(model, self.schedule, n, seq_len, steps=steps, method=sampler, final=final, cond=cond,
                       guidance=guidance, null_id=null_id, known=known, known_mask=known_mask,
                       generator=generator, device=device, grid=grid)

@@ -50,6 +50,11 @@ class ShiftedCosineSchedule:
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
         return self.shift - 2.0 * torch.log(torch.tan(self._u(t)))
 
+    def time_of(self, logsnr: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`logsnr`: t with lambda(t) = ``logsnr`` (in [logsnr_min, logsnr_max])."""
+        u = torch.atan(torch.exp((self.shift - logsnr) / 2))
+        return (u - self.u_min) / (self.u_max - self.u_min)
+
     def dlogsnr_dt(self, t: torch.Tensor) -> torch.Tensor:
         # d/du [-2 log tan u] = -2 / (sin u cos u) = -4 / sin(2u)
         return -4.0 * (self.u_max - self.u_min) / torch.sin(2.0 * self._u(t))
