@@ -16,6 +16,8 @@ Methods (``--methods``; one training each, a sampler arm is an evaluation of it)
   d3pm         D3PM-uniform
   vqdiffusion  VQ-Diffusion, evaluated with its ancestral sampler and with the purity sampler
   maskgit      MaskGIT (no likelihood)
+  mdlm         MDLM (masked diffusion on its continuous-time ELBO)
+  udlm         UDLM (uniform-state diffusion on its continuous-time ELBO)
   ar           autoregressive (the backbone made causal, KV-cache decoding, exact NLL)
   NAME[K=V,..] a variant of one of these with its own settings, e.g. ``catdm[embed_norm=5.66]``
                (a lever arm: one training each, its own rows, beside the others of the same run)
@@ -54,6 +56,12 @@ seed). Cost of sampling: network evaluations per sample (forward calls of the ba
 by a hook; AR's each process one position through the KV cache, so "passes" gives the
 positions processed per sample over seq_len as well), and seconds per sample at batch 256.
 
+Samplers (``--samplers``): by default each method is sampled as listed above; with
+``--samplers S ...`` each trained model is sampled once per listed sampler it has, ``all`` for
+every sampler it declares, and ``SAMPLER[KEY=VALUE,...]`` with sampling settings of its own (e.g.
+``dpmpp_2m[sample_grid=logsnr]``). ``--batch1 K`` also times K samples drawn one at a time
+(latency, beside the batch-256 throughput).
+
 Sampling speed (``--speed``, default on; ``--speed-only``): untrained CATDM at 10 / 50 steps
 against AR with its KV cache, same size (the task defaults), batch 1 and batch 256, on CPU with
 ``--threads``; the ratio CATDM / AR is printed whichever way it goes.
@@ -77,6 +85,7 @@ from benchmarks.harness import (ARMS as TABLE1_ARMS, CLOCKS, PROBE_START, CallCo
                                 quick, quick_argument, train, write_json)
 from catdiff import Engine
 from catdiff.config import parse_sets
+from catdiff.hooks import registry
 
 # short name -> (label, training overrides, [(arm label, sampling overrides), ...])
 METHODS = {
@@ -88,6 +97,7 @@ METHODS = {
                     [("VQ-Diffusion", {"sampler": "ancestral"}), ("VQ-Diffusion+purity", {"sampler": "purity"})]),
     "maskgit": ("MaskGIT", TABLE1_ARMS["MaskGIT"][0], [("MaskGIT", {})]),
     "mdlm": ("MDLM", TABLE1_ARMS["MDLM"][0], [("MDLM", {})]),
+    "udlm": ("UDLM", TABLE1_ARMS["UDLM"][0], [("UDLM", {})]),
     "ar": ("AR", TABLE1_ARMS["AR"][0], [("AR", {})]),
 }
 MODES = ("time", "steps")
@@ -106,6 +116,36 @@ def method_spec(name: str) -> tuple[str, dict, list]:
     return f"{label} {tag}", dict(overrides, **sets), [(f"{arm} {tag}", o) for arm, o in arms]
 
 
+def sampler_arms(method: str, samplers: list[str] | None) -> list:
+    """The sampling arms of ``method``'s model: its own (``samplers`` None), else one per entry of
+    ``samplers`` (``all``: every sampler the method declares; ``SAMPLER[K=V,...]``: with those
+    sampling settings) whose sampler the method has; its own arms when it has none of them."""
+    label, overrides, arms = method_spec(method)
+    if not samplers:
+        return arms
+    own = registry().get("methods", overrides.get("method", "catdm")).factory.samplers
+    out = []
+    for spec in samplers:
+        base, _, rest = spec.partition("[")
+        sets = parse_sets([kv for kv in rest.rstrip("]").split(",") if kv])
+        for name in (own if base == "all" else [base] if base in own else []):
+            tag = "".join(f" {k}={v}" for k, v in sets.items())
+            out.append((f"{label} {name}{tag}", dict(sets, sampler=name)))
+    return list({a: (a, o) for a, o in out}.values()) or arms
+
+
+def sampler_name(spec: str) -> str:
+    """argparse type: ``all``, a sampler name or ``SAMPLER[KEY=VALUE,...]``."""
+    base, _, rest = spec.partition("[")
+    if not base or (rest and not rest.endswith("]")):
+        raise argparse.ArgumentTypeError(f"bad sampler {spec!r}: write all, NAME or NAME[KEY=VALUE,...]")
+    try:
+        parse_sets([kv for kv in rest[:-1].split(",") if kv])
+    except Exception as e:
+        raise argparse.ArgumentTypeError(f"bad sampler {spec!r}: {e}") from None
+    return spec
+
+
 def method_name(name: str) -> str:
     """argparse type: a known method or variant."""
     try:
@@ -117,8 +157,9 @@ def method_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- one model, many
 def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, steps: int | None, sample_steps,
-            samples: int, threads: int, clock: str, sets: dict, log) -> dict:
-    label, train_overrides, arms = method_spec(method)
+            samples: int, threads: int, clock: str, sets: dict, log, samplers=None, batch1: int = 0) -> dict:
+    label, train_overrides, _ = method_spec(method)
+    arms = sampler_arms(method, samplers)
     overrides = dict(sets, **train_overrides, seed=seed, threads=threads)
     if steps:
         overrides["steps"] = steps
@@ -128,7 +169,7 @@ def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, step
     log(f"trained {label} seed {seed} ({mode}): {eng.step} steps (planned {res['steps_planned']}) in "
         f"{res['train_s']:.1f} s {clock} ({res['train_wall_s']:.1f} s wall)")
     c0 = tick()
-    lik, evals = evaluate(eng, arms, sample_steps, samples, tick, log)
+    lik, evals = evaluate(eng, arms, sample_steps, samples, tick, log, batch1)
     if lik:
         log("  " + ", ".join(f"{k} {v:.4g}" for k, v in lik.items()))
     rec = dict(task=task, method=method, label=label, seed=seed, mode=mode, clock=clock,
@@ -146,7 +187,7 @@ def run_key(rec: dict) -> tuple:
 def compare(tasks=("digits",), methods=tuple(METHODS), seeds=(0, 1, 2), modes=MODES, budget: float | None = None,
             steps: int | None = None, sample_steps=(25, 50, 100), samples: int = 500, threads: int = 1,
             clock: str = "cpu", sets: dict | None = None, json_path: str | Path | None = None,
-            previous: list | None = None, log=print) -> list[dict]:
+            previous: list | None = None, log=print, samplers=None, batch1: int = 0) -> list[dict]:
     """Train and evaluate every (task, method, mode, seed); returns the records (also written to
     ``json_path`` after each). Runs go seed-major (all methods of seed 0 first), so a partial run
     has every method. ``budget`` None: the time CATDM's default steps take (probed, 20 steps).
@@ -171,7 +212,7 @@ def compare(tasks=("digits",), methods=tuple(METHODS), seeds=(0, 1, 2), modes=MO
                         continue
                     rec = run_one(task, method, seed, mode, budget=task_budget, steps=steps,
                                   sample_steps=sample_steps, samples=samples, threads=threads, clock=clock,
-                                  sets=sets, log=log)
+                                  sets=sets, log=log, samplers=samplers, batch1=batch1)
                     records.append(rec)
                     done.add(key)
                     if json_path:
@@ -314,6 +355,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="steps in steps mode (default: the task's)")
     p.add_argument("--sample-steps", type=int, nargs="+", default=[25, 50, 100])
     p.add_argument("--samples", type=int, default=500, help="samples per FID (0: likelihood only)")
+    p.add_argument("--samplers", nargs="+", type=sampler_name, default=None, metavar="SAMPLER",
+                   help="sample each model with these samplers (all, NAME, NAME[KEY=VALUE,...]; default: its own arms)")
+    p.add_argument("--batch1", type=int, default=0, metavar="K",
+                   help="also time K samples drawn one at a time (ms/sample at batch 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the same for every method)")
     p.add_argument("--clock", choices=list(CLOCKS), default="cpu")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -340,7 +385,8 @@ def main(argv=None) -> int:
     records = previous
     if not args.speed_only:
         records = compare(args.tasks, args.methods, args.seeds, args.modes, args.budget, args.steps,
-                          args.sample_steps, args.samples, args.threads, args.clock, sets, args.json, previous, log)
+                          args.sample_steps, args.samples, args.threads, args.clock, sets, args.json, previous, log,
+                          args.samplers, args.batch1)
     speed = None
     if args.speed or args.speed_only:
         small = dict(batches=(1, 8), catdm_steps=(2, 4), repeats=1) if args.quick else {}

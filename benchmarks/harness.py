@@ -52,6 +52,7 @@ ARMS = {
     "VQ-Diffusion+purity": ({"method": "vqdiffusion"}, {"sampler": "purity"}),
     "MaskGIT": ({"method": "maskgit"}, {}),
     "MDLM": ({"method": "mdlm"}, {}),  # masked diffusion on its continuous-time ELBO (cached sampler)
+    "UDLM": ({"method": "udlm"}, {}),  # uniform-state diffusion on its continuous-time ELBO (Schiff et al. 2024)
     "AR": ({"method": "ar"}, {}),  # the autoregressive anchor (raster order, exact NLL)
 }
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -153,9 +154,10 @@ def likelihood(eng: Engine) -> dict:
     return {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
 
 
-def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log) -> tuple[dict, list[dict]]:
+def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log, batch1: int = 0) -> tuple[dict, list[dict]]:
     """Likelihood of ``eng`` and, for each sampling arm (label, sampling overrides) and step count,
-    the task's sample metrics with the cost of sampling (network calls, seconds per sample)."""
+    the task's sample metrics with the cost of sampling (network calls, seconds per sample at
+    batch SAMPLE_BATCH and, with ``batch1`` > 0, over that many samples drawn one at a time)."""
     task = eng.task
     lik = likelihood(eng)
     evals = []
@@ -179,6 +181,12 @@ def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log) ->
                        passes_per_sample=counter.positions / batches / task.seq_len,
                        sample_s_per_sample=dt / samples, sample_wall_s_per_sample=dw / samples,
                        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if batch1 > 0:  # latency: the same sampler, one sample per call (labels, guidance as above)
+                with config_set(eng.cfg, over):
+                    c0, w0 = clock(), time.perf_counter()
+                    eng.sample(batch1, steps=n, batch_size=1)
+                    row["sample_s_per_sample_b1"] = (clock() - c0) / batch1
+                    row["sample_wall_s_per_sample_b1"] = (time.perf_counter() - w0) / batch1
             keys = fid_keys(metrics)
             if keys:
                 row["fid"], row["fid_floor"] = metrics[keys[0]], metrics.get(keys[1], float("nan"))

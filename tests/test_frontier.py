@@ -1,0 +1,62 @@
+"""benchmarks.frontier (few-step table, crossing points) and compare's per-sampler arms."""
+import argparse
+
+import pytest
+
+from benchmarks import compare, frontier
+
+
+def rec(method, seed, evals, mode="steps"):
+    return dict(task="digits", method=method, seed=seed, mode=mode, budget_s=None, steps=100, evals=evals)
+
+
+def ev(arm, n, fid, nfe, s):
+    return dict(arm=arm, sample_steps=n, fid=fid, nfe_per_sample=nfe, sample_s_per_sample=s)
+
+
+RECORDS = [  # CATDM wins at few steps, MaskGIT at many; AR one point at 64 calls
+    rec("catdm", seed, [ev("CATDM ddim", 2, 20 + seed, 3, 0.003), ev("CATDM ddim", 8, 15 + seed, 9, 0.009),
+                        ev("CATDM heun", 2, 18 + seed, 4, 0.004)])
+    for seed in (0, 1)
+] + [
+    rec("maskgit", seed, [ev("MaskGIT", 2, 90 + seed, 2, 0.001), ev("MaskGIT", 8, 10 + seed, 8, 0.004)])
+    for seed in (0, 1)
+] + [rec("ar", 0, [ev("AR", None, 5.0, 64, 0.05)])]
+
+
+def test_best_arm_per_method_and_step_count():
+    arms = frontier.points(RECORDS)[("digits", "steps", None)]
+    best = frontier.best_by_family(arms, 2)
+    assert best["catdm"] == ("CATDM heun", 18.5) and best["maskgit"] == ("MaskGIT", 90.5)
+    assert best["ar"] == ("AR", 5.0)  # AR takes its own steps whatever the count
+
+
+def test_crossings_are_the_limits_where_catdm_is_best():
+    arms = frontier.points(RECORDS)[("digits", "steps", None)]
+    nfe = frontier.frontier(arms, "nfe_per_sample")
+    # NFE <= 2: only MaskGIT (90.5); 3..7: CATDM (19.5, then 18.5); 8..63: MaskGIT 10.5; 64: AR 5
+    assert frontier.crossings(nfe) == [(3.0, 8.0)]
+    assert frontier.crossings({"catdm": [(1.0, 3.0)], "ar": [(10.0, 1.0)]}) == [(1.0, 10.0)]
+    assert frontier.crossings({"catdm": [(1.0, 1.0)], "ar": [(10.0, 3.0)]}) == [(1.0, None)]
+    assert frontier.crossings({"catdm": [(5.0, 9.0)], "ar": [(1.0, 3.0)]}) == []
+
+
+def test_report_names_the_winning_step_counts_and_the_paper():
+    text = frontier.report(RECORDS)
+    assert "CATDM is the best method at no step count(s)" in text  # AR's 5.0 beats everyone
+    no_ar = frontier.report([r for r in RECORDS if r["method"] != "ar"])
+    assert "CATDM is the best method at [2] step count(s)" in no_ar
+    assert "| 2 | 97.83 | 17.83 | 0.18 | 90.5 | 18.5 | 0.20 |" in no_ar
+    assert "in [3, 8)" in no_ar
+
+
+def test_sampler_arms_follow_what_each_method_declares():
+    spec = ["ddim", "heun[sample_grid=logsnr]", "cached", "purity"]
+    assert compare.sampler_arms("catdm", spec) == [
+        ("CATDM ddim", {"sampler": "ddim"}), ("CATDM heun sample_grid=logsnr", {"sampler": "heun", "sample_grid": "logsnr"})]
+    assert compare.sampler_arms("mdlm", spec) == [("MDLM cached", {"sampler": "cached"})]
+    assert compare.sampler_arms("ar", spec) == compare.method_spec("ar")[2]  # none of them: its own arms
+    assert [a for a, _ in compare.sampler_arms("catdm[embed_norm=5]", ["all"])] == [
+        f"CATDM embed_norm=5 {s}" for s in ("ancestral", "ddim", "dpmpp_2m", "heun")]
+    with pytest.raises(argparse.ArgumentTypeError, match="bad sampler"):
+        compare.sampler_name("heun[sample_grid")
