@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", nargs="+", help="benchmarks.compare results files")
     p.add_argument("--plot", metavar="DIR", help="write DIR/frontier-TASK.png")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the --quick compare run")
     quick_argument(p)
     args = p.parse_args(argv)
     if args.quick:  # the whole path on a tiny compare run
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
 
         tmp = Path(tempfile.mkdtemp())
         compare.main(["--quick", "--methods", "catdm", "maskgit", "--sample-steps", "1", "2", "--samplers", "ddim", "heun",
-                      "confidence", "--batch1", "1", "--no-speed", "--json", str(tmp / "q.json")])
+                      "confidence", "--batch1", "1", "--no-speed", "--threads", str(args.threads), "--json", str(tmp / "q.json")])
         args.json, args.plot = [str(tmp / "q.json")], args.plot or str(tmp)
     if not args.json:
         p.error("give --json FILE ... (benchmarks.compare results), or --quick")

@@ -11,6 +11,10 @@
    and 256 on an untrained digits-size model (64 tokens of 17 values; the network's cost does
    not depend on its weights): ms per sample and the ratio to AR's at the same batch.
 
+3. The sampling-cost frontier's timing (benchmarks.frontier): ms per sample at batch 256 of
+   every first-party method under every sampler it declares (AR: ``sample``, its KV cache) at
+   ``--frontier-steps`` (default 2, 4, 8 and 50), on the same untrained model.
+
 Every figure is a ratio or a per-sample time measured in this one run; the summary table is
 the last thing printed.
 """
@@ -95,6 +99,28 @@ def sampling_rows(device: str, batches: list[int], steps: int) -> list[tuple]:
             for n in batches for m in ("catdm", "mdlm", "ar")]
 
 
+def frontier_rows(device: str, batch: int, counts: list[int]) -> list[tuple]:
+    """(method, sampler, steps, ms/sample, network calls) at ``batch`` for every first-party method
+    and sampler: the time axis of benchmarks.frontier on this device."""
+    from benchmarks.harness import CallCounter
+    from catdiff.methods import builtin_methods
+
+    rows = []
+    for method, cls in builtin_methods().items():
+        eng = Engine(Grid64(), method=method, device=device, steps=0, seed=0)
+        for sampler in ("sample",) if method == "ar" else cls.samplers:
+            for n in (None,) if method == "ar" else counts:
+                eng.sample(min(batch, 4), steps=n or 2, sampler=sampler, seed=0)  # warm-up
+                counter = CallCounter(eng.ema_eval.net)
+                sync(device)
+                t0 = time.perf_counter()
+                eng.sample(batch, steps=n, sampler=sampler, seed=1, batch_size=batch)
+                sync(device)
+                counter.close()
+                rows.append((method, sampler, n or "-", f"{1000 * (time.perf_counter() - t0) / batch:.4f}", counter.calls))
+    return rows
+
+
 def render(title: str, header: tuple, rows: list[tuple]) -> str:
     lines = [title, "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -109,13 +135,15 @@ def main(argv=None) -> None:
     p.add_argument("--train-steps", type=int, default=None, help="fix the digits steps instead of --seconds")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 256])
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--frontier-steps", type=int, nargs="+", default=[2, 4, 8, 50])
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = default)")
     quick_argument(p)
-    args = quick(p, p.parse_args(argv), train_steps=2, samples=16, batches=[1, 4], sample_steps=4)
+    args = quick(p, p.parse_args(argv), train_steps=2, samples=16, batches=[1, 4], sample_steps=4, frontier_steps=[2])
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = precision_rows(args.device, args.seconds, args.samples, args.train_steps)
     sampling = sampling_rows(args.device, args.batches, args.sample_steps)
+    front = frontier_rows(args.device, max(args.batches), args.frontier_steps)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\n[gpu check] device {args.device} ({name}), torch {torch.__version__}\n")
     print(render("digits, precision=auto against fp32 (same steps):",
@@ -123,6 +151,9 @@ def main(argv=None) -> None:
     print()
     print(render(f"sampling, untrained digits-size model, {args.sample_steps} steps (AR: one call per token):",
                  ("method", "batch", "ms/sample", "network calls", "/ AR"), sampling))
+    print()
+    print(render(f"frontier timing, batch {max(args.batches)}, every method and sampler:",
+                 ("method", "sampler", "steps", "ms/sample", "network calls"), front))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #      and the digits backbone against the measured bf16 matmul peak; ours vs stock; eager vs
 #      torch.compile),
 #   3. python -m benchmarks.gpu_check (digits with precision=auto against fp32, and sampling
-#      throughput of CATDM, MDLM and AR with its KV cache at batch 1 and 256),
+#      throughput of CATDM, MDLM and AR with its KV cache at batch 1 and 256, and the frontier's
+#      timing: every method and sampler at 2, 4, 8 and 50 steps, batch 256),
 # and prints one summary table last. Usage (from anywhere):  bash benchmarks/gpu_check.sh
 # PYTHON picks the interpreter (default python3); GPU_CHECK_SECONDS the digits training time.
 set -uo pipefail

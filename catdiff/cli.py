@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import io
 import os
@@ -59,6 +60,9 @@ def _list_settings(reg, name: str) -> int:
         raise UserError(f"no method, backbone or task named {name!r}. Known: {', '.join(known)}")
     for title, settings in found:
         print(f"{title}: {len(settings)} settings" + (" (set them with --set KEY=VALUE)" if settings else ""))
+        if title.startswith("method "):
+            samplers = reg.components["methods"][name].factory.samplers
+            print(f"  samplers (--set sampler=NAME): {samplers[0]} (default)" + "".join(f", {s}" for s in samplers[1:]))
         for st in settings:
             default = "auto" if st.default is None else repr(st.default)
             allowed = st.allowed()
@@ -204,8 +208,14 @@ def cmd_eval(args) -> int:
     eng = Engine.load(args.ckpt, **parse_sets(args.sets))
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
+    judging = contextlib.nullcontext()
+    if args.judge:  # checked before any sample is drawn (catdiff.judge)
+        from .judge import Judge
+
+        judging = Judge.for_engine(args.judge, eng).judging(eng)
     before = files(out)
-    eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
+    with judging:
+        eng.evaluate(n_samples=args.n, out=out, on_metrics=_print_metrics)
     print()
     for path in written(out, before):
         print(f"wrote {path}")
@@ -267,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ckpt", help="a checkpoint, a run directory (its last.pt) or a `catdiff export` directory")
     s.add_argument("--n", type=int, help="number of samples for the sample metrics")
     s.add_argument("--out", help="where to write metrics.json (default: the checkpoint's directory)")
+    s.add_argument("--judge", metavar="JUDGE_CKPT",
+                   help="an autoregressive (method=ar) checkpoint of the same task: adds the samples' judge_gen_ppl, "
+                        "judge_bits_per_token and unigram_entropy_bits, and the real test data's (*_real_test)")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_eval)
     return p

@@ -23,13 +23,17 @@ TABLES = {
     "defaults": [r"^\| task \| unigram \| core defaults ", r"^\| words \| ", r"^\| digits \| "],
     "dropping": [r"^arm +seed +FID +bits/tok", r"^rand\(0.2\), z_0 0.5 +0 "],
     "gpu_check": [r"^\[gpu check\] device cpu", r"^\| precision \| steps \| ms/step \| FID \| bits/token \|",
-                  r"^\| ar \| 4 \| "],
+                  r"^\| ar \| 4 \| ", r"^\| catdm \| heun \| 2 \| [0-9.]+ \| 4 \|$"],
+    "frontier": [r"^\| arm \| 1 \| 2 \|$", r"^\| CATDM heun \| ", r"^CATDM is the best method at ",
+                 r"^\| NFE ≤ \| catdm \| maskgit \|$", r"^wrote .*frontier-digits.png$"],
     "image_steps": [r"^ +steps +ancestral +ddim", r"^ +w +FID +IS-like +label acc"],
     "sampler_sweep": [r"^\| sampling setting \| FID \|", r"^\| ancestral, 50 steps, tau 2.0 \| "],
     "scaling": [r"^\| method \| 3 CPU-s: steps, FID, bits/token \|", r"^\| AR \| \d+, "],
     "speed": [r"^\[summary\]", r"^ +backbone +prec +ours +stock +ours/stock", r"^\[training loop"],
     "steps": [r"^arm +seed +2 +4$", r"^MaskGIT +0 "],
     "text_bpc": [r"^arm +BPC +\+- se", r"^CATDM-CE "],
+    "text_quality": [r"^\| method \| train steps \| sampler \| steps \| gen. ppl ", r"^\| real test data \| ",
+                     r"^\| VQ-Diffusion \| \d+ \| purity \| 2 \| "],
 }
 
 
@@ -46,7 +50,7 @@ def missing_data(name: str) -> str | None:
     """Why ``name``'s quick run cannot go here (data sets that take minutes to prepare), or None."""
     if name == "speed":
         return "speed's --quick is its own short measurement (minutes on 2 cores); make bench-quick runs it"
-    if name == "defaults" and not Path("/usr/share/common-licenses").is_dir():
+    if name in ("defaults", "text_quality") and not Path("/usr/share/common-licenses").is_dir():
         return "needs /usr/share/common-licenses (Debian)"
     if name == "text_bpc":
         from catdiff_text.tasks import DEFAULT_SWORD_DIR

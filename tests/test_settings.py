@@ -128,7 +128,10 @@ def test_catdiff_list_name_prints_one_components_settings(capsys):
     assert main(["list", "mdlm"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "method mdlm (from catdiff): 2 settings (set them with --set KEY=VALUE)"
-    assert out[1].split()[:4] == ["mdlm_schedule", "str", "'loglinear'", "fixed"] and out[1].endswith("[loglinear | cosine]")
+    assert out[1] == "  samplers (--set sampler=NAME): cached (default), ancestral"
+    assert out[2].split()[:4] == ["mdlm_schedule", "str", "'loglinear'", "fixed"] and out[2].endswith("[loglinear | cosine]")
+    assert main(["list", "catdm"]) == 0
+    assert "samplers (--set sampler=NAME): ancestral (default), ddim, dpmpp_2m, heun" in capsys.readouterr().out
     assert main(["list", "run"]) == 0 and "lr  " in capsys.readouterr().out
     assert main(["list", "nope"]) == 2
     err = capsys.readouterr().err
