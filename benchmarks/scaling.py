@@ -1,22 +1,30 @@
 """The scaling curve: FID and bits/token against training CPU time, one line per method.
 
     python -m benchmarks.scaling --json scale.json [--budgets 25 50 100 200] [--methods catdm mdlm d3pm ar]
-                                 [--seeds 0 1] [--plot docs/img/scaling.png] [--quick]
+                                 [--seeds 0 1] [--jobs 2] [--plot docs/img/scaling.png] [--quick]
 
 Trains every method at every budget with ``benchmarks.compare``'s equal-time mode (the same
-step-rate probe and LR schedule sizing; results appended to ``--json``, finished runs skipped),
+step-rate probe and LR schedule sizing). Each (method, budget, seed) record is written to
+``--json`` as it finishes and a rerun skips the finished ones, so a long curve can be spread
+over several sittings; ``--jobs N`` trains N of them at once in worker processes (one
+``--threads`` each: ``--jobs 2 --threads 1`` on 2 cores; CPU time stays the clock),
 then prints one table (mean ± std over seeds at each budget, FID at each method's best
 sampling step count) and, with ``--plot``, draws it. ``--table`` only reads ``--json`` files.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
+import multiprocessing
 import statistics
+import tempfile
 from pathlib import Path
 
 from benchmarks import compare
-from benchmarks.harness import quick, quick_argument
+from benchmarks.harness import quick, quick_argument, write_json
+from catdiff.config import parse_sets
 
 
 def label(method: str) -> str:
@@ -82,7 +90,7 @@ def plot(data: dict, path: str) -> None:
             means = [statistics.mean(by[b][i]) for b in budgets]
             errs = [statistics.stdev(by[b][i]) if len(by[b][i]) > 1 else 0 for b in budgets]
             ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=label(method))
-    for ax, name in zip(axes, ("FID (digits classifier)", "bits/token (bound; AR exact)")):
+    for ax, name in zip(axes, ("FID", "bits/token (bound; AR exact)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("training CPU-seconds (one thread)")
@@ -95,6 +103,36 @@ def plot(data: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
+def run(args) -> list[dict]:
+    """Train and evaluate every (budget, seed, method) not yet in ``args.json``, ``args.jobs`` at a
+    time; the parent alone writes the file, after each record (an interrupt loses the runs in flight)."""
+    path = Path(args.json)
+    recs = json.loads(path.read_text()).get("records", []) if path.exists() else []
+    done = {compare.run_key(r) for r in recs}
+    sets = parse_sets(args.sets)
+    todo = [(m, b, s) for b in args.budgets for s in args.seeds for m in args.methods
+            if (args.task, m, s, "time", b) not in done and not (compare.is_text(args.task) and not compare.has_likelihood(m))]
+    print(f"{args.task}: {len(todo)} runs to go ({len(recs)} in {path})", flush=True)
+    one = functools.partial(_run_one, args.task, sample_steps=args.sample_steps, samples=args.samples,
+                            threads=args.threads, sets=sets)
+    if args.jobs <= 1:
+        results = map(one, todo)
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        results = (f.result() for f in concurrent.futures.as_completed([pool.submit(one, spec) for spec in todo]))
+    for rec in results:
+        recs.append(rec)
+        write_json(path, records=recs)
+    return recs
+
+
+def _run_one(task: str, spec: tuple, *, sample_steps, samples: int, threads: int, sets: dict) -> dict:
+    method, budget, seed = spec
+    log = lambda *a: print(f"[{method} {budget:g}s seed {seed}]", *a, flush=True)  # noqa: E731
+    return compare.run_one(task, method, seed, "time", budget=budget, steps=None, sample_steps=sample_steps,
+                           samples=samples, threads=threads, clock="cpu", sets=sets, log=log)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default="digits")
@@ -105,19 +143,18 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--sample-steps", type=int, nargs="+", default=[25, 50])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, in worker processes")
     p.add_argument("--json", default="scaling_results.json")
     p.add_argument("--table", nargs="+", metavar="JSON", help="only print (and --plot) these results files")
     p.add_argument("--plot", help="write the curves to this image")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run")
     quick_argument(p)
     args = quick(p, p.parse_args(argv), budgets=[3.0], seeds=[0], samples=16, sample_steps=[4],
-                 methods=["catdm", "ar"])
+                 methods=["catdm", "ar"], json=lambda: str(Path(tempfile.mkdtemp()) / "scaling_quick.json"))
     paths = args.table or [args.json]
     if not args.table:
-        for budget in args.budgets:
-            compare.main(["--tasks", args.task, "--methods", *args.methods, "--modes", "time", "--seeds",
-                          *map(str, args.seeds), "--budget", str(budget), "--samples", str(args.samples),
-                          "--sample-steps", *map(str, args.sample_steps), "--threads", str(args.threads),
-                          "--no-speed", "--json", args.json, *(["--quick"] if args.quick else [])])
+        run(args)
     data = curves(records(paths))
     print(f"\nscaling on {args.task}: mean ± std over seeds at each training budget\n")
     print(table(data))

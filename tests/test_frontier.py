@@ -1,5 +1,6 @@
 """benchmarks.frontier (few-step table, crossing points) and compare's per-sampler arms."""
 import argparse
+import json
 
 import pytest
 
@@ -60,3 +61,16 @@ def test_sampler_arms_follow_what_each_method_declares():
         f"CATDM embed_norm=5 {s}" for s in ("ancestral", "ddim", "dpmpp_2m", "heun")]
     with pytest.raises(argparse.ArgumentTypeError, match="bad sampler"):
         compare.sampler_name("heun[sample_grid")
+
+
+def test_scaling_jobs_write_every_record_once_and_a_rerun_skips_them(tmp_path, capsys):
+    from benchmarks import scaling
+
+    path = tmp_path / "scale.json"
+    scaling.main(["--quick", "--jobs", "2", "--json", str(path)])
+    recs = json.loads(path.read_text())["records"]
+    assert sorted(r["method"] for r in recs) == ["ar", "catdm"] and all(r["budget_s"] == 3.0 for r in recs)
+    assert "digits: 2 runs to go (0 in" in capsys.readouterr().out
+    scaling.main(["--quick", "--json", str(path)])
+    assert "digits: 0 runs to go (2 in" in capsys.readouterr().out
+    assert len(json.loads(path.read_text())["records"]) == 2
