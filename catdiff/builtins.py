@@ -12,4 +12,4 @@ def catdiff_backbones():
 def catdiff_methods():
     return {name: Lazy(f"catdiff.methods:{cls}") for name, cls in (
         ("catdm", "CATDM"), ("d3pm", "D3PM"), ("vqdiffusion", "VQDiffusion"), ("maskgit", "MaskGIT"),
-        ("mdlm", "MDLM"), ("ar", "AR"))}
+        ("mdlm", "MDLM"), ("udlm", "UDLM"), ("ar", "AR"))}

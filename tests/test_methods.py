@@ -228,7 +228,7 @@ def test_discrete_methods_reject_bad_settings():
     assert eng.method.T == 100 and eng.method.hybrid == 0.0005
     with pytest.raises(ValueError, match="final"):
         eng.sample(2, final="mode")
-    with pytest.raises(KeyError, match="Known methods: ar, catdm, d3pm, maskgit, mdlm, vqdiffusion"):
+    with pytest.raises(KeyError, match="Known methods: ar, catdm, d3pm, maskgit, mdlm, udlm, vqdiffusion"):
         Engine(ToyTask(), method="nope")
 
 

@@ -10,6 +10,7 @@ shared machinery in :mod:`.discrete`):
   (paper 004), :mod:`.vqdiffusion`
 - ``maskgit``: MaskGIT (Chang et al. 2022), :mod:`.maskgit`
 - ``mdlm``: masked diffusion on its continuous-time ELBO (Sahoo et al. 2024), :mod:`.mdlm`
+- ``udlm``: uniform-state diffusion on its continuous-time ELBO (Schiff et al. 2024; Duo), :mod:`.udlm`
 
 and the autoregressive baseline they are compared against (the same backbone made causal):
 
@@ -22,11 +23,12 @@ from .catdm import CATDM
 from .d3pm import D3PM
 from .maskgit import MaskGIT
 from .mdlm import MDLM
+from .udlm import UDLM
 from .vqdiffusion import VQDiffusion
 
-__all__ = ["AR", "CATDM", "D3PM", "MDLM", "MaskGIT", "VQDiffusion", "builtin_methods"]
+__all__ = ["AR", "CATDM", "D3PM", "MDLM", "MaskGIT", "UDLM", "VQDiffusion", "builtin_methods"]
 
 
 def builtin_methods() -> dict:
     """``{name: Method subclass}`` of the first-party methods (what :mod:`catdiff.builtins` registers)."""
-    return {m.name: m for m in (CATDM, D3PM, VQDiffusion, MaskGIT, MDLM, AR)}
+    return {m.name: m for m in (CATDM, D3PM, VQDiffusion, MaskGIT, MDLM, UDLM, AR)}
