@@ -84,7 +84,8 @@ from pathlib import Path
 from benchmarks.harness import (ARMS as TABLE1_ARMS, CLOCKS, PROBE_START, CallCounter, evaluate, mean_std as _ms,
                                 quick, quick_argument, train, write_json)
 from catdiff import Engine
-from catdiff.config import parse_sets
+from catdiff.config import make, parse_sets
+from catdiff.errors import UserError
 from catdiff.hooks import registry
 
 # short name -> (label, training overrides, [(arm label, sampling overrides), ...])
@@ -147,11 +148,13 @@ def sampler_name(spec: str) -> str:
 
 
 def method_name(name: str) -> str:
-    """argparse type: a known method or variant."""
+    """argparse type: a known method or variant whose settings the method accepts (checked here,
+    before any training: an unknown key or a bad value is an argparse error)."""
     try:
-        method_spec(name)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        _, overrides, _ = method_spec(name)
+        make(**overrides)
+    except (ValueError, UserError) as e:
+        raise argparse.ArgumentTypeError(f"{name}: {e}") from None
     return name
 
 

@@ -74,3 +74,13 @@ def test_scaling_jobs_write_every_record_once_and_a_rerun_skips_them(tmp_path, c
     scaling.main(["--quick", "--json", str(path)])
     assert "digits: 0 runs to go (2 in" in capsys.readouterr().out
     assert len(json.loads(path.read_text())["records"]) == 2
+
+
+@pytest.mark.parametrize("variant,says", [("catdm[embed_norm=abc]", "expected float, got 'abc'"),
+                                          ("catdm[mdlm_eps=0.1]", "setting of method 'mdlm'"),
+                                          ("nope", "unknown method 'nope'")])
+def test_a_bad_variant_is_refused_before_any_training(variant, says, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--methods", variant, "--json", str(tmp_path / "r.json")])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
