@@ -248,7 +248,13 @@ class Engine:
         """An Engine of a saved config (its task by registry name unless ``task`` is given), with
         ``overrides`` on top and no resuming."""
         saved = config_mod.migrate(config)
-        return cls(task=task or saved["task"], out=out, config_file=saved, **{**overrides, "resume": False})
+        eng = cls(task=task or saved["task"], out=out, config_file=saved, **{**overrides, "resume": False})
+        fixed, _ = config_mod.resume_differences(saved, eng.cfg, eng.settings)
+        trained = [f"{k}={new!r} (trained with {old!r})" for k, old, new in fixed if k in overrides]
+        if trained:  # allowed (the user asked for it), never silent: the weights were not trained so
+            print(f"catdiff: warning: training settings changed at sample time: {', '.join(trained)}; the model "
+                  f"never trained with them", file=sys.stderr)
+        return eng
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":

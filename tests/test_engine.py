@@ -20,6 +20,18 @@ def same_weights(a: Engine, b: Engine) -> bool:
         torch.equal(x, y) for x, y in zip(a.ema_eval.state_dict().values(), b.ema_eval.state_dict().values()))
 
 
+def test_a_training_setting_changed_at_sample_time_is_named(tmp_path, toy, capsys):
+    Engine(toy, out=tmp_path, steps=2).fit()
+    capsys.readouterr()
+    Engine.from_checkpoint(tmp_path / "last.pt", task=toy, sampler="ddim", threads=1)  # sampling keys: quiet
+    assert "warning" not in capsys.readouterr().err
+    back = Engine.from_checkpoint(tmp_path / "last.pt", task=toy, embed_norm=5, sampler="ddim")
+    assert back.cfg.embed_norm == 5.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["catdiff: warning: training settings changed at sample time: embed_norm=5.0 (trained with 0.0); "
+                   "the model never trained with them"]
+
+
 def test_checkpoint_round_trip(tmp_path, toy):
     eng = Engine(toy, out=tmp_path, steps=5)
     eng.fit()
