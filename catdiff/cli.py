@@ -231,8 +231,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint where a value that starts with '-' was read as an option."""
+
+    def error(self, message: str):
+        if "expected one argument" in message:
+            message += " (a value that starts with '-' is written with '=', e.g. --infill=-1:3)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="catdiff", description="Diffusion models for categorical data (CATDM).")
+    p = _Parser(prog="catdiff", description="Diffusion models for categorical data (CATDM).")
     p.add_argument("--debug", action="store_true", help="show the traceback of every error (or CATDIFF_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 

@@ -235,6 +235,14 @@ def test_bad_sample_arguments(capsys, tmp_path, run, argv, message):
     assert not (tmp_path / "s").exists() and digest(run) == before
 
 
+def test_a_value_starting_with_a_dash_gets_the_equals_hint(capsys, run):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", str(run / "last.pt"), "--infill", "-1:3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "expected one argument (a value that starts with '-' is written with '=', " \
+        "e.g. --infill=-1:3)" in err and "Traceback" not in err
+
+
 def test_label_outside_the_classes(capsys, tmp_path, trained):
     code, _, err = cli_run(capsys, "sample", trained / "cond" / "last.pt", "--label", "3", "--out", tmp_path / "s")
     assert code == 2 and "has classes 0..2" in err
