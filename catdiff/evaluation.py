@@ -35,7 +35,6 @@ def likelihood(eng, split: str = "test", batches: int | None = None, batch_size:
     bar = progress(n, "likelihood", disable=eng.rank != 0)
     for lo in range(0, n, batch_size):
         x, cond = eng.rows(data, slice(lo, min(n, lo + batch_size)), split)
-        bar.update(len(x))
         total = torch.zeros(len(x), dtype=torch.float64)
         for j in range(draws):
             u = ((torch.arange(len(x)) + torch.rand(len(x), generator=gen)) / len(x))[torch.randperm(len(x), generator=gen)]
@@ -46,6 +45,7 @@ def likelihood(eng, split: str = "test", batches: int | None = None, batch_size:
                 if k != "total":
                     parts[k] = parts.get(k, 0.0) + v.double().sum().item() / draws
         totals.append(total)
+        bar.update(len(x))  # after the batch's work: the rate counts finished rows
     bar.close()
     tot = torch.cat(totals) / eng.task.seq_len
     nats = tot.mean().item()

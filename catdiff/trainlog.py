@@ -29,7 +29,8 @@ def progress(total: int, desc: str, initial: int = 0, disable: bool = False):
 
 class PlainProgress:
     """Progress for logs that are not a terminal: one plain line (``desc step/total rate eta``),
-    at most every ``every`` seconds and at the end, never carriage returns. The subset of tqdm's
+    at most every ``every`` seconds and at the end, never carriage returns; no line before a
+    tenth of a second has passed (a rate over less would be noise). The subset of tqdm's
     interface that catdiff uses."""
 
     def __init__(self, total: int, desc: str, initial: int = 0, disable: bool = False, every: float = 10.0):
@@ -39,7 +40,7 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.perf_counter() - self.t0
-        if not self.disable and (now - self.shown >= self.every or self.n >= self.total):
+        if not self.disable and ((now - self.shown >= self.every and now >= 0.1) or self.n >= self.total):
             self.shown = now
             rate = (self.n - self.start) / max(now, 1e-9)
             eta = (self.total - self.n) / rate if rate > 0 else float("nan")
