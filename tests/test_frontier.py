@@ -85,16 +85,3 @@ def test_a_bad_variant_is_refused_before_any_training(variant, says, capsys, tmp
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
-
-def test_plain_progress_prints_no_rate_before_any_time_has_passed(capsys, monkeypatch):
-    from catdiff import trainlog
-
-    clock = iter([0.0, 0.00001, 0.05, 0.2, 0.3, 20.0])
-    monkeypatch.setattr(trainlog.time, "perf_counter", lambda: next(clock))
-    bar = trainlog.PlainProgress(8, "likelihood")  # t0 = 0
-    for _ in range(4):
-        bar.update(1)  # at 1e-5, 0.05 (too soon), 0.2 (first line), 0.3 (within `every`)
-    lines = capsys.readouterr().err.splitlines()
-    assert lines == ["likelihood 3/8  15.00 it/s  eta 0s"]
-    bar.update(4)  # the end: always a line
-    assert capsys.readouterr().err.startswith("likelihood 8/8  0.40 it/s")

@@ -252,3 +252,17 @@ def test_compile_trains_and_samples_on_cpu(toy):
     plain = Engine(toy, steps=3, threads=1, layers=1, width=32).fit()
     close(eng, plain, tol=1e-4)  # the same network, compiled
     assert eng.sample(2, steps=2).shape == (2, 12)
+
+
+def test_plain_progress_prints_no_rate_before_any_time_has_passed(capsys, monkeypatch):
+    from catdiff import trainlog
+
+    clock = iter([0.0, 0.00001, 0.05, 0.2, 0.3, 20.0])
+    monkeypatch.setattr(trainlog.time, "perf_counter", lambda: next(clock))
+    bar = trainlog.PlainProgress(8, "likelihood")  # t0 = 0
+    for _ in range(4):
+        bar.update(1)  # at 1e-5, 0.05 (too soon), 0.2 (first line), 0.3 (within `every`)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["likelihood 3/8  15.00 it/s  eta 0s"]
+    bar.update(4)  # the end: always a line
+    assert capsys.readouterr().err.startswith("likelihood 8/8  0.40 it/s")
