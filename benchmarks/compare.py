@@ -19,6 +19,7 @@ Methods (``--methods``; one training each, a sampler arm is an evaluation of it)
   mdlm         MDLM (masked diffusion on its continuous-time ELBO)
   udlm         UDLM (uniform-state diffusion on its continuous-time ELBO)
   ar           autoregressive (the backbone made causal, KV-cache decoding, exact NLL)
+  any other method a plugin registers, by its name, with its defaults
   NAME[K=V,..] a variant of one of these with its own settings, e.g. ``catdm[embed_norm=5.66]``
                (a lever arm: one training each, its own rows, beside the others of the same run)
 
@@ -107,9 +108,13 @@ MODES = ("time", "steps")
 def method_spec(name: str) -> tuple[str, dict, list]:
     """(label, training overrides, sampling arms) of a method name or a variant ``base[K=V,...]``."""
     base, _, rest = name.partition("[")
-    if base not in METHODS or (rest and not rest.endswith("]")):
-        raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}, or NAME[KEY=VALUE,...]")
-    label, overrides, arms = METHODS[base]
+    entry = METHODS.get(base)
+    if entry is None and base in registry().components["methods"]:  # a plugin's method, with its defaults
+        entry = (base, {"method": base}, [(base, {})])
+    if entry is None or (rest and not rest.endswith("]")):
+        raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}, a registered method, "
+                         f"or NAME[KEY=VALUE,...]")
+    label, overrides, arms = entry
     if not rest:
         return label, overrides, arms
     sets = parse_sets([kv for kv in rest[:-1].split(",") if kv])

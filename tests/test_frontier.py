@@ -85,3 +85,18 @@ def test_a_bad_variant_is_refused_before_any_training(variant, says, capsys, tmp
     assert e.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
 
+
+
+def test_a_plugin_method_is_a_compare_method_by_its_name(monkeypatch):
+    from catdiff.hooks import Component, registry
+    from catdiff.methods.udlm import UDLM
+
+    class Plugged(UDLM):
+        name = "plugged"
+
+    monkeypatch.setitem(registry().components["methods"], "plugged", Component("methods", "plugged", Plugged, "catdiff-x"))
+    assert compare.method_spec("plugged") == ("plugged", {"method": "plugged"}, [("plugged", {})])
+    assert compare.method_name("plugged[udlm_eps=0.01]") == "plugged[udlm_eps=0.01]"
+    assert compare.sampler_arms("plugged", ["ancestral", "ddim"]) == [("plugged ancestral", {"sampler": "ancestral"})]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown method 'nope'"):
+        compare.method_name("nope")
