@@ -60,7 +60,7 @@ positions processed per sample over seq_len as well), and seconds per sample at 
 Samplers (``--samplers``): by default each method is sampled as listed above; with
 ``--samplers S ...`` each trained model is sampled once per listed sampler it has, ``all`` for
 every sampler it declares, and ``SAMPLER[KEY=VALUE,...]`` with sampling settings of its own (e.g.
-``dpmpp_2m[sample_grid=logsnr]``). ``--batch1 K`` also times K samples drawn one at a time
+``dpmpp_2m[sample_grid=logsnr]``; ``mdlm:cached`` for one method only). ``--batch1 K`` also times K samples drawn one at a time
 (latency, beside the batch-256 throughput).
 
 Sampling speed (``--speed``, default on; ``--speed-only``): untrained CATDM at 10 / 50 steps
@@ -125,7 +125,8 @@ def method_spec(name: str) -> tuple[str, dict, list]:
 def sampler_arms(method: str, samplers: list[str] | None) -> list:
     """The sampling arms of ``method``'s model: its own (``samplers`` None), else one per entry of
     ``samplers`` (``all``: every sampler the method declares; ``SAMPLER[K=V,...]``: with those
-    sampling settings) whose sampler the method has; its own arms when it has none of them."""
+    sampling settings; ``METHOD:SAMPLER``: for that method only) whose sampler the method has;
+    its own arms when it has none of them."""
     label, overrides, arms = method_spec(method)
     if not samplers:
         return arms
@@ -133,6 +134,9 @@ def sampler_arms(method: str, samplers: list[str] | None) -> list:
     out = []
     for spec in samplers:
         base, _, rest = spec.partition("[")
+        scope, _, base = base.rpartition(":")
+        if scope and scope != method.partition("[")[0]:
+            continue  # METHOD:SAMPLER is for that method alone
         sets = parse_sets([kv for kv in rest.rstrip("]").split(",") if kv])
         for name in (own if base == "all" else [base] if base in own else []):
             tag = "".join(f" {k}={v}" for k, v in sets.items())

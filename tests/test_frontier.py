@@ -56,6 +56,10 @@ def test_sampler_arms_follow_what_each_method_declares():
     assert compare.sampler_arms("catdm", spec) == [
         ("CATDM ddim", {"sampler": "ddim"}), ("CATDM heun sample_grid=logsnr", {"sampler": "heun", "sample_grid": "logsnr"})]
     assert compare.sampler_arms("mdlm", spec) == [("MDLM cached", {"sampler": "cached"})]
+    scoped = ["catdm:ancestral", "vqdiffusion:purity", "ancestral"]  # MDLM: its ancestral only through the last
+    assert [a for a, _ in compare.sampler_arms("catdm", scoped)] == ["CATDM ancestral"]
+    assert [a for a, _ in compare.sampler_arms("vqdiffusion", scoped[:2])] == ["VQ-Diffusion purity"]
+    assert [a for a, _ in compare.sampler_arms("mdlm", scoped[:2])] == ["MDLM"]  # none listed: its own
     assert compare.sampler_arms("ar", spec) == compare.method_spec("ar")[2]  # none of them: its own arms
     assert [a for a, _ in compare.sampler_arms("catdm[embed_norm=5]", ["all"])] == [
         f"CATDM embed_norm=5 {s}" for s in ("ancestral", "ddim", "dpmpp_2m", "heun")]
