@@ -8,12 +8,12 @@ unigram entropy, per method, sampler and step count, beside the real test data's
 
 The judge (catdiff.judge) is an autoregressive model of the same task: ``--judge CKPT``, or
 trained here for ``--judge-budget`` seconds of ``--clock`` and kept in ``--models`` (a rerun
-loads it). Each method of ``--methods`` (compare's names and variants NAME[K=V,...]) trains
-for ``--budget`` seconds of the same clock (benchmarks.harness.train: the step rate probed in
-the warmup sets the LR schedule's length) and is kept in ``--models`` too. Then every sampler
-the method declares (``eng.method.samplers``) draws ``--samples`` sequences at each count of
-``--sample-steps`` (AR: no step count, one row per sampler), timed on the same clock, and the
-judge scores them:
+loads it). Each method of ``--methods`` (compare's names and variants NAME[K=V,...]) trains for
+``--budget`` seconds of the same clock (benchmarks.harness.train: the step rate probed in the
+warmup sets the LR schedule's length) and is kept in ``--models`` too. Then every sampler the
+method declares (``eng.method.samplers``; ``--samplers`` picks some, as compare's) draws
+``--samples`` sequences at each count of ``--sample-steps`` (AR: no step count, one row per
+sampler), timed on the same clock, and the judge scores them:
 
   gen. ppl   exp(mean over all sample tokens of -log p_judge(x_i | x_<i)); lower = more
              like the judge's idea of the text; bits/token = log2 of it (bits per
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.compare import method_spec
+from benchmarks.compare import method_spec, sampler_arms, sampler_name
 from benchmarks.harness import CLOCKS, likelihood, quick, quick_argument, train, write_json
 from catdiff import Engine
 from catdiff.config import parse_sets
@@ -104,7 +104,9 @@ def run(args, log=print) -> dict:
                     samples=args.samples, judge=str(judge_path), clock=args.clock, threads=args.threads)
         probe = Engine(args.task, **dict(overrides, steps=0))  # which samplers it has; no training
         counts = [None] if probe.cfg.method == "ar" else list(args.sample_steps)
-        todo = [(s, n) for s in probe.method.samplers for n in counts
+        samplers = ([o["sampler"] for _, o in sampler_arms(method, args.samplers) if "sampler" in o]
+                    if args.samplers else list(probe.method.samplers))
+        todo = [(s, n) for s in samplers for n in counts
                 if run_key(dict(base, sampler=s, sample_steps=n)) not in done]
         del probe
         if not todo:
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
                    help="compare's method names or variants NAME[KEY=VALUE,...] (default: %(default)s)")
     p.add_argument("--budget", type=float, default=150.0, help="seconds of --clock to train each method")
     p.add_argument("--sample-steps", type=int, nargs="+", default=[4, 8, 16, 64, 256])
+    p.add_argument("--samplers", nargs="+", type=sampler_name, default=None, metavar="SAMPLER",
+                   help="as compare's (NAME, METHOD:NAME, all; default: every sampler of each method)")
     p.add_argument("--samples", type=int, default=64, help="samples per (method, sampler, steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the same for every method)")
