@@ -94,7 +94,10 @@ def dpmpp_2m(denoise: Denoise, z, grid, schedule, randn=None) -> torch.Tensor:
         (l_t, _, s_t), (l_s, a_s, s_s) = _coefs(schedule, grid[i]), _coefs(schedule, grid[i - 1])
         z, x0 = denoise(z, grid[i])
         h = (l_s - l_t) / 2
-        d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))  # 1 / r = h / h_prev
+        if x0_prev is None or h_prev <= 0:  # the first step (or after a zero-length one): first order
+            d = x0
+        else:
+            d = x0 + (x0 - x0_prev) * (h / (2 * h_prev))  # 1 / r = h / h_prev
         z = (s_s / s_t) * z - a_s * torch.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return z
