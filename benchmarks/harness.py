@@ -154,6 +154,24 @@ def likelihood(eng: Engine) -> dict:
     return {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
 
 
+def diversity(tokens, labels=None) -> dict:
+    """How different the samples are, beside a feature-space FID that may not see it: the share of
+    distinct sequences, and the mean share of positions in which a sample differs from the next one
+    of the same label (any sample when unlabelled)."""
+    import torch
+
+    flat = torch.as_tensor(tokens).reshape(len(tokens), -1)
+    if labels is None:
+        same, rows = torch.ones(len(flat), dtype=torch.bool), flat
+    else:
+        order = torch.argsort(torch.as_tensor(labels).reshape(len(flat), -1)[:, 0], stable=True)
+        rows, lab = flat[order], torch.as_tensor(labels).reshape(len(flat), -1)[order, 0]
+        same = lab == lab.roll(1)
+    diff = (rows != rows.roll(1, 0)).float().mean(1)[same]
+    return {"distinct_share": len(torch.unique(flat, dim=0)) / max(1, len(flat)),
+            "pair_difference": diff.mean().item() if len(diff) else float("nan")}
+
+
 def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log, batch1: int = 0) -> tuple[dict, list[dict]]:
     """Likelihood of ``eng`` and, for each sampling arm (label, sampling overrides) and step count,
     the task's sample metrics with the cost of sampling (network calls, seconds per sample at
@@ -174,7 +192,7 @@ def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log, ba
                     dt, dw = clock() - c0, time.perf_counter() - w0
             finally:
                 counter.close()
-            metrics = task.evaluate(tokens, labels, None)
+            metrics = dict(task.evaluate(tokens, labels, None), **diversity(tokens, labels))
             batches = math.ceil(samples / SAMPLE_BATCH)
             row = dict(arm=arm, sampler=over.get("sampler", eng.cfg.sampler or eng.method.samplers[0]),
                        sample_steps=n, nfe_per_sample=counter.calls / batches,

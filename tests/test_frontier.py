@@ -104,3 +104,15 @@ def test_a_plugin_method_is_a_compare_method_by_its_name(monkeypatch):
     assert compare.sampler_arms("plugged", ["ancestral", "ddim"]) == [("plugged ancestral", {"sampler": "ancestral"})]
     with pytest.raises(argparse.ArgumentTypeError, match="unknown method 'nope'"):
         compare.method_name("nope")
+
+
+def test_diversity_sees_what_fid_may_not():
+    import torch
+
+    from benchmarks.harness import diversity
+
+    x = torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 4], [0, 0, 0]])
+    assert diversity(x)["distinct_share"] == 0.75
+    assert abs(diversity(x)["pair_difference"] - (1 + 0 + 1 / 3 + 1) / 4) < 1e-6
+    assert diversity(x, torch.tensor([0, 0, 1, 1]))["pair_difference"] == 0.5  # within a label: rows 0-1, 2-3
+    assert diversity(x[[0, 0, 0]]) == {"distinct_share": 1 / 3, "pair_difference": 0.0}
