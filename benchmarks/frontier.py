@@ -10,7 +10,8 @@
 
 For each (task, training mode) of the records it prints, in markdown:
 - FID of every sampling arm at every step count (mean ± std over seeds; "–" where the method
-  cannot take that count: AR always takes one step per token);
+  cannot take that count: AR always takes one step per token), and the samples' diversity
+  (benchmarks.harness.diversity: a feature-space FID can miss near-copies);
 - the best CATDM arm and the best arm of any other method at each count, their ratio, and the
   counts at which CATDM is best;
 - against paper 000 Table 5 (class-conditional ImageNet): MaskGIT / VQ-LCMD there, MaskGIT /
@@ -57,6 +58,8 @@ def points(records: list[dict]) -> dict:
             for key, _ in COSTS:
                 if key in e:
                     cell.setdefault(key, []).append(e[key] * (1 if key == "nfe_per_sample" else 1000))
+            if "pair_difference" in e:
+                cell.setdefault("pair_difference", []).append(e["pair_difference"])
     return out
 
 
@@ -128,6 +131,13 @@ def report(records: list[dict]) -> str:
             else:
                 cells = [mean_std(a["by_n"][n]["fid"], 3) if n in a["by_n"] else "–" for n in counts]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        if any("pair_difference" in c for a in arms.values() for c in a["by_n"].values()):
+            lines += ["", "Diversity: the share of positions in which two samples of one class differ (mean over seeds):",
+                      "", "| arm | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
+            for arm, a in arms.items():
+                cells = [f"{mean(a['by_n'][n]['pair_difference']):.2f}" if "pair_difference" in a["by_n"].get(n, {})
+                         else "–" for n in counts]
+                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines += ["", "| steps | best CATDM arm | FID | best other arm | FID | CATDM / other |", "|---|---|---|---|---|---|"]
         wins = []
         for n in counts:
