@@ -62,6 +62,7 @@ class Engine:
         self.spec: DataSpec = self.task.data_spec()
         self.method: Method = reg.get("methods", cfg.method).factory(cfg)
         self.sampler_name(cfg.sampler)  # fail at construction, not after training
+        self.check_samples(cfg.n_samples, "n_samples")
         self.backbone_factory = reg.get("backbones", cfg.backbone).factory
         backbone = self.backbone_factory(cfg, vocab_size=self.spec.vocab_size, seq_len=self.spec.seq_len,
                                          num_classes=self.spec.num_classes, **self._backbone_kwargs())
@@ -115,6 +116,13 @@ class Engine:
         if "spec" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
             kwargs["spec"] = self.spec
         return kwargs
+
+    def check_samples(self, n: int, what: str) -> None:
+        """Refuse a sample count the task's metrics cannot score (before any training)."""
+        least = max(1, int(getattr(self.task, "min_samples", 1)))
+        if n < least:
+            raise UserError(f"{what} must be >= {least} for task {self.task.name!r} (its metrics need {least}), "
+                            f"got {n}")
 
     def sampler_name(self, name: str | None) -> str:
         """``name`` (or the config's, or the method's default) checked against the method's samplers."""
@@ -343,8 +351,7 @@ class Engine:
         ``on_metrics(metrics)`` is called in between, so a failing image write loses no metrics."""
         out = Path(out) if out is not None else self.out
         n = self.cfg.n_samples if n_samples is None else n_samples
-        if n < 1:
-            raise UserError(f"the number of samples must be >= 1, got {n}")
+        self.check_samples(n, "the number of samples")
         if out is None or self.rank != 0:
             return evaluation.evaluate(self, n, None, on_metrics)
         with rundir.recording(out):

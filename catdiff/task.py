@@ -109,6 +109,8 @@ class Task:
       best_metric  (metric name, "min" | "max"): what ``best.pt`` keeps during ``eval_every``
                    evaluations; None: the likelihood bound (lower is better)
       description  one line for ``catdiff list``
+      min_samples  the fewest samples its ``evaluate`` can score (e.g. 2 for FID): a smaller
+                   ``n_samples`` is refused before training
 
     The engine calls ``setup(cfg)`` before anything else, so ``self.cfg`` is the resolved config.
     """
@@ -124,6 +126,7 @@ class Task:
     mutable_options: tuple[str, ...] = ()
     best_metric: tuple[str, str] | None = None
     description: str = ""
+    min_samples: int = 1
     cfg: Any = None
 
     def setup(self, cfg) -> None:

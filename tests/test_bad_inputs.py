@@ -243,6 +243,13 @@ def test_a_value_starting_with_a_dash_gets_the_equals_hint(capsys, run):
         "e.g. --infill=-1:3)" in err and "Traceback" not in err
 
 
+def test_too_few_samples_for_fid_are_refused_before_training(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    code, _, err = cli_run(capsys, "run", "digits", "--out", tmp_path / "r", "--set", "n_samples=1", "--steps", "5")
+    assert code == 2 and "n_samples must be >= 2 for task 'digits' (its metrics need 2), got 1" in err
+    assert not (tmp_path / "r" / "last.pt").exists()  # nothing trained
+
+
 def test_label_outside_the_classes(capsys, tmp_path, trained):
     code, _, err = cli_run(capsys, "sample", trained / "cond" / "last.pt", "--label", "3", "--out", tmp_path / "s")
     assert code == 2 and "has classes 0..2" in err

@@ -18,6 +18,7 @@ from .grey_levels import GreyLevelTokenizer
 
 
 class DigitsTask(Task):
+    min_samples = 2  # FID
     name = "digits"
     best_metric = ("fid_digits_classifier", "min")
     vocab_size = data.LEVELS

@@ -57,6 +57,7 @@ GUIDANCE_WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 
 class FashionTask(Task):
+    min_samples = 2  # FID
     name = "fashion-mnist"
     best_metric = ("fid_fashion_classifier", "min")
     vocab_size = 128

@@ -133,6 +133,7 @@ def _cache_root(option: str) -> Path:
 class ImageFolderTask(Task):
     """Any folder of images (see the module docstring)."""
 
+    min_samples = 2  # FID
     name = "image-folder"
     description = "any folder of images (--set images=DIR; classes=true: sub-folders), small VQ or taming VQGAN tokens"
     settings, defaults = SETTINGS, DEFAULTS  # vocab_size, seq_len, num_classes: set by setup

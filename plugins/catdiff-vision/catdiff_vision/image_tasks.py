@@ -68,6 +68,7 @@ def _default_root(name: str) -> Path:
 
 
 class ImageTask(Task):
+    min_samples = 2  # FID
     vocab_size = 1024
     seq_len = 256
     settings = SETTINGS
