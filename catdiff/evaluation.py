@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -56,11 +57,22 @@ def likelihood(eng, split: str = "test", batches: int | None = None, batch_size:
     return res
 
 
+def warn_if_worse_than_uniform(eng, bits: float) -> None:
+    """One warning line when a trained model's bound is above a uniform guess, log2 K bits per
+    token: training went wrong (a learning rate far too high, say), yet the run goes on."""
+    uniform = math.log2(eng.task.vocab_size)
+    trained = eng.step >= max(100, 2 * eng.cfg.warmup)  # past the warmup: early bounds are not a verdict
+    if trained and eng.rank == 0 and bits > uniform + 0.05:
+        print(f"catdiff: warning: after {eng.step} steps the likelihood bound is {bits:.2f} bits/token, worse than "
+              f"a uniform guess ({uniform:.2f}); check lr ({eng.cfg.lr}) and the data", file=sys.stderr)
+
+
 def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]:
     """``Engine.evaluate`` on this process, writing into ``out`` unless it is None."""
     metrics: dict[str, float] = {"step": float(eng.step)}
     if eng.method.has_bound:
         metrics.update(likelihood(eng))
+        warn_if_worse_than_uniform(eng, metrics["nll_bound_bits_per_token"])
     report = None
     if eng.method.continuous:
         test = eng.data("test")

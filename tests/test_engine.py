@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -362,3 +363,20 @@ def test_a_long_cpu_run_says_so_after_a_few_steps(toy, monkeypatch, capsys):
     monkeypatch.setattr(training, "SLOW_RUN_S", float("inf"))
     Engine(toy, steps=2 + training.TIMED_STEPS, threads=1).fit()
     assert "per step on the CPU" not in capsys.readouterr().err
+
+
+def test_a_bound_worse_than_uniform_after_training_is_warned(tmp_path, toy, capsys):
+    from catdiff import evaluation
+
+    eng = Engine(toy, out=tmp_path, steps=2, warmup=1)
+    eng.fit()
+    capsys.readouterr()
+    evaluation.warn_if_worse_than_uniform(eng, 50.0)  # 2 steps: no verdict yet
+    assert capsys.readouterr().err == ""
+    eng.step = 100
+    evaluation.warn_if_worse_than_uniform(eng, math.log2(toy.vocab_size))  # as good as uniform: quiet
+    assert capsys.readouterr().err == ""
+    evaluation.warn_if_worse_than_uniform(eng, 49.97)
+    assert capsys.readouterr().err == (f"catdiff: warning: after 100 steps the likelihood bound is 49.97 bits/token, "
+                                       f"worse than a uniform guess ({math.log2(toy.vocab_size):.2f}); check lr "
+                                       f"({eng.cfg.lr}) and the data\n")
