@@ -227,6 +227,9 @@ def main(argv=None) -> int:
         args.json, args.plot = [str(tmp / "q.json")], args.plot or str(tmp)
     if not args.json:
         p.error("give --json FILE ... (benchmarks.compare results), or --quick")
+    missing = [path for path in args.json if not Path(path).is_file()]
+    if missing:
+        p.error(f"no results file {', '.join(missing)} (write one with benchmarks.compare --json)")
     records = [r for path in args.json for r in json.loads(Path(path).read_text()).get("records", [])]
     print(report(records))
     if args.plot:
