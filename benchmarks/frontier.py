@@ -138,8 +138,8 @@ def report(records: list[dict]) -> str:
                 cells = [f"{mean(a['by_n'][n]['pair_difference']):.2f}" if "pair_difference" in a["by_n"].get(n, {})
                          else "–" for n in counts]
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lines += ["", "| steps | best CATDM arm | FID | best other arm | FID | CATDM / other |", "|---|---|---|---|---|---|"]
-        wins = []
+        head = ["", "| steps | best CATDM arm | FID | best other arm | FID | CATDM / other |", "|---|---|---|---|---|---|"]
+        wins, compared = [], []
         for n in counts:
             best = best_by_family(arms, n)
             if "catdm" not in best:
@@ -150,8 +150,9 @@ def report(records: list[dict]) -> str:
             (c_arm, c_fid), (o_arm, o_fid) = best["catdm"], min(others.values(), key=lambda v: v[1])
             if c_fid < o_fid:
                 wins.append(n)
-            lines.append(f"| {n} | {c_arm} | {c_fid:.3g} | {o_arm} | {o_fid:.3g} | {c_fid / o_fid:.2f} |")
-        lines += ["", f"CATDM is the best method at {wins or 'no'} step count(s)."]
+            compared.append(f"| {n} | {c_arm} | {c_fid:.3g} | {o_arm} | {o_fid:.3g} | {c_fid / o_fid:.2f} |")
+        if compared:
+            lines += head + compared + ["", f"CATDM is the best method at {wins or 'no'} step count(s)."]
         mask = next((a for a in arms if a.startswith("MaskGIT")), None)
         if mask:
             lines += ["", "| steps | paper MaskGIT | paper VQ-LCMD | paper CATDM / MaskGIT | MaskGIT | best CATDM | CATDM / MaskGIT |",
