@@ -205,7 +205,7 @@ def plot(records: list[dict], out: Path) -> list[Path]:
     paths = []
     data = points(records)
     for task in dict.fromkeys(t for t, _, _ in data):
-        keys = [k for k in data if k[0] == task]
+        keys = sorted((k for k in data if k[0] == task), key=lambda k: k[1] != "steps")  # equal steps first
         fig, axes = plt.subplots(len(keys), len(COSTS), figsize=(5 * len(COSTS), 4 * len(keys)), squeeze=False)
         for row, key in zip(axes, keys):
             arms = data[key]
@@ -215,7 +215,7 @@ def plot(records: list[dict], out: Path) -> list[Path]:
                     if pts:
                         style = "-o" if a["family"] == "catdm" else "--s"
                         ax.plot(*zip(*pts), style, ms=3, label=arm, lw=1.5 if a["family"] == "catdm" else 1)
-                ax.set(xscale="log", yscale="log", xlabel=name, ylabel="FID",
+                ax.set(xscale="log", xlabel=name, ylabel="FID (lower is better)",
                        title=f"{task}, {'equal time' if key[1] == 'time' else 'equal steps'}")
             row[0].legend(fontsize=6)
         fig.tight_layout()
