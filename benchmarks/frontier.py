@@ -128,7 +128,9 @@ def crossings(front: dict, flagship: str = "catdm") -> list[tuple[float, float |
     return ranges
 
 
-def report(records: list[dict]) -> str:
+def report(records: list[dict], brief: bool = False) -> str:
+    """The markdown of the module docstring; ``brief``: the frontier's crossing points without
+    its tables (best FID within each limit)."""
     lines = []
     for (task, mode, budget), arms in points(records).items():
         seeds = sorted({r["seed"] for r in records if r["task"] == task and r["mode"] == mode})
@@ -185,11 +187,13 @@ def report(records: list[dict]) -> str:
                 continue
             limits = sorted({c for pts in front.values() for c, _ in pts})
             probes = [limits[0]] + [x for x in (1, 2, 4, 8, 16, 32, 64, 128, 256, 1e3, 1e4) if limits[0] < x < limits[-1]] + [limits[-1]]
-            lines += ["", f"Best FID within a limit on {name}:", "",
-                      f"| {name} ≤ | " + " | ".join(front) + " |", "|---|" + "---|" * len(front)]
-            for lim in probes:
-                lines.append(f"| {lim:.3g} | " + " | ".join(
-                    f"{best_within(pts, lim):.3g}" if best_within(pts, lim) < math.inf else "–" for pts in front.values()) + " |")
+            if not brief:
+                lines += ["", f"Best FID within a limit on {name}:", "",
+                          f"| {name} ≤ | " + " | ".join(front) + " |", "|---|" + "---|" * len(front)]
+                for lim in probes:
+                    lines.append(f"| {lim:.3g} | " + " | ".join(
+                        f"{best_within(pts, lim):.3g}" if best_within(pts, lim) < math.inf else "–"
+                        for pts in front.values()) + " |")
             ranges = crossings(front)
             said = ", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})" for lo, hi in ranges) or "nowhere"
             lines.append(f"\nCATDM is the best method for a limit on {name} in {said}.")
@@ -231,6 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", nargs="+", help="benchmarks.compare results files")
     p.add_argument("--plot", metavar="DIR", help="write DIR/frontier-TASK.png")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the --quick compare run")
+    p.add_argument("--brief", action="store_true", help="the crossing points without the frontier's tables")
     quick_argument(p)
     args = p.parse_args(argv)
     if args.quick:  # the whole path on a tiny compare run
@@ -248,7 +253,7 @@ def main(argv=None) -> int:
     if missing:
         p.error(f"no results file {', '.join(missing)} (write one with benchmarks.compare --json)")
     records = [r for path in args.json for r in json.loads(Path(path).read_text()).get("records", [])]
-    print(report(records))
+    print(report(records, args.brief))
     if args.plot:
         for path in plot(records, Path(args.plot)):
             print(f"wrote {path}")
