@@ -11,7 +11,8 @@ import traceback
 from pathlib import Path
 
 from .config import parse_sets
-from .errors import Aborted, TrainingInterrupted, UserError, check_writable, naming
+from .errors import Aborted, Stopped, TrainingInterrupted, UserError, check_writable, naming
+from .interrupts import stop_on_sigterm
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +87,8 @@ def cmd_run(args) -> int:
         eng.fit()
         if eng.rank != 0:  # evaluation runs once, on rank 0
             return 0
-        eng.evaluate(out=out, on_metrics=_print_metrics)
+        with stop_on_sigterm("the final evaluation"):
+            eng.evaluate(out=out, on_metrics=_print_metrics)
     print(f"\nrun directory: {out.resolve()}")
     for path in written(out, before):
         print(f"  {path.name:<14} {path.resolve()}")
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
         return args.fn(args)
-    except (TrainingInterrupted, Aborted) as e:
+    except (TrainingInterrupted, Aborted, Stopped) as e:
         print(f"catdiff: {e}", file=sys.stderr)
         return 128 + e.signum
     except BrokenPipeError:  # the reader of stdout went away (`catdiff list | head`): not an error

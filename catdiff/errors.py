@@ -35,6 +35,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}{where}")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM outside training (evaluation): stop at once; the files written before are complete."""
+
+    def __init__(self, signum: int, what: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} during {what}; the checkpoint and the files "
+                         f"written before it are complete (`catdiff eval` evaluates the checkpoint again)")
+
+
 class Aborted(KeyboardInterrupt):
     """A second SIGINT / SIGTERM: stop at once (the last complete checkpoint is kept)."""
 

@@ -8,10 +8,11 @@ job of a script) stays ignored, as Python itself leaves it; the others (SIGTERM)
 training with a checkpoint. On exit every handler is put back as it was before."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
-from .errors import Aborted
+from .errors import Aborted, Stopped
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -43,3 +44,22 @@ class DeferredSignals:
             # None: a handler installed outside Python, which cannot be put back; the default is closest
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         self._old = {}
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(what: str):
+    """While inside (main thread), SIGTERM raises :class:`catdiff.errors.Stopped` as SIGINT raises
+    KeyboardInterrupt, so the caller's cleanup runs (the default action would end the process at
+    once, leaving the run lock behind). An ignored SIGTERM stays ignored; the old handler is put back."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum, what)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)

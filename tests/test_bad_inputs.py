@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,14 @@ class TextFileTask(ToyTask):
         return super().load(split)
 
 
+class TermDuringEvalTask(ToyTask):
+    name = "toy-term"
+
+    def evaluate(self, tokens, labels, out_dir):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stopping the job in its final evaluation
+        return super().evaluate(tokens, labels, out_dir)
+
+
 class BuggyTask(ToyTask):
     name = "toy-buggy"
 
@@ -60,7 +69,7 @@ class BuggyTask(ToyTask):
 
 
 TASKS = {t.name: t for t in (ToyTask, ToyCondTask, EmptyTask, OutOfRangeTestTask, MissingDataTask, TextFileTask,
-                             BuggyTask)}
+                             BuggyTask, TermDuringEvalTask)}
 
 
 @pytest.fixture(autouse=True)
@@ -248,6 +257,23 @@ def test_too_few_samples_for_fid_are_refused_before_training(capsys, tmp_path):
     code, _, err = cli_run(capsys, "run", "digits", "--out", tmp_path / "r", "--set", "n_samples=1", "--steps", "5")
     assert code == 2 and "n_samples must be >= 2 for task 'digits' (its metrics need 2), got 1" in err
     assert not (tmp_path / "r" / "last.pt").exists()  # nothing trained
+
+
+def test_sigterm_in_the_final_evaluation_says_so_and_releases_the_run(capsys, tmp_path):
+    def default(signum, frame):  # stands for the default action (ending pytest) had catdiff not caught it
+        raise RuntimeError("SIGTERM reached the handler catdiff found")
+
+    inherited = signal.signal(signal.SIGTERM, default)
+    try:
+        code, _, err = cli_run(capsys, "run", "toy-term", "--out", tmp_path / "r", "--steps", "2", "--set", "threads=1")
+        assert signal.getsignal(signal.SIGTERM) is default  # put back
+    finally:
+        signal.signal(signal.SIGTERM, inherited)
+    assert code == 143 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "catdiff: stopped by SIGTERM during the final evaluation; the checkpoint and the files written before it "
+        "are complete (`catdiff eval` evaluates the checkpoint again)")
+    assert (tmp_path / "r" / "last.pt").exists() and not (tmp_path / "r" / ".catdiff.lock").exists()
 
 
 def test_label_outside_the_classes(capsys, tmp_path, trained):
