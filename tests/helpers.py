@@ -1,5 +1,5 @@
-"""What several test files share: the plugins on sys.path when they are not pip-installed, and
-skipping a test whose optional dependency is missing."""
+"""What several test files share: the plugins on sys.path when they are not pip-installed,
+skipping a test whose optional dependency is missing, and a simulated kill during training."""
 from __future__ import annotations
 
 import importlib.util
@@ -25,3 +25,17 @@ def needs(*modules: str) -> None:
     """Skip the calling test unless every module imports (the vision plugin's optional dependencies)."""
     for name in modules:
         pytest.importorskip(name, reason=f"{name} is not installed (pip install -e plugins/catdiff-vision)")
+
+
+def fit_until_killed(eng, step: int, monkeypatch) -> None:
+    """Train ``eng`` until a simulated kill (KeyboardInterrupt in its loss) at ``step``."""
+    real = eng.method.loss
+
+    def crash(*args):
+        if eng.step == step:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args)
+
+    monkeypatch.setattr(eng.method, "loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        eng.fit()

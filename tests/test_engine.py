@@ -12,6 +12,7 @@ from catdiff.config import for_task, validate
 from catdiff.errors import UserError
 from catdiff.engine import Engine
 from catdiff.task import LazyTokenData, TokenData
+from helpers import fit_until_killed
 from toytask import ToyClassTask, ToyCondTask, ToyTask, progressions
 
 
@@ -46,16 +47,7 @@ def test_checkpoint_round_trip(tmp_path, toy):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, toy, monkeypatch):
     full = Engine(toy, steps=20).fit()
     cut = Engine(toy, out=tmp_path, steps=20, ckpt_every=7)
-    real = cut.method.loss
-
-    def crash_at_10(*args):
-        if cut.step == 10:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args)
-
-    monkeypatch.setattr(cut.method, "loss", crash_at_10)
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    fit_until_killed(cut, 10, monkeypatch)
     resumed = Engine(toy, out=tmp_path, steps=20)
     assert resumed.step == 7  # the last checkpoint before the crash
     resumed.fit()

@@ -17,6 +17,7 @@ from catdiff.methods.discrete import MaskReplace, kl
 from catdiff.methods.shared import draw_times
 from catdiff.methods.udlm import UDLM, alpha, alpha_rate, corrupt, integrand, posterior, reconstruction
 from catdiff.model import DenoiserOutput
+from helpers import fit_until_killed
 from toytask import ToyCondTask, ToyTask
 
 TINY = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, n_samples=4,
@@ -365,16 +366,7 @@ def test_checkpoint_resume_and_settings(tmp_path, monkeypatch, capsys):
                 embed_dim=16, batch_size=8, warmup=1, log_every=100)
     full = Engine(ToyTask(), **opts).fit()
     cut = Engine(ToyTask(), out=tmp_path, ckpt_every=3, **opts)
-    real = cut.method.loss
-
-    def crash_at_4(*args):
-        if cut.step == 4:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args)
-
-    monkeypatch.setattr(cut.method, "loss", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    fit_until_killed(cut, 4, monkeypatch)
     resumed = Engine(ToyTask(), out=tmp_path, ckpt_every=3, **opts)
     assert resumed.step == 3
     resumed.fit()
