@@ -236,6 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--plot", metavar="DIR", help="write DIR/frontier-TASK.png")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the --quick compare run")
     p.add_argument("--brief", action="store_true", help="the crossing points without the frontier's tables")
+    p.add_argument("--seeds", type=int, nargs="+", help="only these seeds' records (the seeds every method has)")
     quick_argument(p)
     args = p.parse_args(argv)
     if args.quick:  # the whole path on a tiny compare run
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
     missing = [path for path in args.json if not Path(path).is_file()]
     if missing:
         p.error(f"no results file {', '.join(missing)} (write one with benchmarks.compare --json)")
-    records = [r for path in args.json for r in json.loads(Path(path).read_text()).get("records", [])]
+    records = [r for path in args.json for r in json.loads(Path(path).read_text()).get("records", [])
+               if args.seeds is None or r["seed"] in args.seeds]
     print(report(records, args.brief))
     if args.plot:
         for path in plot(records, Path(args.plot)):
