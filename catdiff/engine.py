@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -27,7 +28,7 @@ from .checks import check_installed, plugin_sources
 from .config import Config
 from .context import RunContext
 from .distributed import ProcessGroup, pick_device
-from .errors import UserError
+from .errors import UserError, read_text
 from .hooks import registry
 from .method import Method
 from .model import Codebook, Denoiser, ema_copy
@@ -88,12 +89,42 @@ class Engine:
         if self.run is not None and self.run.last.exists():
             if cfg.resume:
                 payload = checkpoint.load(self.run.last)
+                self._check_record(payload["config"])
                 self._check_resume(payload["config"])
                 self.load_state(payload, self.run.last)
             else:
                 self.run.start_over = True  # fit() moves the old run's files aside
 
     # ----------------------------------------------------------------- setup
+    def _check_record(self, saved: dict[str, Any]) -> None:
+        """The run directory's config.json is a record (written with every checkpoint), not an
+        input: a hand edit of a fixed setting or an added / removed key is refused before the
+        record would be replaced; a changed setting that may change on resume is named in a warning."""
+        path = self.run.path / "config.json"
+        if not path.is_file():
+            return
+        try:
+            record = json.loads(read_text(path, "config.json"))
+        except ValueError as e:
+            raise UserError(f"{path} is not valid JSON ({e}); it is the record of the run, rewritten at every "
+                            f"checkpoint: delete it (last.pt holds the config) or restore it") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path} does not hold a JSON object; delete it (last.pt holds the config)")
+        table = {**config_mod.RUN_SETTINGS, **self.settings}
+        keys = sorted(set(record) ^ set(saved))
+        fixed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]
+                 and not (k in table and table[k].mutable)]
+        edits = [f"{k} (added)" if k in record else f"{k} (removed)" for k in keys]
+        edits += [f"{k}: {saved[k]!r} -> {record[k]!r}" for k in fixed]
+        if edits:
+            raise UserError(f"{path} was edited ({'; '.join(edits)}); it is the record of the run, not an input, and "
+                            f"would be replaced. Give changes with --set or --config FILE, and restore the file (or "
+                            f"delete it: last.pt holds the config)")
+        changed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]]
+        if changed and self.rank == 0:
+            print(f"catdiff: warning: {path} differs from {self.run.last} in {', '.join(changed)}; the record is "
+                  f"rewritten from this run's settings at its next checkpoint", file=sys.stderr)
+
     def _check_resume(self, saved: dict[str, Any]) -> None:
         """Stop unless the checkpoint in ``out`` trains the same model (config.resume_differences);
         print the keys that may change and did (they are stored with the next checkpoint)."""

@@ -372,3 +372,34 @@ def test_a_bound_worse_than_uniform_after_training_is_warned(tmp_path, toy, caps
     assert capsys.readouterr().err == (f"catdiff: warning: after 100 steps the likelihood bound is 49.97 bits/token, "
                                        f"worse than a uniform guess ({math.log2(toy.vocab_size):.2f}); check lr "
                                        f"({eng.cfg.lr}) and the data\n")
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda c: c.update(colour="blue"), "colour (added)"),
+    (lambda c: c.update(width="wide"), "width: 32 -> 'wide'"),
+    (lambda c: c.pop("shift"), "shift (removed)"),
+])
+def test_a_hand_edited_run_record_is_refused_not_overwritten(tmp_path, toy, edit, says):
+    opts = dict(steps=2, layers=1, width=32, heads=2, embed_dim=8, threads=1)
+    Engine(toy, out=tmp_path, **opts).fit()
+    record = json.loads((tmp_path / "config.json").read_text())
+    edit(record)
+    text = json.dumps(record)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UserError, match="config.json was edited") as e:
+        Engine(toy, out=tmp_path, **dict(opts, steps=4))
+    assert says in str(e.value) and "not an input" in str(e.value)
+    assert (tmp_path / "config.json").read_text() == text  # the edit is still there
+
+
+def test_a_record_differing_in_a_setting_that_may_change_is_named_and_resumes(tmp_path, toy, capsys):
+    opts = dict(steps=2, layers=1, width=32, heads=2, embed_dim=8, threads=1)
+    Engine(toy, out=tmp_path, **opts).fit()
+    record = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(record, lr=0.5)))
+    capsys.readouterr()
+    eng = Engine(toy, out=tmp_path, **dict(opts, steps=3))
+    assert eng.step == 2 and "differs from" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        Engine(toy, out=tmp_path, **dict(opts, steps=3))
