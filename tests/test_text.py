@@ -119,7 +119,7 @@ def test_text8_missing_file_error_names_file_and_source(tmp_path, monkeypatch):
         corpus.read_text8(bad)
 
 
-def test_sword_reader_on_a_synthetic_module(tmp_path):
+def test_sword_reader_on_a_synthetic_module(tmp_path, capsys):
     blocks = ['<div sID="a"/>Blessed <hi type="italic">is</hi> the MAN', "<title>Verse 1.</title> &amp; café—x"]
     index, blob = b"", b""
     for text in blocks:
@@ -130,9 +130,12 @@ def test_sword_reader_on_a_synthetic_module(tmp_path):
     (tmp_path / "ot.czz").write_bytes(blob)
     assert corpus.read_sword_blocks(tmp_path) == "".join(blocks)
     cache = tmp_path / "cache"
+    capsys.readouterr()
     assert corpus.tdavid_text(tmp_path, cache) == "blessed is the man verse cafe x"
+    assert "building the Treasury of David text" in capsys.readouterr().err  # the slow first read says so
     assert len(list(cache.glob("tdavid-*.txt"))) == 1
     assert corpus.tdavid_text(tmp_path, cache) == "blessed is the man verse cafe x"  # from the cache
+    assert capsys.readouterr().err == ""  # quietly
 
 
 needs_tdavid = pytest.mark.skipif(not (Path(DEFAULT_SWORD_DIR) / "ot.czs").is_file(),

@@ -15,6 +15,7 @@ import html
 import os
 import re
 import struct
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from catdiff.errors import UserError
+from catdiff.trainlog import progress
 
 from .tokenizer import clean_text
 
@@ -114,7 +116,9 @@ def read_sword_blocks(module_dir: Path, testament: str = "ot") -> str:
     if not raw_index or len(raw_index) % 12:
         raise UserError(f"{index}: size {len(raw_index)} is not a positive multiple of 12 (uint32 triples); {fix}")
     parts = []
+    bar = progress(len(raw_index) // 12, f"reading {data.name} (once; cached after)")
     for offset, size, usize in struct.iter_unpack("<III", raw_index):
+        bar.update(1)
         try:
             block = zlib.decompressobj().decompress(blob[offset : offset + size])
             if len(block) != usize:
@@ -122,6 +126,7 @@ def read_sword_blocks(module_dir: Path, testament: str = "ot") -> str:
             parts.append(block.decode("utf-8"))
         except (zlib.error, UnicodeDecodeError) as e:
             raise UserError(f"{data}: block at byte {offset} is damaged ({e}); {fix}") from None
+    bar.close()
     return "".join(parts)
 
 
@@ -143,6 +148,8 @@ def tdavid_text(module_dir: Path, cache_dir: Path | None) -> str:
                 return cache.read_text(encoding="ascii")
             except UnicodeDecodeError:  # damaged: rebuilt below and replaced
                 pass
+    print(f"catdiff-text: building the Treasury of David text from {module_dir} (minutes, once"
+          + (f"; cached in {cache_dir})" if cache is not None else ")"), file=sys.stderr, flush=True)
     text = clean_text(strip_markup(read_sword_blocks(module_dir))).strip()
     if cache is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
