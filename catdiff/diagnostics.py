@@ -15,7 +15,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def collapse_report(model, schedule, x: torch.Tensor, cond=None, grid: int = 11) -> dict:
     clean = model.codebook(x)  # [N, M, D]
-    var = clean.flatten(1).double().var(0).sort(descending=True).values
+    # one sequence (a tiny test split) has no spread to measure: 0, not NaN and torch's warning
+    var = clean.flatten(1).double().var(0, correction=int(len(x) > 1)).sort(descending=True).values
     total = var.sum()
     ts = torch.linspace(0.0, 1.0, grid, device=x.device)
     ce = []
@@ -25,7 +26,8 @@ def collapse_report(model, schedule, x: torch.Tensor, cond=None, grid: int = 11)
         z = a[:, None, None] * clean + s[:, None, None] * torch.randn_like(clean)
         logits = model.posterior_logits(z, t, cond).float()
         ce.append(F.cross_entropy(logits.transpose(1, 2), x).item())
-    data_var = model.codebook.data.double().var(0).sum()
+    rows = model.codebook.data.double()
+    data_var = rows.var(0, correction=int(len(rows) > 1)).sum()
     return {
         "embedding_variance": var.tolist(),
         "embedding_total_variance": total.item(),

@@ -403,3 +403,16 @@ def test_a_record_differing_in_a_setting_that_may_change_is_named_and_resumes(tm
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         Engine(toy, out=tmp_path, **dict(opts, steps=3))
+
+
+def test_collapse_report_of_a_single_test_sequence_warns_nothing(toy):
+    import warnings
+
+    from catdiff.diagnostics import collapse_report
+
+    eng = Engine(toy, steps=0)
+    x = eng.rows(eng.data("test"), slice(0, 1), "test")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "degrees of freedom is <= 0" would fail here
+        report = collapse_report(eng.ema_eval, eng.method.schedule, x, grid=3)
+    assert report["embedding_total_variance"] == 0.0 and len(report["cross_entropy"]) == 3
