@@ -35,7 +35,19 @@ def check_installed(what: str, config: dict[str, Any], plugins: dict[str, str] |
             why = "which this version of catdiff does not provide; use the catdiff version that wrote it"
         elif any(f"(from {dist} " in err for err in reg.failed.values()):
             why = "which failed to load (see its warning; --debug shows the traceback)"
+        elif (here := installed_version(dist)) is not None:
+            why = f"which the installed {dist} {here} does not provide; install the version that wrote it"
         else:
             why = f"which is not installed: pip install {dist}"
         plugin = f" (plugin {source})" if dist not in (None, "catdiff") else ""
         raise UserError(f"{what} was written with {kind[:-1]} {name!r}{plugin}, {why}")
+
+
+def installed_version(dist: str) -> str | None:
+    """The version of the installed distribution ``dist``, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

@@ -420,7 +420,9 @@ def test_checkpoints_and_exports_record_their_plugins(capsys, tmp_path):
      "was written with method 'hot-catdm' (plugin catdiff-hot 2.0), which is not installed: pip install catdiff-hot"),
     (dict(task="stripes", plugins=None),  # written before checkpoints recorded their plugins
      "was written with task 'stripes', which no installed plugin provides (installed tasks: "),
-], ids=["task", "method", "old-checkpoint"])
+    (dict(task="fashion-stripes", plugins={"tasks": "catdiff-vision 9.0"}),  # installed, but not that task
+     "was written with task 'fashion-stripes' (plugin catdiff-vision 9.0), which the installed catdiff-vision "),
+], ids=["task", "method", "old-checkpoint", "installed-without-it"])
 @pytest.mark.parametrize("cmd", ["sample", "eval"])
 def test_a_checkpoint_of_a_plugin_not_installed_names_it(capsys, tmp_path, run, cmd, edit, message):
     payload = torch.load(run / "last.pt", weights_only=True)
