@@ -301,6 +301,11 @@ class Engine:
         its config, its EMA weights in every copy of the network, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
+        try:  # the stored config alone first: a bad value there names the file
+            config_mod.for_task(task or registry().get("tasks", meta["config"]["task"]).factory(),
+                                config=config_mod.migrate(meta["config"]))
+        except UserError as e:
+            raise UserError(f"{Path(directory) / export_mod.CONFIG}: {e}") from None
         eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
         eng.method.load_state_dict(meta.get("method") or {})

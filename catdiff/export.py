@@ -18,6 +18,9 @@ VERSION = 1
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
+TOP_KEYS = frozenset({"format", "version", "step", "config", "task", "plugins", "method"})
+
+
 def is_export(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / WEIGHTS).is_file()
@@ -67,6 +70,10 @@ def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
                         f"with `catdiff export`")
     if version > VERSION:
         raise UserError(f"{directory} has export version {meta['version']}; this catdiff reads <= {VERSION}")
+    unknown = sorted(set(meta) - TOP_KEYS)
+    if unknown:  # an edit that would otherwise be ignored
+        raise UserError(f"{directory / CONFIG} has keys a catdiff export does not hold: {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(TOP_KEYS))}); run settings go inside \"config\"")
     config, task, step = meta.get("config"), meta.get("task"), meta.get("step", 0)
     if not (isinstance(config, dict) and isinstance(config.get("task"), str) and isinstance(task, dict)
             and all(k in task for k in ("name", "vocab_size", "seq_len", "num_classes")) and isinstance(step, int)):

@@ -479,3 +479,17 @@ def test_an_unwritable_output_directory_is_refused_before_the_work(capsys, tmp_p
         f"catdiff: error: cannot write {what} into {locked / 'out'}: {locked} is not writable; "
         f"pass a writable --out directory"], err
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["config"].update(width="wide"), "config.json: config width: expected int"),
+    (lambda m: m.update(colour="blue"), "config.json has keys a catdiff export does not hold: colour"),
+], ids=["bad-value", "unknown-top-level-key"])
+def test_an_edited_export_config_names_the_file(capsys, tmp_path, run, edit, message):
+    assert cli_run(capsys, "export", run, tmp_path / "x")[0] == 0
+    meta = json.loads((tmp_path / "x" / "config.json").read_text())
+    edit(meta)
+    (tmp_path / "x" / "config.json").write_text(json.dumps(meta))
+    code, _, err = cli_run(capsys, "sample", tmp_path / "x", "--out", tmp_path / "s")
+    assert code == 2 and "Traceback" not in err and message in err, err
+    assert str(tmp_path / "x" / "config.json") in err
