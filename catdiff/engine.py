@@ -277,9 +277,20 @@ class Engine:
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
         check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
+        cls._check_stored(payload["config"], task, f"checkpoint {path}")
         eng = cls._from_config(payload["config"], overrides, task, out)
         eng.load_state(payload, path)
         return eng
+
+    @staticmethod
+    def _check_stored(config: dict[str, Any], task: Task | None, where) -> None:
+        """The config stored in a checkpoint or export, alone (before the caller's overrides): a
+        key or value this catdiff does not accept is named as coming from ``where``."""
+        try:
+            config_mod.for_task(task or registry().get("tasks", config_mod.migrate(config)["task"]).factory(),
+                                config=config_mod.migrate(config))
+        except UserError as e:
+            raise UserError(f"{where} stores a config this catdiff does not accept: {e}") from None
 
     @classmethod
     def _from_config(cls, config: dict[str, Any], overrides: dict[str, Any], task: Task | None,
@@ -301,11 +312,7 @@ class Engine:
         its config, its EMA weights in every copy of the network, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
-        try:  # the stored config alone first: a bad value there names the file
-            config_mod.for_task(task or registry().get("tasks", meta["config"]["task"]).factory(),
-                                config=config_mod.migrate(meta["config"]))
-        except UserError as e:
-            raise UserError(f"{Path(directory) / export_mod.CONFIG}: {e}") from None
+        cls._check_stored(meta["config"], task, Path(directory) / export_mod.CONFIG)
         eng = cls._from_config(meta["config"], overrides, task)
         eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
         eng.method.load_state_dict(meta.get("method") or {})

@@ -482,7 +482,7 @@ def test_an_unwritable_output_directory_is_refused_before_the_work(capsys, tmp_p
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m["config"].update(width="wide"), "config.json: config width: expected int"),
+    (lambda m: m["config"].update(width="wide"), "config.json stores a config this catdiff does not accept: config width"),
     (lambda m: m.update(colour="blue"), "config.json has keys a catdiff export does not hold: colour"),
 ], ids=["bad-value", "unknown-top-level-key"])
 def test_an_edited_export_config_names_the_file(capsys, tmp_path, run, edit, message):
@@ -493,3 +493,13 @@ def test_an_edited_export_config_names_the_file(capsys, tmp_path, run, edit, mes
     code, _, err = cli_run(capsys, "sample", tmp_path / "x", "--out", tmp_path / "s")
     assert code == 2 and "Traceback" not in err and message in err, err
     assert str(tmp_path / "x" / "config.json") in err
+
+
+def test_an_unknown_key_stored_in_a_checkpoint_is_said_to_come_from_it(capsys, tmp_path, run):
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["config"]["colour"] = "blue"
+    torch.save(payload, tmp_path / "other.pt")
+    code, _, err = cli_run(capsys, "sample", tmp_path / "other.pt", "--out", tmp_path / "s")
+    assert code == 2 and "Traceback" not in err
+    assert f"checkpoint {tmp_path / 'other.pt'} stores a config this catdiff does not accept: unknown config key " \
+           f"'colour'" in err, err
