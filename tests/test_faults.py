@@ -413,3 +413,18 @@ def test_the_signal_tests_pass_in_a_process_started_with_sigint_ignored():
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), capture_output=True,
                          text=True, timeout=600, env=ENV, cwd=Path(__file__).parents[1])
     assert res.returncode == 0 and "3 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_a_disk_already_full_leaves_no_empty_lock_and_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)  # the lock's record is the run's first write
+    code = cli.main(["run", "toy", "--out", str(tmp_path / "r"), "--steps", "2", *RUN])
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{tmp_path / 'r' / '.catdiff.lock'}: No space left on device" in err, err
+    assert not (tmp_path / "r" / ".catdiff.lock").exists()
