@@ -2,6 +2,8 @@
 or lazy (memory-mapped) on the host, each gathered batch range-checked."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .errors import UserError
@@ -46,6 +48,11 @@ def check_tokens(data: TokenData | LazyTokenData, task: Task, split: str) -> Non
         check_token_range(tokens, task, split)
     if (task.num_classes or task.conditional) and labels is None:
         raise UserError(f"task {task.name!r} is conditional but split {split!r} has no labels (conditions)")
+    if split == "train" and tokens.numel() and int(tokens.min()) == int(tokens.max()):  # degenerate, yet trainable
+        which = "the rows checked of its training split hold" if isinstance(data, LazyTokenData) else \
+            "its training split holds"
+        print(f"catdiff: warning: task {task.name!r}: {which} one token id only ({int(tokens.min())}): there is "
+              f"nothing to learn but that id", file=sys.stderr)
 
 
 class Splits:

@@ -184,3 +184,15 @@ def test_bad_settings_are_refused_before_the_data_is_read():
     for key, value, allowed in (("test_frac", 1.0, r"in \(0, 1\)"), ("vocab_size", -1, ">= 0")):
         with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
             for_task(TokensTask(), None, {"path": "/nonexistent.npy", key: value})
+
+
+def test_a_training_split_of_one_token_id_is_warned(tmp_path, capsys):
+    from catdiff.splits import check_tokens
+
+    np.save(tmp_path / "same.npy", np.full((N, M), 3, dtype=np.int64))
+    task = task_with(path=str(tmp_path / "same.npy"))
+    check_tokens(task.load("test"), task, "test")
+    assert capsys.readouterr().err == ""  # the test split is not what trains
+    check_tokens(task.load("train"), task, "train")
+    assert capsys.readouterr().err == ("catdiff: warning: task 'tokens': its training split holds one token id only "
+                                       "(3): there is nothing to learn but that id\n")
