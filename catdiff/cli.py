@@ -36,7 +36,7 @@ def cmd_list(args) -> int:
             print("  (none)")
         for name in sorted(comps):
             c = comps[name]
-            desc = c.description if kind == "tasks" else ""
+            desc = c.description
             print(f"  {name:<24} from {c.source}" + (f"  - {desc}" if desc else ""))
             if (kind, name) in reg.shadowed:
                 print(f"  {'':<24} shadows the same name from {', '.join(reg.shadowed[(kind, name)])}")

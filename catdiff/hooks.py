@@ -72,7 +72,8 @@ class Component:
 
     @property
     def description(self) -> str:
-        """A task's one-line summary, read without importing a Lazy component."""
+        """A component's one-line summary (its class's ``description``), read without importing a
+        Lazy component."""
         return getattr(self.ref, "description", "") or ""
 
 

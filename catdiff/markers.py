@@ -7,6 +7,7 @@ working for third-party plugins.
 import ast
 import importlib
 import importlib.util
+from pathlib import Path
 
 import pluggy
 
@@ -52,11 +53,25 @@ def literal_attribute(ref: str, name: str) -> str:
     is none (the module is not found, the class is nested or built, the value is not a literal)."""
     module, _, cls = ref.partition(":")
     try:
-        spec = importlib.util.find_spec(module)
-        with open(spec.origin, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (ImportError, ValueError, AttributeError, TypeError, OSError, SyntaxError):
+        origin = Path(importlib.util.find_spec(module).origin)
+    except (ImportError, ValueError, AttributeError, TypeError):
         return ""
+    return _class_literal(origin, cls, name)
+
+
+def _class_literal(origin: Path, cls: str, name: str, depth: int = 3) -> str:
+    """:func:`literal_attribute` in the source file ``origin``; a class the module re-exports with a
+    relative ``from .sub import Class`` is followed into that file (not imported either)."""
+    try:
+        tree = ast.parse(origin.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in tree.body:
+        if (depth and isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+                and any((a.asname or a.name) == cls and a.name == cls for a in node.names)):
+            base = origin.parent.joinpath(*node.module.split("."))
+            sub = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            return _class_literal(sub, cls, name, depth - 1)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             for stmt in node.body:

@@ -23,6 +23,8 @@ class Method:
 
     Attributes:
       name            registry name
+      description     one line for ``catdiff list`` (a string literal in the class body: it is read
+                      from the source, without importing the method)
       continuous      True when tokens are embedded and diffused in R^D (the engine then
                       reports the embedding-collapse diagnostics with ``schedule``)
       uses_target_ema True when ``loss`` reads the fast EMA ``target`` (rate ``ema_cm``);
@@ -39,6 +41,7 @@ class Method:
     """
 
     name: str = ""
+    description: str = ""
     continuous: bool = False
     uses_target_ema: bool = False
     samplers: tuple[str, ...] = ()

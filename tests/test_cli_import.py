@@ -64,7 +64,7 @@ def test_list_does_not_import_torch():
 
 
 def test_lazy_components_resolve_and_keep_their_descriptions():
-    """Every component named by reference imports, and a task's listed description is its class's."""
+    """Every component named by reference imports, and a task's or method's listed description is its class's."""
     from catdiff.hooks import Lazy, build_registry
     from catdiff.methods import builtin_methods
 
@@ -76,8 +76,9 @@ def test_lazy_components_resolve_and_keep_their_descriptions():
         listed = c.description
         factory = c.factory  # imports it
         assert callable(factory), c
-        if c.kind == "tasks":
+        if c.kind in ("tasks", "methods"):  # read from the source (a method's through its package's re-export)
             assert listed == factory.description and factory.name == c.name, c.name
+            assert listed, f"{c.kind[:-1]} {c.name} lists no description"
     assert {n: c.factory for n, c in reg.components["methods"].items() if c.source == "catdiff"} == builtin_methods()
 
 
@@ -99,3 +100,11 @@ def test_lazy_description_is_read_from_the_source_without_importing(tmp_path, mo
     assert Lazy("lazy_desc_mod_missing:A").description == ""
     assert Lazy("lazy_desc_mod:B", "given").description == "given"
     assert "lazy_desc_mod" not in sys.modules
+    # a package that re-exports the class (`from .impl import M`, as catdiff.methods does): followed, not imported
+    pkg = tmp_path / "lazy_desc_pkg"
+    (pkg / "impl").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\nfrom .impl import M\nfrom .other import N as M2\n")
+    (pkg / "impl" / "__init__.py").write_text("raise RuntimeError('imported')\nclass M:\n    description = 'deep'\n")
+    assert Lazy("lazy_desc_pkg:M").description == "deep"
+    assert Lazy("lazy_desc_pkg:M2").description == ""  # renamed on import: not followed
+    assert "lazy_desc_pkg" not in sys.modules and "lazy_desc_pkg.impl" not in sys.modules

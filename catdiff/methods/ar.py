@@ -107,6 +107,7 @@ class AR(Method):
     """Next-token cross-entropy on a causal backbone; exact NLL; KV-cache samplers (module doc)."""
 
     name = "ar"
+    description = "autoregressive anchor: the backbone made causal, exact likelihood, KV cache"
     continuous = False
     samplers = ("sample", "greedy", "beam")
     settings = (

@@ -136,6 +136,7 @@ class D3PM(DiscreteDiffusion):
     hybrid loss with lambda = 0.001 (their image setting)."""
 
     name = "d3pm"
+    description = "D3PM-uniform (Austin et al. 2021): uniform transitions, hybrid loss"
 
     def transitions(self, K):
         abar = cosine_abar(self.T)

@@ -43,6 +43,7 @@ def mask_inputs(x: torch.Tensor, mask_id: int, generator: torch.Generator | None
 
 class MaskGIT(Method):
     name = "maskgit"
+    description = "MaskGIT (Chang et al. 2022): confidence-ordered parallel decoding"
     continuous = False
     samplers = ("confidence",)
     settings = (Setting("mask_temperature", 4.5, "Gumbel temperature of the confidence order, annealed to 0",

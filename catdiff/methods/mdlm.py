@@ -132,6 +132,7 @@ class MDLM(Method):
     """Masked diffusion, SUBS, continuous-time NELBO, ancestral and cached samplers (module doc)."""
 
     name = "mdlm"
+    description = "MDLM (Sahoo et al. 2024): masked diffusion on its continuous-time ELBO"
     continuous = False
     samplers = ("cached", "ancestral")
     settings = (

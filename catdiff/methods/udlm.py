@@ -139,6 +139,7 @@ class UDLM(Method):
     """Uniform-state diffusion, continuous-time NELBO, ancestral sampler (module doc)."""
 
     name = "udlm"
+    description = "UDLM / Duo: uniform-state diffusion on its continuous-time ELBO"
     continuous = False
     samplers = ("ancestral",)
     settings = (

@@ -43,6 +43,7 @@ def linear_schedule(T: int, a1=0.99999, aT=0.000009, g1=0.000009, gT=0.99999):
 
 class VQDiffusion(DiscreteDiffusion):
     name = "vqdiffusion"
+    description = "VQ-Diffusion mask-and-replace with Improved VQ-Diffusion sampling (paper 004)"
     samplers = ("ancestral", "purity", "fewer_tokens")
     settings = DiscreteDiffusion.settings + (
         Setting("purity_scale", 1.0, "r of Improved VQ-Diffusion eq. 11 (the purity sampler)", low=0, low_open=True,

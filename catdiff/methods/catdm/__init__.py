@@ -57,6 +57,7 @@ __all__ = ["CATDM", "CATDMObjective", "ShiftedCosineSchedule", "likelihood_bound
 
 class CATDM(Method):
     name = "catdm"
+    description = "CATDM (paper 003): continuous diffusion over a jointly learned codebook"
     continuous = True
     samplers = SAMPLERS
     settings = SETTINGS
