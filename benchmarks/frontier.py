@@ -158,8 +158,9 @@ def report(records: list[dict], brief: bool = False) -> str:
         picked = chosen(arms)
         lines += ["", "One arm per method from here on (its lowest FID averaged over the step counts): "
                   + ", ".join(picked) + "."]
+        stepped = {a: v for a, v in picked.items() if None not in v["by_n"]}  # AR takes no step count
         for n in counts:
-            best = best_by_family(picked, n)
+            best = best_by_family(stepped, n)
             if "catdm" not in best:
                 continue
             others = {f: v for f, v in best.items() if f != "catdm"}
