@@ -1,5 +1,6 @@
-"""The collapse comparison of issue 2: CATDM, CSDM and CATDM w/o CM on digits, same budget
-and seeds, digits-FID beside the embedding-variance summary (paper 003 Figure 1: CSDM's
+"""The collapse comparison: CATDM, CSDM and CATDM w/o CM on digits.
+
+Same budget and seeds, digits-FID beside the embedding-variance summary (paper 003 Figure 1: CSDM's
 embeddings are meant to collapse, CATDM's not). A preset of ablation, same options:
 
     python -m benchmarks.ablation_digits --seeds 0 1 --jobs 2 --threads 1

@@ -1,6 +1,7 @@
-"""Every method at equal training time and at equal steps (issue 19 part 2): CATDM and its
-Table 1 arms against the discrete-state methods (paper 000 Table 2) and an autoregressive
-anchor, same task, backbone size, data, seeds and metrics, all measured in one run.
+"""Every method at equal training time and at equal steps, all measured in one run.
+
+CATDM and its Table 1 arms against the discrete-state methods (paper 000 Table 2) and an
+autoregressive anchor: same task, backbone size, data, seeds and metrics.
 
     python -m benchmarks.compare                                   # digits, every method, both modes, 3 seeds
     python -m benchmarks.compare --tasks digits --methods catdm ar --seeds 0 1 2 --budget 200

@@ -1,4 +1,4 @@
-"""Do the core defaults work on a task nobody tuned? (issue 18, part 2)
+"""Do the core defaults work on a task nobody tuned? The untuned tasks against their tuned arms.
 
     python -m benchmarks.defaults [--steps 1300] [--seeds 0 1 2] [--tasks words digits text-chars text-bpe]
     python -m benchmarks.defaults --arms core --core positions=sinusoidal   # try a candidate default
@@ -40,7 +40,7 @@ from catdiff.task import Task, TokenData
 
 LICENSES = Path("/usr/share/common-licenses")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
-# the settings every first-party small task overrides (issue 18): the "tuned" arm of `words`
+# the settings every first-party small task overrides: the "tuned" arm of `words`
 SMALL = dict(lr=2e-3, warmup=20, ema_cm=0.9, embed_dim=16, drop_l0=0.5, layers=2, width=64)
 # what the samples are worth beside the bound: FID (digits), the share of sampled words that are
 # real (words), the share of sampled words found in the training text, and of real test text (text)

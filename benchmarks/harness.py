@@ -164,8 +164,9 @@ def diversity(tokens, labels=None) -> dict:
     if labels is None:
         same, rows = torch.ones(len(flat), dtype=torch.bool), flat
     else:
-        order = torch.argsort(torch.as_tensor(labels).reshape(len(flat), -1)[:, 0], stable=True)
-        rows, lab = flat[order], torch.as_tensor(labels).reshape(len(flat), -1)[order, 0]
+        first = torch.as_tensor(labels).reshape(len(flat), -1)[:, 0]  # a class label, or a condition's first id
+        order = torch.argsort(first, stable=True)
+        rows, lab = flat[order], first[order]
         same = lab == lab.roll(1)
     diff = (rows != rows.roll(1, 0)).float().mean(1)[same]
     return {"distinct_share": len(torch.unique(flat, dim=0)) / max(1, len(flat)),

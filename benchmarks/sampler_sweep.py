@@ -1,6 +1,5 @@
-"""Sampling-only settings of one trained CATDM model (issue 19 part 4: is the sampler what
-loses at equal time?). Trains CATDM once, as ``compare`` does at equal time (``--budget``
-CPU-seconds) or for ``--steps``, then samples the same model under each setting and prints
+"""Sampling-only settings of one trained CATDM model: is the sampler what loses at equal time?
+Trains CATDM once, as ``compare`` does at equal time (``--budget`` CPU-seconds) or for ``--steps``, then samples the same model under each setting and prints
 its FID. Nothing here costs training time, so any gain would carry over to equal time as is.
 
     python -m benchmarks.sampler_sweep --task digits --budget 100

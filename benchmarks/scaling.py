@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -115,14 +116,16 @@ def run(args) -> list[dict]:
     print(f"{args.task}: {len(todo)} runs to go ({len(recs)} in {path})", flush=True)
     one = functools.partial(_run_one, args.task, sample_steps=args.sample_steps, samples=args.samples,
                             threads=args.threads, sets=sets)
-    if args.jobs <= 1:
-        results = map(one, todo)
-    else:
-        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
-        results = (f.result() for f in concurrent.futures.as_completed([pool.submit(one, spec) for spec in todo]))
-    for rec in results:
-        recs.append(rec)
-        write_json(path, records=recs)
+    with contextlib.ExitStack() as stack:
+        if args.jobs <= 1:
+            results = map(one, todo)
+        else:
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                args.jobs, mp_context=multiprocessing.get_context("spawn")))
+            results = (f.result() for f in concurrent.futures.as_completed([pool.submit(one, spec) for spec in todo]))
+        for rec in results:
+            recs.append(rec)
+            write_json(path, records=recs)
     return recs
 
 

@@ -384,11 +384,16 @@ def resume_differences(saved: Mapping[str, Any], requested: Config,
     config and the requested one; ``fixed`` differences forbid resuming. A key may change when
     its Setting is ``mutable`` (run-level ones from :data:`RUN_SETTINGS`, the components' from
     ``settings``). Keys the checkpoint does not record (older catdiff) are not compared."""
-    table = {**RUN_SETTINGS, **dict(settings or {})}
     fixed, changed = [], []
     old = migrate(saved)
     for key, new in requested.to_dict().items():
         if key in old and old[key] != new:
-            mutable = key in table and table[key].mutable
-            (changed if mutable else fixed).append((key, old[key], new))
+            (changed if may_change(key, settings) else fixed).append((key, old[key], new))
     return fixed, changed
+
+
+def may_change(key: str, settings: Mapping[str, Setting] | None = None) -> bool:
+    """Whether ``key`` may change when a run resumes: its Setting is ``mutable`` (run-level ones from
+    :data:`RUN_SETTINGS`, the components' from ``settings``)."""
+    setting = dict(settings or {}).get(key) or RUN_SETTINGS.get(key)
+    return setting is not None and setting.mutable

@@ -110,17 +110,13 @@ class Engine:
                             f"checkpoint: delete it (last.pt holds the config) or restore it") from None
         if not isinstance(record, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it (last.pt holds the config)")
-        table = {**config_mod.RUN_SETTINGS, **self.settings}
-        keys = sorted(set(record) ^ set(saved))
-        fixed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]
-                 and not (k in table and table[k].mutable)]
-        edits = [f"{k} (added)" if k in record else f"{k} (removed)" for k in keys]
-        edits += [f"{k}: {saved[k]!r} -> {record[k]!r}" for k in fixed]
+        changed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]]
+        edits = [f"{k} (added)" if k in record else f"{k} (removed)" for k in sorted(set(record) ^ set(saved))]
+        edits += [f"{k}: {saved[k]!r} -> {record[k]!r}" for k in changed if not config_mod.may_change(k, self.settings)]
         if edits:
             raise UserError(f"{path} was edited ({'; '.join(edits)}); it is the record of the run, not an input, and "
                             f"would be replaced. Give changes with --set or --config FILE, and restore the file (or "
                             f"delete it: last.pt holds the config)")
-        changed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]]
         if changed and self.rank == 0:
             print(f"catdiff: warning: {path} differs from {self.run.last} in {', '.join(changed)}; the record is "
                   f"rewritten from this run's settings at its next checkpoint", file=sys.stderr)
@@ -286,9 +282,9 @@ class Engine:
     def _check_stored(config: dict[str, Any], task: Task | None, where) -> None:
         """The config stored in a checkpoint or export, alone (before the caller's overrides): a
         key or value this catdiff does not accept is named as coming from ``where``."""
+        stored = config_mod.migrate(config)
         try:
-            config_mod.for_task(task or registry().get("tasks", config_mod.migrate(config)["task"]).factory(),
-                                config=config_mod.migrate(config))
+            config_mod.for_task(task or registry().get("tasks", stored["task"]).factory(), config=stored)
         except UserError as e:
             raise UserError(f"{where} stores a config this catdiff does not accept: {e}") from None
 
