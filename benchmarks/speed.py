@@ -187,8 +187,9 @@ def objective_cost(args, device, peak) -> None:
     L_CM + backward + AdamW + both EMA updates) over a plain CSDM step (the VLB of eq. 3,
     same student pass, no teacher), same backbone and batch, paired rounds; and the CATDM step
     with L0 estimated on a quarter of the rows (``l0_rows=0.25``: the z_0 pass on B/4 rows)."""
-    from catdiff.model import Codebook, Denoiser, ema_copy, ema_update
+    from catdiff.model import Codebook, ema_copy, ema_update
     from catdiff.methods.catdm import CATDMObjective, ShiftedCosineSchedule
+    from catdiff.methods.catdm.network import CATDMDenoiser
 
     cfg = digits_config()
     K, M, B = 17, 64, cfg.batch_size
@@ -198,7 +199,7 @@ def objective_cost(args, device, peak) -> None:
     for name, changes in arms.items():
         run = cfg.replace(**changes)
         torch.manual_seed(0)
-        model = Denoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
+        model = CATDMDenoiser(Codebook(K, run.embed_dim), build_encoder(run, vocab_size=K, seq_len=M)).to(device)
         teacher, slow = ema_copy(model), ema_copy(model)
         opt = adamw(model.parameters(), lr=1e-4)
         loss_fn = CATDMObjective(run, ShiftedCosineSchedule(run.shift, run.logsnr_min, run.logsnr_max))
@@ -298,7 +299,7 @@ def peak_memory_mb(device) -> float:
 
 def loop_cost(args, device) -> None:
     """``Engine.fit`` per step over the bare method step (``method.loss`` on one fixed batch,
-    backward, clip, AdamW, both EMA updates) for the same engine, paired rounds; then the host
+    backward, clip, AdamW, the method's and the sampling EMA updates) for the same engine, paired rounds; then the host
     reads (syncs) per step of a fit over 2 x log_every steps, and peak memory."""
     from catdiff.engine import Engine
     from catdiff.model import ema_update
@@ -317,12 +318,12 @@ def loop_cost(args, device) -> None:
 
         def bare(eng=eng, x=x, params=params):
             with eng.autocast:
-                loss, _ = eng.method.loss(eng.model, eng.ema_cm, x, None)
+                loss, _ = eng.method.loss(eng.model, x, None)
             eng.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, eng.cfg.grad_clip)
             eng.optimizer.step()
-            ema_update(eng.ema_cm, eng.model, 0.99)
+            eng.method.after_step(eng.model)
             ema_update(eng.ema_eval, eng.model, 0.9999)
 
         iters = 2 if (cpu and name.startswith("paper")) else 10

@@ -1,4 +1,8 @@
-"""Checkpoints: one file holding config, step, weights, both EMAs, optimizer and RNG state.
+"""Checkpoints: one file holding config, step, the network, its sampling EMA, the networks the
+method keeps (``nets``, e.g. CATDM's CM teacher), optimizer and RNG state.
+
+Version 2; version 1 (catdiff 0.1) held every method's teacher as ``ema_cm`` beside ``model``,
+loaded as ``nets`` (a method that keeps no teacher ignores it).
 
 Written atomically (temp file in the same directory, fsync, rename), so an interrupted
 write never leaves a half-written checkpoint behind the final name. They hold only tensors
@@ -21,7 +25,9 @@ import torch
 from .errors import UserError
 
 FORMAT = "catdiff-checkpoint"
-VERSION = 1
+VERSION = 2
+V1_CORE = ("format", "version", "config", "task", "plugins", "step", "model", "ema_eval", "method",
+           "optimizer", "scaler", "rng", "best", "run_id")
 
 
 class CheckpointError(UserError):
@@ -143,7 +149,10 @@ def load(path: str | Path, map_location="cpu") -> dict[str, Any]:
     if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')!r}; "
                               f"this catdiff reads <= {VERSION}: upgrade catdiff")
-    missing = [k for k in ("config", "task", "step", "model", "ema_cm", "ema_eval", "optimizer", "rng")
+    if payload["version"] < 2:  # the keys beside the core's were the (one) teacher's
+        payload = {**{k: v for k, v in payload.items() if k in V1_CORE},
+                   "nets": {k: v for k, v in payload.items() if k not in V1_CORE}}
+    missing = [k for k in ("config", "task", "step", "model", "ema_eval", "nets", "optimizer", "rng")
                if k not in payload]
     if missing:
         raise CheckpointError(f"{path} is an incomplete catdiff checkpoint (no {', '.join(missing)})")

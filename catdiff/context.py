@@ -18,7 +18,6 @@ attributes (optimizer, EMA copies, process group) are not part of the interface.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -100,12 +99,3 @@ class RunContext:
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` (same shape on each), concatenated in rank order, on the CPU."""
         return self._engine.group.all_gather(tensor) if self.world > 1 else tensor.cpu()
-
-    # ------------------------------------------------------------- catdiff <= 0.x tasks
-    def __getattr__(self, name: str):
-        """Engine attributes tasks read before RunContext (``cfg``, ``method``, ``ema_eval``, ...)."""
-        if name.startswith("_"):
-            raise AttributeError(name)
-        warnings.warn(f"a task read engine.{name}; use the RunContext interface (catdiff.context)",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(self._engine, name)

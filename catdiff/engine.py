@@ -6,8 +6,8 @@
     tokens = eng.sample(16, steps=50)
     print(eng.evaluate())
 
-The engine builds the task, config, method, network and its EMA copies, and holds the state a
-checkpoint saves. The training loop is catdiff.training, the run directory catdiff.rundir,
+The engine builds the task, config, method, the method's network and its sampling EMA, and
+holds the state a checkpoint saves. The training loop is catdiff.training, the run directory catdiff.rundir,
 the process group of a ``torchrun`` job catdiff.distributed, what tasks may call
 catdiff.context.RunContext and the random streams catdiff.streams.
 """
@@ -31,7 +31,7 @@ from .distributed import ProcessGroup, pick_device
 from .errors import UserError, read_text
 from .hooks import registry
 from .method import Method
-from .model import Codebook, Denoiser, ema_copy
+from .model import ema_copy
 from .splits import Splits
 from .task import DataSpec, LazyTokenData, Task, TokenData
 from .trainlog import progress
@@ -67,17 +67,13 @@ class Engine:
         self.backbone_factory = reg.get("backbones", cfg.backbone).factory
         backbone = self.backbone_factory(cfg, vocab_size=self.spec.vocab_size, seq_len=self.spec.seq_len,
                                          num_classes=self.spec.num_classes, **self._backbone_kwargs())
-        codebook = Codebook(self.task.vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook,
-                            norm=cfg.options.get("embed_norm", 0.0))  # a catdm setting
-        self.task.init_codebook(codebook)
-        # the Denoiser's options for continuous methods, settings of such a method (catdm)
-        schedule = self.method.schedule if cfg.options.get("evidence") else None
-        self.model = Denoiser(codebook, backbone, self_cond=bool(cfg.options.get("self_cond")),
-                              schedule=schedule).to(self.device)
-        self.ema_cm = ema_copy(self.model)     # the method's target EMA, e.g. CATDM's theta_bar, phi_bar
+        self.model = self.method.build(backbone, self.spec)
+        self.task.init_codebook(self.model.codebook)
+        self.model.to(self.device)
+        self.method.start(self.model)          # e.g. CATDM's CM teacher, a copy the method keeps
         self.ema_eval = ema_copy(self.model)   # slow EMA for sampling and evaluation
-        if cfg.compile:  # in place (state_dict keys unchanged): training, the CM target and sampling
-            for m in (self.model, self.ema_cm, self.ema_eval):
+        if cfg.compile:  # in place (state_dict keys unchanged): training and sampling
+            for m in (self.model, self.ema_eval):
                 m.net.compile()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
@@ -209,9 +205,6 @@ class Engine:
         """Hold the run directory's lock (rank 0; re-entrant) while the caller writes into it."""
         return self.run.writing() if self.run is not None else contextlib.nullcontext()
 
-    def leave_group(self) -> None:
-        """Kept for scripts of catdiff <= 0.x: ``fit`` leaves the process group itself."""
-
     # ----------------------------------------------------------------- state
     @property
     def task_meta(self) -> dict[str, Any]:
@@ -226,29 +219,35 @@ class Engine:
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds (catdiff.checkpoint)."""
         return {"config": self.cfg.to_dict(), "task": self.task_meta, "plugins": self.plugins, "step": self.step,
-                "model": self.model.state_dict(), "ema_cm": self.ema_cm.state_dict(),
-                "ema_eval": self.ema_eval.state_dict(), "method": self.method.state_dict(),
+                "model": self.model.state_dict(), "ema_eval": self.ema_eval.state_dict(),
+                "nets": {k: m.state_dict() for k, m in self.method.networks().items()},
+                "method": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": checkpoint.rng_state(), "best": self.best, "run_id": self.run_id}
 
-    def _load_weights(self, meta: dict[str, Any], weights: dict[str, dict], path) -> None:
-        """``weights``: state dicts of model / ema_cm / ema_eval, checked against the task ``meta``."""
+    def _load_weights(self, meta: dict[str, Any], weights: dict[str, dict], path, nets: dict[str, dict]) -> None:
+        """``weights``: state dicts of model / ema_eval, ``nets`` of the method's networks (by
+        name; a method that keeps none ignores them), checked against the task ``meta``."""
         for key in ("vocab_size", "seq_len", "num_classes"):
             mine = getattr(self.spec, key)
             if meta[key] != mine:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
                     f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
+        mine = self.method.networks()
         try:
             for name, state in weights.items():
                 getattr(self, name).load_state_dict(state)
+            for name, state in nets.items():
+                if name in mine:
+                    mine[name].load_state_dict(state)
         except RuntimeError as e:
             raise checkpoint.CheckpointError(
                 f"{path} does not match the configured model ({e}); resume with the checkpoint's own "
                 f"config (catdiff sample/eval read it) or start a new --out directory") from None
 
     def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
-        self._load_weights(payload["task"], {k: payload[k] for k in ("model", "ema_cm", "ema_eval")}, path)
+        self._load_weights(payload["task"], {k: payload[k] for k in ("model", "ema_eval")}, path, payload["nets"])
         self.method.load_state_dict(payload.get("method") or {})
         self.optimizer.load_state_dict(payload["optimizer"])
         if payload.get("scaler") and self.scaler.is_enabled():
@@ -305,12 +304,13 @@ class Engine:
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":
         """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
-        its config, its EMA weights in every copy of the network, no optimizer state."""
+        its config, its EMA weights in the network and every copy of it, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
         cls._check_stored(meta["config"], task, Path(directory) / export_mod.CONFIG)
         eng = cls._from_config(meta["config"], overrides, task)
-        eng._load_weights(meta["task"], {"model": weights, "ema_cm": weights, "ema_eval": weights}, directory)
+        eng._load_weights(meta["task"], {"model": weights, "ema_eval": weights}, directory,
+                          {name: weights for name in eng.method.networks()})
         eng.method.load_state_dict(meta.get("method") or {})
         eng.step = int(meta.get("step", 0))
         return eng

@@ -11,7 +11,7 @@ import torch
 
 from . import checkpoint, streams
 from .context import RunContext
-from .diagnostics import collapse_report
+from .method import Method
 from .errors import UserError, naming
 from .trainlog import progress
 
@@ -74,10 +74,11 @@ def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]
         metrics.update(likelihood(eng))
         warn_if_worse_than_uniform(eng, metrics["nll_bound_bits_per_token"])
     report = None
-    if eng.method.continuous:
+    if type(eng.method).collapse_report is not Method.collapse_report:  # a method that diffuses embeddings
         test = eng.data("test")
         x, cond = eng.rows(test, slice(0, min(len(test), 1024)), "test")
-        report = collapse_report(eng.ema_eval, eng.method.schedule, x, cond)
+        report = eng.method.collapse_report(eng.ema_eval, x, cond)
+    if report is not None:
         metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
     t0 = time.perf_counter()
     tokens, labels = eng.task.generate(RunContext(eng, out, shared=eng.group.active), n)

@@ -1,10 +1,11 @@
 """Methods: a training objective together with its sampler and likelihood bound.
 
-The engine owns data, the network, optimisation, EMAs, checkpoints and metrics; a method
-owns what is specific to one kind of diffusion. Every method trains the same
-:class:`catdiff.model.Denoiser` (codebook + backbone): continuous methods diffuse the
-codebook embeddings, discrete-state methods use the codebook as the input embedding table
-of (masked / corrupted) token ids. Methods arrive through the ``catdiff_methods`` hook (the
+The engine owns data, optimisation, the sampling EMA, checkpoints and metrics; a method owns
+what is specific to one kind of diffusion: the network it trains (:meth:`Method.build`, by
+default the plain :class:`catdiff.model.Denoiser` of codebook + backbone; continuous methods
+diffuse the codebook embeddings, discrete-state methods use the codebook as the input
+embedding table of masked / corrupted token ids), any copy of it the method keeps (CATDM's CM
+teacher), its loss, sampler and likelihood bound. Methods arrive through the ``catdiff_methods`` hook (the
 first-party ones in :mod:`catdiff.methods`, one module or package each, registered by
 :mod:`catdiff.builtins` exactly as a plugin registers its own); the config key ``method``
 picks one (default ``catdm``). This module is the interface alone.
@@ -14,7 +15,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
+from .model import Codebook, Denoiser
 from .settings import declared
 
 
@@ -25,10 +28,6 @@ class Method:
       name            registry name
       description     one line for ``catdiff list`` (a string literal in the class body: it is read
                       from the source, without importing the method)
-      continuous      True when tokens are embedded and diffused in R^D (the engine then
-                      reports the embedding-collapse diagnostics with ``schedule``)
-      uses_target_ema True when ``loss`` reads the fast EMA ``target`` (rate ``ema_cm``);
-                      otherwise the engine does not maintain it
       samplers        names accepted by config key ``sampler`` (the first is the default)
       settings        the method's own config keys, a tuple of :class:`catdiff.settings.Setting`
                       (type, default, doc, allowed values, whether a resume may change it);
@@ -42,8 +41,6 @@ class Method:
 
     name: str = ""
     description: str = ""
-    continuous: bool = False
-    uses_target_ema: bool = False
     samplers: tuple[str, ...] = ()
     settings: tuple = ()
     backbone_options: Mapping[str, Any] = {}
@@ -58,6 +55,32 @@ class Method:
             return self.cfg.options[name]
         return {s.name: s.default for s in declared(self)}[name]
 
+    def build(self, backbone: nn.Module, spec) -> nn.Module:
+        """The network this method trains, around the backbone the engine built for the task's
+        :class:`catdiff.task.DataSpec` ``spec``: by default the plain Denoiser of a codebook of the
+        run's config. It must have the Denoiser's ``codebook``, ``net``, ``forward`` and ``logits``
+        (the task initialises ``codebook``, e.g. from a VQGAN; the engine compiles ``net``)."""
+        return Denoiser(Codebook.of(self.cfg, spec.vocab_size), backbone)
+
+    def start(self, model: nn.Module) -> None:
+        """Called once with the built network on its device, its codebook initialised, before
+        any checkpoint is loaded: a method that keeps a copy of it (a teacher EMA) makes it here
+        and lists it in :meth:`networks`."""
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks this method keeps besides the trained one, by name: saved in checkpoints
+        (not exports) and restored on resume. Default: none."""
+        return {}
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step with the (unwrapped) trained network, e.g. to move
+        a teacher EMA."""
+
+    def collapse_report(self, model: nn.Module, x: torch.Tensor, cond) -> dict[str, Any] | None:
+        """Embedding-collapse diagnostics (catdiff.diagnostics.collapse_report) of ``model`` on
+        test rows ``x``, for a method that diffuses embeddings; None (the default): none."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What the method learns besides the network (e.g. CATDM's time warp): saved with
         checkpoints and exports, restored by :meth:`load_state_dict`. A (nested) dict of tensors
@@ -67,9 +90,11 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
 
-    def loss(self, model, target, x: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model, x: torch.Tensor, cond) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar training loss and detached logs for a batch ``x`` [B, M]. ``model`` may be
-        DDP-wrapped: run everything that needs gradients through ``model(...)`` once."""
+        DDP-wrapped: run everything that needs gradients through ``model(...)`` once, and reach
+        its attributes through ``catdiff.methods.shared.unwrap(model)``. Random draws use torch's
+        global generator, which the engine seeds per step and rank."""
         raise NotImplementedError
 
     def sample(self, model, n: int, seq_len: int, *, steps: int, sampler: str, final: str, cond, guidance: float,
@@ -80,7 +105,8 @@ class Method:
 
     def nll_bound(self, model, x: torch.Tensor, cond, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """An upper bound on -log P(x) per sequence in nats (``"total"`` [B] plus named parts),
-        one Monte-Carlo draw at the times ``t`` in [0, 1) (stratified by the engine)."""
+        one Monte-Carlo draw at the times ``t`` in [0, 1) (stratified by the engine). Other
+        random draws use torch's global generator, which the engine seeds."""
         raise NotImplementedError(f"method {self.name!r} has no likelihood bound")
 
     @property

@@ -33,27 +33,25 @@ class Codebook(nn.Module):
     embeddings 4x smaller at D = 256 and trained worse on digits (docs/method.md, "Choices
     where the paper is silent").
     ``init_std`` (config ``embed_init_std``; None = the above) overrides it.
-
-    ``norm`` > 0 (CATDM's ``embed_norm``; CDCD and Plaid normalise their embeddings): every row
-    is used at that L2 norm, ``norm * w / ||w||``, so the rows cannot grow or shrink and the
-    schedule's SNR means what it says; the parameters stay free (their direction is learned).
+    A subclass may change how the rows are used by overriding :meth:`table`.
     """
 
-    def __init__(self, vocab_size: int, dim: int, init_std: float | None = None, fixed: bool = False,
-                 norm: float = 0.0):
+    def __init__(self, vocab_size: int, dim: int, init_std: float | None = None, fixed: bool = False):
         super().__init__()
         self.vocab_size = vocab_size
         self.mask_id = vocab_size
         self.null_id = vocab_size + 1
-        self.norm = float(norm)
         std = dim**-0.25 if init_std is None else init_std
         self.weight = nn.Parameter(torch.randn(vocab_size + 2, dim) * std, requires_grad=not fixed)
 
+    @classmethod
+    def of(cls, cfg, vocab_size: int, **kwargs) -> "Codebook":
+        """The codebook of a run's config (``embed_dim``, ``embed_init_std``, ``fixed_codebook``)."""
+        return cls(vocab_size, cfg.embed_dim, cfg.embed_init_std, fixed=cfg.fixed_codebook, **kwargs)
+
     def table(self) -> torch.Tensor:
-        """[K + 2, D]: the rows as the model uses them (at the fixed norm when one is set)."""
-        if not self.norm:
-            return self.weight
-        return nn.functional.normalize(self.weight, dim=-1) * self.norm
+        """[K + 2, D]: the rows as the model uses them."""
+        return self.weight
 
     @property
     def data(self) -> torch.Tensor:
@@ -65,47 +63,24 @@ class Codebook(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """f_theta(z_t; t[, y]) -> logits, plus the codebook phi that defines z_t.
+    """f_theta(z_t; t[, y]) -> logits, plus the codebook phi that defines z_t: the network every
+    method trains unless its ``Method.build`` returns another (CATDM's adds self-conditioning and
+    token evidence, catdiff.methods.catdm.network).
 
     ``forward`` does everything that needs gradients in one call (embedding lookup, noising,
     network), so DistributedDataParallel sees every parameter use inside its forward.
-
-    Self-conditioning (``self_cond``; Chen et al. 2022 "Analog Bits", Strudel et al. 2022
-    "SED"; not part of the CATDM paper, off by default): the network also reads a previous
-    estimate ``prev`` = EMB_hat [B, M, D] of the clean embeddings, added to its input through a
-    zero-initialised D x D map, so every backbone takes it unchanged and training starts as
-    without it. ``prev=None`` means no estimate (zeros). :meth:`posterior_logits` is the
-    self-conditioned denoiser of z alone: a first pass without an estimate, then a second
-    reading it (a deterministic function of z_t, so the likelihood bound stays a bound).
-
-    Token evidence (``schedule`` given: CATDM's ``evidence``, on by default; not part of the
-    CATDM paper): the logits become f_theta(z_t; t) + log N(z_t,i; alpha_t e_k, sigma_t^2 I)
-    (the k-dependent part). Since P(x_i = k | z_t) is proportional to P(x_i = k | z_t,-i) N(z_t,i; alpha_t e_k,
-    sigma_t^2 I), the network is then left with what the *other* positions say about token i,
-    and the posterior is exact per token from the start: it sharpens with the SNR as it
-    should (a plain network's wrong-token mass stops shrinking at high SNR, where the bound's
-    weight grows like e^lambda). Positions whose input was replaced by [mask] (random
-    dropping) get no evidence.
     """
 
-    def __init__(self, codebook: Codebook, net: nn.Module, self_cond: bool = False, schedule=None):
+    def __init__(self, codebook: Codebook, net: nn.Module):
         super().__init__()
         self.codebook = codebook
         self.net = net
-        self.self_cond = self_cond
-        self.schedule = schedule  # token evidence when given
-        if self_cond:
-            dim = codebook.weight.shape[1]
-            self.prev_proj = nn.Linear(dim, dim, bias=False)
-            nn.init.zeros_(self.prev_proj.weight)
-
-    def _input(self, z, prev):
-        return z if prev is None or not self.self_cond else z + self.prev_proj(prev.to(z.dtype))
 
     def forward(self, tokens_in, alpha=None, sigma=None, noise=None, t=None, cond=None, targets=None,
                 prev=None) -> DenoiserOutput:
         """z = alpha * EMB(tokens_in) + sigma * noise; without ``alpha`` z = EMB(tokens_in), the
         embed-only call of discrete-state methods: ``model(x_t, t=t, cond=cond, targets=x)``.
+        ``prev`` is passed on to :meth:`logits`.
 
         ``aux`` is the backbone's own per-sequence loss [B] (e.g. target-length prediction)
         when the backbone defines ``aux_loss(cond, targets)`` and ``targets`` are given, else
@@ -123,27 +98,13 @@ class Denoiser(nn.Module):
         return DenoiserOutput(logits, z, emb_targets, self.codebook.data, aux)
 
     def logits(self, z, t, cond=None, prev=None, keep=None):
-        """The network's logits, plus token evidence at the ``keep`` positions (default: all)."""
-        logits = self.net(self._input(z, prev), t, cond)
-        return logits if self.schedule is None else logits.float() + self.evidence(z, t, keep)
-
-    def evidence(self, z, t, keep=None):
-        """log N(z_i; alpha_t e_k, sigma_t^2 I) up to terms constant in k, [B, M, K], in fp32 even
-        under autocast (at high SNR the logits reach ~e^lambda ||e||^2, beyond bf16's resolution);
-        zero where ``keep`` [B, M] is False."""
-        with torch.autocast(z.device.type, enabled=False):
-            alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t.float()))
-            e = self.codebook.data.float()
-            ev = (alpha * z.float() @ e.T - 0.5 * alpha**2 * (e * e).sum(-1)) / sigma**2
-        return ev if keep is None else ev * keep[..., None]
+        """The network's logits [B, M, K]. ``prev`` (a previous estimate of the clean embeddings)
+        and ``keep`` (positions whose input is not [mask]) are read by subclasses only."""
+        return self.net(z, t, cond)
 
     def posterior_logits(self, z, t, cond=None):
-        """Logits of P(x~ | z_t; t): one pass, or two with self-conditioning."""
-        if not self.self_cond:
-            return self.logits(z, t, cond)
-        with torch.no_grad():
-            prev = predicted_embedding(self.logits(z, t, cond).float(), self.codebook.data.float())
-        return self.logits(z, t, cond, prev)
+        """Logits of P(x~ | z_t; t) as a function of z_t alone (a subclass may take several passes)."""
+        return self.logits(z, t, cond)
 
 
 def ema_copy(model: nn.Module) -> nn.Module:

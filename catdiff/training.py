@@ -132,18 +132,17 @@ def train_step(eng, ddp, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
         sync = ddp.no_sync() if ddp is not None and j < cfg.accum - 1 else contextlib.nullcontext()
         with sync:
             with eng.autocast:
-                loss, parts = eng.method.loss(model, eng.ema_cm, xj, cj)
+                loss, parts = eng.method.loss(model, xj, cj)
             eng.scaler.scale(loss * weight).backward()
         total = total + loss.detach() * weight
         for k, v in parts.items():
             logs[k] = logs[k] + v * weight if k in logs else v * weight
-    # the optimizer step, then the EMA copies
+    # the optimizer step, then the method's copies (a teacher EMA) and the sampling EMA
     eng.scaler.unscale_(eng.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(eng.model.parameters(), cfg.grad_clip)
     eng.scaler.step(eng.optimizer)
     eng.scaler.update()
-    if eng.method.uses_target_ema:
-        ema_update(eng.ema_cm, eng.model, cfg.ema_cm)
+    eng.method.after_step(eng.model)
     ema_update(eng.ema_eval, eng.model, min(cfg.ema_eval, (1 + step) / (10 + step)))
     log.add({**logs, "lr": lr, "grad_norm": grad_norm, "batch": cfg.batch_size})
     # with loss scaling a non-finite gradient only skips the step (GradScaler); that is no divergence

@@ -54,7 +54,15 @@ def test_v1_ar_config_message_is_not_carried_forward():
     assert "causal" not in eng.cfg.task_options and eng.model.net.causal
 
 
-@pytest.mark.parametrize("old", ["objective", "sampler", "schedule"])
-def test_moved_modules_name_their_new_home(old):
-    with pytest.raises(ImportError, match=f"catdiff.{old} moved to catdiff.methods.catdm.{old}"):
-        __import__(f"catdiff.{old}")
+def test_v1_checkpoint_teacher_becomes_the_methods_own(tmp_path):
+    """Format 1 saved a teacher EMA (``ema_cm``) for every method; CATDM's comes back as its CM
+    teacher, AR's is dropped, and the next checkpoint holds only what the method keeps."""
+    torch.set_num_threads(1)
+    for name, nets in (("digits-catdm", ["ema_cm"]), ("digits-ar", [])):
+        old = torch.load(FIXTURES / f"{name}.pt", weights_only=False)
+        eng = Engine.load(FIXTURES / f"{name}.pt", out=tmp_path / name)
+        assert sorted(eng.method.networks()) == nets
+        for net in eng.method.networks().values():
+            assert all(torch.equal(v, old["ema_cm"][k]) for k, v in net.state_dict().items())
+        new = torch.load(eng.save(tmp_path / f"{name}.pt"), weights_only=False)
+        assert new["version"] == 2 and "ema_cm" not in new and sorted(new["nets"]) == nets

@@ -387,7 +387,6 @@ def evaluate(*a):
     return real(*a)
 eng.task.evaluate = evaluate
 eng.fit()
-eng.leave_group()
 """
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from catdiff.config import make as Config
-from catdiff.model import Codebook, Denoiser, ema_copy
+from catdiff.model import Codebook, ema_copy
+from catdiff.methods.catdm.network import CATDMDenoiser
 from catdiff.methods.catdm.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
 from catdiff.backbones import build_encoder
@@ -11,7 +12,7 @@ from catdiff.backbones import build_encoder
 def tiny(vocab=7, seq=12, num_classes=0, **kw):
     cfg = Config(layers=1, heads=2, width=32, embed_dim=16, **kw)
     net = build_encoder(cfg, vocab_size=vocab, seq_len=seq, num_classes=num_classes)
-    return cfg, Denoiser(Codebook(vocab, cfg.embed_dim), net, self_cond=cfg.self_cond)
+    return cfg, CATDMDenoiser(Codebook(vocab, cfg.embed_dim), net, self_cond=cfg.self_cond)
 
 
 def test_kl_nonnegative_and_zero_for_equal():
@@ -59,7 +60,7 @@ def test_every_objective_is_finite_and_differentiable(objective):
 
 def test_fixed_codebook_gets_no_gradient():
     cfg, _ = tiny()
-    model = Denoiser(Codebook(7, 16, fixed=True), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=0))
+    model = CATDMDenoiser(Codebook(7, 16, fixed=True), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=0))
     loss, _ = CATDMObjective(cfg, ShiftedCosineSchedule(0.0))(model, ema_copy(model), torch.randint(0, 7, (4, 12)))
     loss.backward()
     assert model.codebook.weight.grad is None
@@ -142,7 +143,7 @@ class ZeroNet(torch.nn.Module):
 def test_token_evidence_is_the_exact_per_token_posterior():
     K, D = 5, 3
     sch = ShiftedCosineSchedule(-1.0)
-    model = Denoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
+    model = CATDMDenoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
     z, t = torch.randn(4, 6, D), torch.tensor([0.05, 0.3, 0.6, 0.95])
     a, s = sch.alpha_sigma(t)
     # brute force: log N(z_i; alpha e_k, sigma^2 I) over k, normalised
@@ -160,7 +161,7 @@ def test_token_evidence_is_the_exact_per_token_posterior():
 def test_token_evidence_stays_fp32_under_bf16_autocast():
     K, D = 5, 8
     sch = ShiftedCosineSchedule(0.0)
-    model = Denoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
+    model = CATDMDenoiser(Codebook(K, D), ZeroNet(K), schedule=sch)
     z, t = torch.randn(2, 3, D) * 3, torch.tensor([0.001, 0.5])  # t ~ 0: logits ~ e^8 ||e||^2
     ref = model.logits(z, t)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -177,7 +178,7 @@ def test_bound_of_the_exact_denoiser_is_the_entropy_of_uniform_tokens():
     torch.manual_seed(0)
     sch = ShiftedCosineSchedule(0.0, logsnr_min=-12.0, logsnr_max=12.0)
     cb = Codebook(K, D, init_std=1.0)
-    model = Denoiser(cb, ZeroNet(K), schedule=sch)
+    model = CATDMDenoiser(cb, ZeroNet(K), schedule=sch)
     x = torch.randint(0, K, (n, M))
     t = (torch.arange(n) + torch.rand(n)) / n  # stratified
     total = likelihood_bound(model, x, sch, t=t)["total"]
@@ -185,7 +186,7 @@ def test_bound_of_the_exact_denoiser_is_the_entropy_of_uniform_tokens():
     expected = M * torch.log(torch.tensor(float(K)))
     assert abs(total.mean() - expected) < 4 * se + 0.01, (total.mean().item(), expected.item(), se.item())
     # a denoiser without the evidence (the zero net alone: the prior only) pays for it
-    plain = likelihood_bound(Denoiser(cb, ZeroNet(K)), x, sch, t=t)["total"].mean()
+    plain = likelihood_bound(CATDMDenoiser(cb, ZeroNet(K)), x, sch, t=t)["total"].mean()
     assert plain > expected + 1.0
 
 

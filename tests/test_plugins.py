@@ -271,7 +271,7 @@ def test_the_method_of_docs_plugins_md_trains_as_a_third_party_package(tmp_path,
     monkeypatch.setattr(hooks, "_REGISTRY", reg)
     eng = Engine(ToyTask(), method="absorbing", steps=3, threads=1)
     eng.fit()
-    assert eng.step == 3 and eng.method.continuous is False
+    assert eng.step == 3 and eng.method.networks() == {}
     x = eng.sample(4, steps=3, seed=0)
     assert x.shape == (4, ToyTask.seq_len) and 0 <= x.min() and x.max() < ToyTask.vocab_size
     known, mask = torch.zeros_like(x), torch.zeros(x.shape, dtype=torch.bool)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from catdiff.config import make as Config
-from catdiff.model import Codebook, Denoiser
+from catdiff.model import Codebook
+from catdiff.methods.catdm.network import CATDMDenoiser
 from catdiff.methods.catdm.sampler import SAMPLERS, sample
 from catdiff.methods.shared import guided_log_probs
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
@@ -11,8 +12,8 @@ from catdiff.backbones import build_encoder
 
 def perturbed(num_classes=0, self_cond=False):
     cfg = Config(layers=1, heads=2, width=32, embed_dim=16)
-    model = Denoiser(Codebook(7, 16), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=num_classes),
-                     self_cond=self_cond)
+    model = CATDMDenoiser(Codebook(7, 16), build_encoder(cfg, vocab_size=7, seq_len=12, num_classes=num_classes),
+                          self_cond=self_cond)
     torch.manual_seed(0)
     with torch.no_grad():  # move AdaLN and heads off their zero init so the condition matters
         for p in model.parameters():

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..backbones.encoder import KVCache
 from ..method import Method
 from ..settings import Setting
-from .shared import check_sampling, gumbel, with_aux
+from .shared import check_sampling, gumbel, unwrap, with_aux
 
 
 def shift_right(x: torch.Tensor, start_id: int) -> torch.Tensor:
@@ -108,7 +108,6 @@ class AR(Method):
 
     name = "ar"
     description = "autoregressive anchor: the backbone made causal, exact likelihood, KV cache"
-    continuous = False
     samplers = ("sample", "greedy", "beam")
     settings = (
         Setting("temperature", 1.0, "sampling temperature (sampler sample)", low=0, low_open=True, mutable=True),
@@ -126,10 +125,14 @@ class AR(Method):
         logits = model.logits(z, torch.zeros(len(x), device=x.device), cond)
         return F.cross_entropy(logits.float().transpose(1, 2), x, reduction="none")
 
-    def loss(self, model, target, x, cond):
-        check_causal(target.net)  # target: the unwrapped EMA copy (same architecture)
+    def build(self, backbone, spec):
+        model = super().build(backbone, spec)
+        check_causal(model.net)
+        return model
+
+    def loss(self, model, x, cond):
         t = torch.zeros(len(x), device=x.device)
-        out = model(shift_right(x, target.codebook.mask_id), t=t, cond=cond, targets=x)
+        out = model(shift_right(x, unwrap(model).codebook.mask_id), t=t, cond=cond, targets=x)
         loss = F.cross_entropy(out.logits.float().transpose(1, 2), x)
         return with_aux(loss, {"l_ce": loss}, out.aux)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..method import Method
 from ..settings import Setting
 from .discrete import MaskReplace, integer_times, kl, time_grid, x0_log_probs
-from .shared import check_sampling, draw, with_aux
+from .shared import check_sampling, draw, unwrap, with_aux
 
 # shared by d3pm and vqdiffusion (one declaration, so one key)
 DISCRETE_STEPS = Setting("discrete_steps", None, "T of d3pm / vqdiffusion; auto = the paper's (d3pm 1000, "
@@ -41,7 +41,6 @@ class DiscreteDiffusion(Method):
     (``transitions``), the paper defaults and ``reweight`` (how p_theta averages eq. 3 over
     the x0 prediction, see :meth:`MaskReplace.posterior`)."""
 
-    continuous = False
     samplers = ("ancestral",)
     settings = (DISCRETE_STEPS, HYBRID_WEIGHT)
     default_T = 1000
@@ -76,9 +75,9 @@ class DiscreteDiffusion(Method):
         ce = -logp0.gather(-1, x[..., None]).squeeze(-1).sum(-1)
         return l_t, ce, out.aux
 
-    def loss(self, model, target, x, cond):
+    def loss(self, model, x, cond):
         t_int = torch.randint(1, self.T + 1, (x.shape[0],), device=x.device)
-        l_t, ce, aux = self.terms(self.process(target), model, x, cond, t_int)  # target: the unwrapped EMA copy
+        l_t, ce, aux = self.terms(self.process(unwrap(model)), model, x, cond, t_int)
         loss = (l_t + self.hybrid * ce).mean().float()
         return with_aux(loss, {"l_vb": l_t.mean(), "l_ce": ce.mean()}, aux)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..method import Method
 from ..settings import Setting
 from .discrete import choose, masked_start, x0_log_probs
-from .shared import draw, gumbel, with_aux
+from .shared import draw, gumbel, unwrap, with_aux
 
 
 def mask_schedule(r: torch.Tensor) -> torch.Tensor:
@@ -44,13 +44,12 @@ def mask_inputs(x: torch.Tensor, mask_id: int, generator: torch.Generator | None
 class MaskGIT(Method):
     name = "maskgit"
     description = "MaskGIT (Chang et al. 2022): confidence-ordered parallel decoding"
-    continuous = False
     samplers = ("confidence",)
     settings = (Setting("mask_temperature", 4.5, "Gumbel temperature of the confidence order, annealed to 0",
                         low=0, mutable=True),)
 
-    def loss(self, model, target, x, cond):
-        x_in, masked, frac = mask_inputs(x, target.codebook.mask_id)  # target: the unwrapped EMA copy
+    def loss(self, model, x, cond):
+        x_in, masked, frac = mask_inputs(x, unwrap(model).codebook.mask_id)
         out = model(x_in, t=frac, cond=cond, targets=x)
         ce = F.cross_entropy(out.logits.float().transpose(1, 2), x, reduction="none")
         loss = (ce * masked).sum() / masked.sum()

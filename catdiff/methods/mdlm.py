@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from ..method import Method
 from ..settings import Setting
 from .discrete import masked_start, x0_log_probs
-from .shared import draw_times, with_aux
+from .shared import draw_times, unwrap, with_aux
 
 SCHEDULES = ("loglinear", "cosine")
 
@@ -133,7 +133,6 @@ class MDLM(Method):
 
     name = "mdlm"
     description = "MDLM (Sahoo et al. 2024): masked diffusion on its continuous-time ELBO"
-    continuous = False
     samplers = ("cached", "ancestral")
     settings = (
         Setting("mdlm_schedule", "loglinear", "alpha_t: loglinear (1 - t) | cosine", choices=SCHEDULES),
@@ -154,9 +153,9 @@ class MDLM(Method):
         nll = -subs(logp, z_t, mask_id).gather(-1, x[..., None]).squeeze(-1)
         return weight(self.schedule, t).to(nll.dtype) * nll.sum(1), masked, aux
 
-    def loss(self, model, target, x, cond):
+    def loss(self, model, x, cond):
         t = draw_times(len(x), x.device, "stratified")
-        nelbo, masked, aux = self.nelbo(model, x, cond, t, target.codebook.mask_id, targets=x)  # target: unwrapped
+        nelbo, masked, aux = self.nelbo(model, x, cond, t, unwrap(model).codebook.mask_id, targets=x)
         loss = nelbo.mean() / x.shape[1]
         return with_aux(loss, {"l_nelbo": loss, "mask_frac": masked.float().mean()}, aux)
 

@@ -10,6 +10,11 @@ FINALS = ("argmax", "sample")  # how the last step reads x from P(x | z_0; 0) (c
 T_DRAWS = ("iid", "stratified")  # training-time draws (CATDM's config key ``t_draw``)
 
 
+def unwrap(model):
+    """The network inside a DistributedDataParallel wrapper (``loss`` may receive either)."""
+    return getattr(model, "module", model)
+
+
 def guided_log_probs(model, z, t, cond, guidance: float, null_id: int | None, prev=None):
     """log P(x~ | z_t; t[, y]) [B, M, K] with classifier-free guidance weight ``guidance`` (paper
     003 eq. 5, paper 004 eq. 7, on log-probabilities, renormalised):

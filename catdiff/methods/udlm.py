@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from ..method import Method
 from ..settings import Setting
 from .discrete import x0_log_probs
-from .shared import check_sampling, draw, draw_times, read_final, with_aux
+from .shared import check_sampling, draw, draw_times, read_final, unwrap, with_aux
 
 SCHEDULES = ("loglinear", "cosine")
 
@@ -140,7 +140,6 @@ class UDLM(Method):
 
     name = "udlm"
     description = "UDLM / Duo: uniform-state diffusion on its continuous-time ELBO"
-    continuous = False
     samplers = ("ancestral",)
     settings = (
         Setting("udlm_schedule", "loglinear", "alpha_t: loglinear (1 - t) | cosine", choices=SCHEDULES),
@@ -168,9 +167,9 @@ class UDLM(Method):
         diff, recon = torch.where(below, 0.0, g), torch.where(below, rec, 0.0)
         return diff + recon, diff, recon, z_t != x, out.aux
 
-    def loss(self, model, target, x, cond):
+    def loss(self, model, x, cond):
         t = draw_times(len(x), x.device, "stratified")
-        K = target.codebook.vocab_size  # target: the unwrapped EMA copy
+        K = unwrap(model).codebook.vocab_size
         total, _, _, changed, aux = self.nelbo(model, x, cond, t, K, targets=x)
         loss = (total.mean() / x.shape[1]).float()
         return with_aux(loss, {"l_nelbo": loss, "noise_frac": changed.float().mean()}, aux)

@@ -2,6 +2,7 @@
 
 - :mod:`.schedule`: the shifted cosine noise schedule (sec. 5.2) and training-time draws
 - :mod:`.objective`: L0 + beta_DM L_DM + beta_CM L_CM (sec. 5.1, eq. 4), its ablations, the eq. 3 bound
+- :mod:`.network`: the Denoiser with token evidence, self-conditioning and normed codebook rows
 - :mod:`.sampler`: ancestral (eq. 1) sampling and the probability-flow ODE solvers (DDIM,
   DPM-Solver++(2M), Heun), with guidance and infilling
 
@@ -9,9 +10,12 @@ The objective's ablations (csdm, csdm_l2, ce, w/o CM/NS/RD) are config switches 
 """
 from __future__ import annotations
 
+from ...diagnostics import collapse_report
 from ...errors import UserError
 from ...method import Method
+from ...model import Codebook, ema_copy, ema_update
 from ...settings import Setting
+from .network import CATDMDenoiser, NormedCodebook
 from .objective import DROPS, OBJECTIVES, CATDMObjective, likelihood_bound
 from .sampler import GRIDS, SAMPLERS, sample, time_grid
 from .schedule import T_DRAWS, ShiftedCosineSchedule
@@ -44,12 +48,12 @@ SETTINGS = (
     Setting("sample_grid", "t", "sampling time grid: t (uniform in t) | logsnr (uniform in log-SNR, "
             "DPM-Solver's); time_warp=sample replaces it by the warp's", choices=GRIDS, mutable=True),
     Setting("embed_norm", 0.0, "fixed L2 norm of every codebook row (CDCD, Plaid: sqrt(embed_dim)); 0 = free, "
-            "as in the paper", low=0),
+            "as in the paper (methods/catdm/network.py)", low=0),
     Setting("ema_cm", 0.99, "EMA rate of the CM target (network and codebook)", low=0, high=1),
-    Setting("self_cond", False, "self-conditioning on the previous EMB_hat (not in the paper; catdiff.model)"),
+    Setting("self_cond", False, "self-conditioning on the previous EMB_hat (not in the paper; methods/catdm/network.py)"),
     Setting("self_cond_rate", 0.5, "share of training rows that read a self-conditioning estimate", low=0,
             high=1, low_open=True),
-    Setting("evidence", True, "logits += each token's own Gaussian evidence (not in the paper; catdiff.model)"),
+    Setting("evidence", True, "logits += each token's own Gaussian evidence (not in the paper; methods/catdm/network.py)"),
 )
 
 __all__ = ["CATDM", "CATDMObjective", "ShiftedCosineSchedule", "likelihood_bound", "sample"]
@@ -58,7 +62,6 @@ __all__ = ["CATDM", "CATDMObjective", "ShiftedCosineSchedule", "likelihood_bound
 class CATDM(Method):
     name = "catdm"
     description = "CATDM (paper 003): continuous diffusion over a jointly learned codebook"
-    continuous = True
     samplers = SAMPLERS
     settings = SETTINGS
 
@@ -68,16 +71,41 @@ class CATDM(Method):
             raise UserError(f"config logsnr_min={cfg.logsnr_min} must be < logsnr_max={cfg.logsnr_max}")
         self.schedule = ShiftedCosineSchedule(cfg.shift, cfg.logsnr_min, cfg.logsnr_max)
         self.objective = CATDMObjective(cfg, self.schedule)
+        self.teacher = None  # the CM target (theta_bar, phi_bar), kept while L_CM is trained
         if cfg.time_warp == "sample" and cfg.sample_grid != "t":
             raise UserError(f"config time_warp=sample samples on the warp's grid; it cannot take "
                             f"sample_grid={cfg.sample_grid} (set one of them)")
 
+    def build(self, backbone, spec):
+        cfg = self.cfg
+        rows = (NormedCodebook.of(cfg, spec.vocab_size, norm=cfg.embed_norm) if cfg.embed_norm
+                else Codebook.of(cfg, spec.vocab_size))
+        return CATDMDenoiser(rows, backbone, self_cond=cfg.self_cond,
+                             schedule=self.schedule if cfg.evidence else None)
+
     @property
-    def uses_target_ema(self) -> bool:  # L_CM is the only reader of the target EMA
+    def uses_teacher(self) -> bool:
+        """L_CM (objective catdm with beta_cm > 0) is the only reader of the teacher EMA."""
         return self.cfg.objective == "catdm" and self.cfg.beta_cm > 0
 
-    def loss(self, model, target, x, cond):
-        return self.objective(model, target, x, cond)
+    def start(self, model):
+        if self.uses_teacher:
+            self.teacher = ema_copy(model)
+            if self.cfg.compile:
+                self.teacher.net.compile()
+
+    def networks(self):
+        return {"ema_cm": self.teacher} if self.teacher is not None else {}
+
+    def after_step(self, model):
+        if self.teacher is not None:  # Algorithm 1: theta_bar, phi_bar <- EMA of theta, phi
+            ema_update(self.teacher, model, self.cfg.ema_cm)
+
+    def loss(self, model, x, cond):
+        return self.objective(model, self.teacher, x, cond)
+
+    def collapse_report(self, model, x, cond):
+        return collapse_report(model, self.schedule, x, cond)
 
     def state_dict(self) -> dict:
         return self.objective.state_dict()

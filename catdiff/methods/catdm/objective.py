@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model import predicted_embedding
-from ..shared import with_aux
+from ..shared import unwrap, with_aux
 from .schedule import ShiftedCosineSchedule, TimeWarp, draw_times
 
 OBJECTIVES = ("catdm", "csdm", "csdm_l2", "ce")  # config key ``objective``
@@ -119,10 +119,11 @@ class CATDMObjective:
             self.spread = [float(v) for v in state["spread"]]
 
     def __call__(self, model, teacher, x: torch.Tensor, cond: torch.Tensor | None = None):
-        """Returns (loss, logs). ``model`` may be DDP-wrapped; ``teacher`` is the EMA Denoiser."""
+        """Returns (loss, logs). ``model`` may be DDP-wrapped; ``teacher`` is the EMA Denoiser (None
+        unless L_CM is trained)."""
         cfg, sch = self.cfg, self.schedule
         B = x.shape[0]
-        codebook = teacher.codebook  # same shapes and ids as the student's (it is its EMA copy)
+        codebook = unwrap(model).codebook
         warped = self.warp is not None and self.warp.warm
         t = self.warp.sample(B, x.device) if warped else draw_times(B, x.device, cfg.t_draw)
         # one student pass over [z_0 of the first K rows ; z_t of all B] (L0 needs z_0 at t = 0);
