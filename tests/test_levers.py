@@ -85,14 +85,22 @@ def test_normalised_embeddings_keep_the_set_norm_after_every_step(toy):
 
 
 def test_l0_share_follows_the_spread_of_the_terms(toy):
-    eng = Engine(toy, l0_rows="auto", steps=6, threads=1, batch_size=16)
+    eng = Engine(toy, l0_rows="auto", steps=6, log_every=3, threads=1, batch_size=16)
     obj = eng.method.objective
     assert obj.l0_share() == 1.0  # nothing measured yet
-    eng.fit()
-    sd0, sdr = obj.spread
+    shares = []
+    for _ in range(6):
+        eng.fit(until=eng.step + 1)
+        shares.append(obj.l0_share())
+    sd0, sdr = obj.spread.tolist()
     assert sd0 > 0 and sdr > 0 and obj.l0_share() == pytest.approx(min(1.0, sd0 / sdr))
-    obj.spread = [1.0, 8.0]
+    assert shares[:2] == [1.0, 1.0] and shares[3:5] == [shares[2]] * 2  # read back every log_every=3 updates
+    obj.spread, obj.updates = torch.tensor([1.0, 8.0], dtype=torch.float64), 8
+    obj.track_spread(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 16.0]), rate=1.0)  # update 9: read back
     assert obj.l0_share() == 0.125
+    back = Engine(toy, l0_rows="auto", steps=6, log_every=3, threads=1, batch_size=16)
+    back.method.load_state_dict(eng.method.state_dict())
+    assert back.method.objective.l0_share() == 0.125 and torch.equal(back.method.objective.spread, obj.spread)
     vlb = Engine(toy, objective="csdm", l0_rows="auto", steps=3, threads=1, batch_size=16).fit()
     assert vlb.method.objective.spread is not None  # the VLB objectives share rows by the spread too
     with pytest.raises(ValueError, match=r"config l0_rows=0.0: must be in \(0, 1\], or auto"):

@@ -26,7 +26,9 @@ Choices where the paper is ambiguous (docs/method.md; their measurements: docs/r
 - ``l0_rows=auto`` (ours, after Plaid's reconstruction batch share): the share of rows in the
   z_0 pass follows the spread of the terms, K / B = sd(L0) / sd(rest) (Neyman allocation of
   rows between two estimated terms), from EMAs of the per-row standard deviations, clipped to
-  [1 / B, 1]; 1 until the first step has measured them.
+  [1 / B, 1]. The EMAs stay on the device; the share is read back to the host once every
+  ``log_every`` steps (a host read every step stalls a GPU), so it is 1 until then and lags
+  the EMAs by at most ``log_every`` steps.
 - ``time_warp`` (ours, after CDCD sec. 3.3): training times drawn from a learned density
   (:class:`.schedule.TimeWarp`, whose docstring says how it composes with the schedule and
   L_CM); ``csdm``'s VLB divides each row by the density so its estimate stays unbiased.
@@ -96,27 +98,30 @@ class CATDMObjective:
         self.cfg = cfg
         self.schedule = schedule
         self.warp = TimeWarp() if cfg.time_warp != "off" else None
-        self.spread: list[float] | None = None  # EMAs of sd(L0 per row), sd(rest per row): l0_rows=auto
+        self.spread: torch.Tensor | None = None  # [2] EMAs of sd(L0 per row), sd(rest per row): l0_rows=auto
+        self.share = 1.0  # the host's copy of sd(L0) / sd(rest), refreshed every log_every updates
+        self.updates = 0
 
     def l0_share(self) -> float:
         """The share of rows in the z_0 pass: ``l0_rows``, or for auto sd(L0) / sd(rest)."""
         if self.cfg.l0_rows is not None:
             return self.cfg.l0_rows
-        if self.spread is None:
-            return 1.0
-        return min(1.0, self.spread[0] / max(self.spread[1], 1e-12))
+        return self.share
 
     def state_dict(self) -> dict:
         out = {"time_warp": self.warp.state_dict()} if self.warp is not None else {}
         if self.spread is not None:
-            out["spread"] = torch.tensor(self.spread, dtype=torch.float64)
+            out.update(spread=self.spread.detach().cpu(), share=self.share, updates=self.updates)
         return out
 
     def load_state_dict(self, state: dict) -> None:
         if self.warp is not None and "time_warp" in state:
             self.warp.load_state_dict(state["time_warp"])
-        if "spread" in state:
-            self.spread = [float(v) for v in state["spread"]]
+        if "spread" in state:  # a list in an export
+            self.spread = torch.as_tensor(state["spread"], dtype=torch.float64)
+            a, b = self.spread.tolist()
+            self.share = float(state.get("share", min(1.0, a / max(b, 1e-12))))  # older checkpoints: from the EMAs
+            self.updates = int(state.get("updates", 0))
 
     def __call__(self, model, teacher, x: torch.Tensor, cond: torch.Tensor | None = None):
         """Returns (loss, logs). ``model`` may be DDP-wrapped; ``teacher`` is the EMA Denoiser (None
@@ -189,11 +194,16 @@ class CATDMObjective:
 
     @torch.no_grad()
     def track_spread(self, l0: torch.Tensor, rest: torch.Tensor, rate: float = 0.95) -> None:
-        """EMAs of the per-row standard deviations of L0 and of the other terms (l0_rows=auto)."""
+        """EMAs of the per-row standard deviations of L0 and of the other terms (l0_rows=auto), on
+        the device; every ``log_every`` updates the share is read back (one host read)."""
         if len(l0) < 2:
             return
-        now = [float(l0.float().std()), float(rest.float().std())]
-        self.spread = now if self.spread is None else [rate * a + (1 - rate) * b for a, b in zip(self.spread, now)]
+        now = torch.stack([l0.float().std(), rest.float().std()]).double()
+        self.spread = now if self.spread is None else rate * self.spread.to(now.device) + (1 - rate) * now
+        self.updates += 1
+        if self.updates % max(1, self.cfg.log_every) == 0:
+            a, b = self.spread.tolist()
+            self.share = min(1.0, a / max(b, 1e-12))
 
     @staticmethod
     @torch.no_grad()
