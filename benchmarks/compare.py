@@ -170,7 +170,8 @@ def method_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- one model, many
 def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, steps: int | None, sample_steps,
-            samples: int, threads: int, clock: str, sets: dict, log, samplers=None, batch1: int = 0) -> dict:
+            samples: int, threads: int, clock: str, sets: dict, log, samplers=None, batch1: int = 0,
+            train_bound: bool = False) -> dict:
     label, train_overrides, _ = method_spec(method)
     arms = sampler_arms(method, samplers)
     overrides = dict(sets, **train_overrides, seed=seed, threads=threads)
@@ -182,7 +183,7 @@ def run_one(task: str, method: str, seed: int, mode: str, *, budget: float, step
     log(f"trained {label} seed {seed} ({mode}): {eng.step} steps (planned {res['steps_planned']}) in "
         f"{res['train_s']:.1f} s {clock} ({res['train_wall_s']:.1f} s wall)")
     c0 = tick()
-    lik, evals = evaluate(eng, arms, sample_steps, samples, tick, log, batch1)
+    lik, evals = evaluate(eng, arms, sample_steps, samples, tick, log, batch1, train_bound)
     if lik:
         log("  " + ", ".join(f"{k} {v:.4g}" for k, v in lik.items()))
     rec = dict(task=task, method=method, label=label, seed=seed, mode=mode, clock=clock,

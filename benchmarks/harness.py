@@ -144,14 +144,24 @@ def fid_keys(metrics: dict) -> tuple[str, str] | None:
     return next(((k, f) for k, f in FID_KEYS if k in metrics), None)
 
 
-def likelihood(eng: Engine) -> dict:
-    """The method's bound (or AR's exact NLL) in bits per token, or BPC on text tasks; {} if none."""
+def likelihood(eng: Engine, train: bool = False) -> dict:
+    """The method's bound (or AR's exact NLL) in bits per token, or BPC on text tasks; {} if none.
+    ``train``: also on as many rows of the training split (``train_bits_per_token`` /
+    ``train_bpc``), the overfitting check."""
     if not eng.method.has_bound:
         return {}
     if hasattr(eng.task, "bits_per_character"):
-        return dict(eng.task.bits_per_character(eng))
+        out = dict(eng.task.bits_per_character(eng))
+        if train:
+            out["train_bpc"] = eng.task.bits_per_character(eng, "train")["bpc"]
+        return out
     r = eng.likelihood()
-    return {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
+    out = {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
+    if train:
+        rows = len(eng.data("test"))
+        out["train_bits_per_token"] = eng.likelihood("train", batches=math.ceil(rows / 128),
+                                                     batch_size=128)["nll_bound_bits_per_token"]
+    return out
 
 
 def diversity(tokens, labels=None) -> dict:
@@ -173,12 +183,14 @@ def diversity(tokens, labels=None) -> dict:
             "pair_difference": diff.mean().item() if len(diff) else float("nan")}
 
 
-def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log, batch1: int = 0) -> tuple[dict, list[dict]]:
+def evaluate(eng: Engine, arms: list, sample_steps, samples: int, clock, log, batch1: int = 0,
+             train_bound: bool = False) -> tuple[dict, list[dict]]:
     """Likelihood of ``eng`` and, for each sampling arm (label, sampling overrides) and step count,
     the task's sample metrics with the cost of sampling (network calls, seconds per sample at
-    batch SAMPLE_BATCH and, with ``batch1`` > 0, over that many samples drawn one at a time)."""
+    batch SAMPLE_BATCH and, with ``batch1`` > 0, over that many samples drawn one at a time).
+    ``train_bound``: the bound on the training split too (:func:`likelihood`)."""
     task = eng.task
-    lik = likelihood(eng)
+    lik = likelihood(eng, train_bound)
     evals = []
     if samples <= 0 or hasattr(task, "bits_per_character"):
         return lik, evals  # text tasks: BPC only

@@ -9,7 +9,16 @@ step-rate probe and LR schedule sizing). Each (method, budget, seed) record is w
 over several sittings; ``--jobs N`` trains N of them at once in worker processes (one
 ``--threads`` each: ``--jobs 2 --threads 1`` on 2 cores; CPU time stays the clock),
 then prints one table (mean ± std over seeds at each budget, FID at each method's best
-sampling step count) and, with ``--plot``, draws it. ``--table`` only reads ``--json`` files.
+sampling step count, the bound on the test and on the training split) and, with ``--plot``,
+draws it. ``--table`` only reads ``--json`` files.
+
+Reading the curves (:func:`report`): each method's metric (FID; bits per character on text) is
+fitted by a power law in training compute, log y = a + b log x, by least squares over every
+seed's point, with the slope's standard error and R^2. CATDM's crossing with each other method
+is *measured* where the difference of the seed means changes sign between two budgets
+(interpolated on log axes), else *extrapolated* where the fitted lines meet, with a 90%
+interval from the fits' coefficient uncertainty (parametric draws); lines whose slopes order
+says they part give "no crossing ahead".
 """
 from __future__ import annotations
 
@@ -22,6 +31,8 @@ import multiprocessing
 import statistics
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks import compare
 from benchmarks.harness import quick, quick_argument, write_json
@@ -42,8 +53,8 @@ def records(paths: list[str]) -> list[dict]:
 
 
 def curves(recs: list[dict]) -> dict:
-    """{method: {budget: (steps, FIDs, bits)}} over seeds; FID at the sampling step count whose
-    mean over seeds is best (as compare.py's tables)."""
+    """{method: {budget: (steps, FIDs, bits, train bits)}} over seeds; FID at the sampling step
+    count whose mean over seeds is best (as compare.py's tables); bits are BPC on text tasks."""
     cells: dict = {}
     for r in recs:
         cells.setdefault(r["method"], {}).setdefault(r["budget_s"], []).append(r)
@@ -53,15 +64,19 @@ def curves(recs: list[dict]) -> dict:
             per_n = {}
             for r in rs:
                 for e in r.get("evals", []):
-                    per_n.setdefault(e["sample_steps"], []).append(e.get("fid", float("nan")))
+                    per_n.setdefault((e.get("arm"), e["sample_steps"]), []).append(e.get("fid", float("nan")))
             full = {n: v for n, v in per_n.items() if len(v) == len(rs)}
             fids = min(full.values(), key=statistics.mean) if full else [float("nan")]
-            out.setdefault(method, {})[budget] = ([r["steps"] for r in rs], fids,
-                                                  [r.get("bits_per_token", float("nan")) for r in rs])
+            bits = [r.get("bpc", r.get("bits_per_token", float("nan"))) for r in rs]
+            train = [r.get("train_bpc", r.get("train_bits_per_token", float("nan"))) for r in rs]
+            out.setdefault(method, {})[budget] = ([r["steps"] for r in rs], fids, bits, train)
     return out
 
 
 def fmt(values: list[float]) -> str:
+    values = [v for v in values if v == v]  # no NaN (a method without a bound)
+    if not values:
+        return "–"
     if len(values) < 2:
         return f"{values[0]:.3g}"
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
@@ -69,12 +84,106 @@ def fmt(values: list[float]) -> str:
 
 def table(data: dict) -> str:
     budgets = sorted({b for m in data.values() for b in m})
-    lines = ["| method | " + " | ".join(f"{b:g} CPU-s: steps, FID, bits/token" for b in budgets) + " |",
+    lines = ["| method | " + " | ".join(f"{b:g} CPU-s: steps, FID, bits/token (train)" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for method, by in data.items():
-        cells = [f"{statistics.mean(by[b][0]):.0f}, {fmt(by[b][1])}, {fmt(by[b][2])}" if b in by else "–"
-                 for b in budgets]
+        cells = []
+        for b in budgets:
+            if b not in by:
+                cells.append("–")
+                continue
+            train = [v for v in by[b][3] if v == v]
+            cells.append(f"{statistics.mean(by[b][0]):.0f}, {fmt(by[b][1])}, {fmt(by[b][2])}"
+                         + (f" ({statistics.mean(train):.3g})" if train else ""))
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def power_fit(points: list[tuple[float, float]]) -> dict | None:
+    """log y = a + b log x by least squares over ``points`` (budget, value), every seed's point:
+    the coefficients, their covariance, the slope's standard error and R^2; None with fewer
+    than 3 points or 2 budgets."""
+    pts = [(x, y) for x, y in points if y == y and y > 0]
+    if len(pts) < 3 or len({x for x, _ in pts}) < 2:
+        return None
+    X = np.array([[1.0, np.log(x)] for x, _ in pts])
+    y = np.log([v for _, v in pts])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    dof = max(1, len(y) - 2)
+    cov = (resid @ resid / dof) * np.linalg.inv(X.T @ X)
+    tss = ((y - y.mean()) ** 2).sum()
+    return {"a": float(coef[0]), "b": float(coef[1]), "b_se": float(np.sqrt(cov[1, 1])), "cov": cov,
+            "r2": float(1 - (resid @ resid) / tss) if tss > 0 else 1.0, "n": len(y)}
+
+
+def measured_crossings(mine: dict, other: dict) -> list[float]:
+    """Budgets where the seed means of two curves ({budget: values}) change order, interpolated
+    on log axes between neighbouring budgets."""
+    budgets = sorted(set(mine) & set(other))
+    gap = {b: np.log(statistics.mean(mine[b])) - np.log(statistics.mean(other[b])) for b in budgets}
+    out = []
+    for lo, hi in zip(budgets, budgets[1:]):
+        if gap[lo] * gap[hi] < 0:
+            w = gap[lo] / (gap[lo] - gap[hi])
+            out.append(float(np.exp(np.log(lo) + w * (np.log(hi) - np.log(lo)))))
+    return out
+
+
+def extrapolated_crossing(mine: dict, other: dict, draws: int = 4000, seed: int = 0) -> tuple | None:
+    """Where two power-law fits meet, (x, 5th, 95th percentile) from parametric draws of their
+    coefficients, if ``mine`` falls faster (its slope is more negative); None if the lines part."""
+    if mine["b"] >= other["b"]:
+        return None
+    x = np.exp((other["a"] - mine["a"]) / (mine["b"] - other["b"]))
+    rng = np.random.default_rng(seed)
+    c1 = rng.multivariate_normal([mine["a"], mine["b"]], mine["cov"], draws)
+    c2 = rng.multivariate_normal([other["a"], other["b"]], other["cov"], draws)
+    slope = c1[:, 1] - c2[:, 1]
+    ok = slope < 0  # draws in which the lines still meet ahead
+    xs = np.exp((c2[ok, 0] - c1[ok, 0]) / slope[ok])
+    lo, hi = (np.percentile(xs, [5, 95]) if ok.any() else (float("nan"), float("nan")))
+    return float(x), float(lo), float(hi), float(ok.mean())
+
+
+def report(data: dict, metric: int = 1, name: str = "FID", flagship: str = "catdm") -> str:
+    """The fitted slopes and CATDM's crossing with every other method (see the module docstring);
+    ``metric`` 1 reads FID, 2 the bound (bits)."""
+    fits = {m: power_fit([(b, v) for b, vals in by.items() for v in vals[metric]]) for m, by in data.items()}
+    lines = [f"{name} ~ compute^b (least squares on log axes over every seed's point):", "",
+             "| method | b ± se | R^2 | points |", "|---|---|---|---|"]
+    for m, f in fits.items():
+        lines.append(f"| {label(m)} | " + (f"{f['b']:.2f} ± {f['b_se']:.2f} | {f['r2']:.3f} | {f['n']} |" if f else
+                                             "– | – | – |"))
+    mine = fits.get(flagship)
+    if flagship not in data:
+        return "\n".join(lines)
+    lo, hi = min(data[flagship]), max(data[flagship])
+    lines.append("")
+    for m in data:
+        if m == flagship:
+            continue
+        series = lambda by: {b: [v for v in vals[metric] if v == v] for b, vals in by.items()}  # noqa: E731
+        ours, theirs = series(data[flagship]), series(data[m])
+        common = [b for b in sorted(set(ours) & set(theirs)) if ours[b] and theirs[b]]
+        if not common:
+            continue
+        ahead = [b for b in common if statistics.mean(ours[b]) < statistics.mean(theirs[b])]
+        measured = measured_crossings({b: ours[b] for b in common}, {b: theirs[b] for b in common})
+        text = f"- {label(flagship)} vs {label(m)}: better at {', '.join(f'{b:g}' for b in ahead) or 'no'} CPU-s"
+        if measured:
+            text += "; measured crossing at " + ", ".join(f"{x:.0f}" for x in measured) + " CPU-s"
+        other = fits.get(m)
+        if mine and other:
+            ext = extrapolated_crossing(mine, other)
+            if ext is None:
+                text += f"; slopes {mine['b']:.2f} vs {other['b']:.2f}: the lines part, no crossing ahead"
+            else:
+                x, x5, x95, share = ext
+                where = "inside" if lo <= x <= hi else f"{x / hi:.1f}x beyond" if x > hi else "below"
+                text += (f"; fitted lines meet at {x:.0f} CPU-s ({where} the range {lo:g}-{hi:g}; 90% interval "
+                         f"{x5:.0f}-{x95:.0f}, lines meet ahead in {share:.0%} of draws)")
+        lines.append(text)
     return "\n".join(lines)
 
 
@@ -86,10 +195,13 @@ def plot(data: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for method, by in data.items():
-        budgets = sorted(by)
         for ax, i in zip(axes, (1, 2)):
-            means = [statistics.mean(by[b][i]) for b in budgets]
-            errs = [statistics.stdev(by[b][i]) if len(by[b][i]) > 1 else 0 for b in budgets]
+            cells = {b: [v for v in by[b][i] if v == v] for b in sorted(by)}  # no NaN (no bound)
+            budgets = [b for b, v in cells.items() if v]
+            if not budgets:
+                continue
+            means = [statistics.mean(cells[b]) for b in budgets]
+            errs = [statistics.stdev(cells[b]) if len(cells[b]) > 1 else 0 for b in budgets]
             ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=label(method))
     for ax, name in zip(axes, ("FID", "bits/token (bound; AR exact)")):
         ax.set_xscale("log", base=2)
@@ -133,7 +245,7 @@ def _run_one(task: str, spec: tuple, *, sample_steps, samples: int, threads: int
     method, budget, seed = spec
     log = lambda *a: print(f"[{method} {budget:g}s seed {seed}]", *a, flush=True)  # noqa: E731
     return compare.run_one(task, method, seed, "time", budget=budget, steps=None, sample_steps=sample_steps,
-                           samples=samples, threads=threads, clock="cpu", sets=sets, log=log)
+                           samples=samples, threads=threads, clock="cpu", sets=sets, log=log, train_bound=True)
 
 
 def main(argv=None) -> None:
@@ -161,6 +273,8 @@ def main(argv=None) -> None:
     data = curves(records(paths))
     print(f"\nscaling on {args.task}: mean ± std over seeds at each training budget\n")
     print(table(data))
+    text = compare.is_text(args.task)
+    print("\n" + report(data, 2 if text else 1, "bits per character" if text else "FID"))
     if args.plot:
         plot(data, args.plot)
 

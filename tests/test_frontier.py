@@ -123,3 +123,26 @@ def test_diversity_sees_what_fid_may_not():
     assert abs(diversity(x)["pair_difference"] - (1 + 0 + 1 / 3 + 1) / 4) < 1e-6
     assert diversity(x, torch.tensor([0, 0, 1, 1]))["pair_difference"] == 0.5  # within a label: rows 0-1, 2-3
     assert diversity(x[[0, 0, 0]]) == {"distinct_share": 1 / 3, "pair_difference": 0.0}
+
+
+def test_scaling_fits_power_laws_and_finds_the_crossings():
+    """Known curves (two seeds each, 2% and 1% apart): CATDM's FID = 400 x^-1 and MDLM's = 40 x^-0.5
+    meet at x = 100; AR's = x^-1.5 is ahead of CATDM and falls faster, so they never meet."""
+    from benchmarks import scaling
+
+    budgets = (25, 50, 200, 400)
+    law = lambda c, b, jitter=1.0: {x: [None, [c * x**b * jitter, c * x**b / jitter], [1.0, 1.0], [1.0, 1.0]]  # noqa: E731
+                                    for x in budgets}
+    data = {"catdm": law(400, -1.0, 1.02), "mdlm": law(40, -0.5, 1.01), "ar": law(1, -1.5)}
+    fit = scaling.power_fit([(b, v) for b, vals in data["catdm"].items() for v in vals[1]])
+    assert fit["b"] == pytest.approx(-1.0, abs=1e-9) and fit["r2"] > 0.99 and fit["n"] == 8
+    assert scaling.measured_crossings({b: v[1] for b, v in data["catdm"].items()},
+                                      {b: v[1] for b, v in data["mdlm"].items()}) == [pytest.approx(100, rel=1e-3)]
+    mdlm = scaling.power_fit([(b, v) for b, vals in data["mdlm"].items() for v in vals[1]])
+    x, lo, hi, share = scaling.extrapolated_crossing(fit, mdlm)
+    assert x == pytest.approx(100, rel=1e-6) and lo < 100 < hi and share > 0.9
+    assert scaling.extrapolated_crossing(mdlm, fit) is None  # MDLM falls slower: never catches CATDM up
+    text = scaling.report(data)
+    assert "CATDM vs MDLM: better at 200, 400 CPU-s; measured crossing at 100 CPU-s" in text
+    assert "CATDM vs AR: better at no CPU-s" in text and "-1.00 vs -1.50: the lines part" in text
+    assert scaling.power_fit([(25, 1.0), (25, 2.0)]) is None  # too few points to fit
