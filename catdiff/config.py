@@ -73,7 +73,8 @@ class Config:
     precision: str = machine("auto", "auto (CUDA: bf16 where supported, else fp16; CPU: fp32) | fp32 | bf16 | fp16",
                              choices=("auto", "fp32", "bf16", "fp16"), mutable=True)
     compile: bool = machine(False, "torch.compile the training network and the one used for sampling", mutable=True)
-    threads: int = machine(0, "torch threads on CPU; 0 = torch default", low=0, mutable=True)
+    threads: int = machine(0, "torch threads on CPU; 0 = the cores free at start (cores - load average, per "
+                                  "local rank; catdiff.distributed.free_cores)", low=0, mutable=True)
     dist_timeout: float = machine(120.0, "seconds a DDP rank waits for a peer that does not answer (stopped, dead, "
                                   "hung) before ending the run with an error naming it", low=0, low_open=True,
                                   mutable=True)

@@ -19,6 +19,25 @@ from .errors import UserError
 from .heartbeat import Heartbeat
 
 
+def free_cores() -> int:
+    """The CPU threads a process of this run should use when ``threads=0`` (auto): the cores it
+    may run on, less those the rest of the machine keeps busy (the 1-minute load average,
+    rounded), shared among the ``LOCAL_WORLD_SIZE`` ranks torchrun started on this machine; at
+    least 1. Torch's own default takes every core, which on a shared machine oversubscribes it:
+    beside one busy core of two, 150 digits steps took 1.7x the wall time and twice the CPU
+    time (benchmarks/threads.py measures it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, (cores - busy) // local)
+
+
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU. ``auto`` and a bare ``cuda`` take the GPU of
     ``LOCAL_RANK`` (torchrun's one GPU per process)."""

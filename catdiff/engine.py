@@ -27,7 +27,7 @@ from . import checkpoint, config as config_mod, evaluation, export as export_mod
 from .checks import check_installed, plugin_sources
 from .config import Config
 from .context import RunContext
-from .distributed import ProcessGroup, pick_device
+from .distributed import ProcessGroup, free_cores, pick_device
 from .errors import UserError, read_text
 from .hooks import registry
 from .method import Method
@@ -57,8 +57,7 @@ class Engine:
         if cfg.guidance > 0 and not self.task.num_classes:
             raise UserError(f"guidance={cfg.guidance} needs a class-conditional task; task {self.task.name!r} "
                             f"has no classes (set guidance=0)")
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads or free_cores())
         torch.manual_seed(cfg.seed)
         self.spec: DataSpec = self.task.data_spec()
         self.method: Method = reg.get("methods", cfg.method).factory(cfg)

@@ -33,6 +33,7 @@ TABLES = {
     "speed": [r"^\[summary\]", r"^ +backbone +prec +ours +stock +ours/stock", r"^\[training loop"],
     "steps": [r"^arm +seed +2 +4$", r"^MaskGIT +0 "],
     "text_bpc": [r"^arm +BPC +\+- se", r"^CATDM-CE "],
+    "threads": [r"^\| arm \| threads \| wall s \| CPU s \|", r"^\| threads=0 \(free cores\) \| \d+ \| "],
     "text_quality": [r"^\| method \| train steps \| sampler \| steps \| gen. ppl ", r"^\| real test data \| ",
                      r"^\| VQ-Diffusion \| \d+ \| purity \| 2 \| "],
 }
