@@ -54,10 +54,14 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(data: bytes, path: str | Path, what: str = "file") -> Path:
+OUT_HINT = "Free space or pass a writable --out directory"
+CACHE_HINT = "Free space, or set the task's cache_dir (or $CATDIFF_CACHE / $XDG_CACHE_HOME) to a disk with room"
+
+
+def write_atomic(data: bytes, path: str | Path, what: str = "file", hint: str = OUT_HINT) -> Path:
     """Write ``data`` to ``path`` through a fsynced temp file and a rename. An OS error (disk
-    full, read-only or missing directory) is a CheckpointError naming the path and the reason;
-    whatever ``path`` held before is left as it was."""
+    full, read-only or missing directory) is a CheckpointError naming the path, the reason and
+    ``hint`` (what to do); whatever ``path`` held before is left as it was, and no temp file."""
     path = Path(path)
     tmp = None
     try:
@@ -71,8 +75,7 @@ def write_atomic(data: bytes, path: str | Path, what: str = "file") -> Path:
         os.replace(tmp, path)
     except OSError as e:
         before = f"the previous {what} {path} is intact" if path.exists() else f"no {what} was written"
-        raise CheckpointError(f"cannot write {what} {path}: {e.strerror or e}; {before}. "
-                              f"Free space or pass a writable --out directory") from None
+        raise CheckpointError(f"cannot write {what} {path}: {e.strerror or e}; {before}. {hint}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -85,6 +88,14 @@ def save(payload: dict[str, Any], path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
     return write_atomic(buf.getbuffer(), path, "checkpoint")
+
+
+def save_torch(payload: Any, path: str | Path, what: str, hint: str = CACHE_HINT) -> Path:
+    """``torch.save`` of ``payload`` (a tokenizer, a classifier: a plugin's cache) through
+    :func:`write_atomic`: serialised in memory, so a full disk names the file and leaves none."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return write_atomic(buf.getbuffer(), path, what, hint)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:

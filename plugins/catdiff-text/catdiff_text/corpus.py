@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from catdiff.checkpoint import CACHE_HINT, write_atomic
 from catdiff.errors import UserError
 from catdiff.trainlog import progress
 
@@ -152,8 +153,5 @@ def tdavid_text(module_dir: Path, cache_dir: Path | None) -> str:
           + (f"; cached in {cache_dir})" if cache is not None else ")"), file=sys.stderr, flush=True)
     text = clean_text(strip_markup(read_sword_blocks(module_dir))).strip()
     if cache is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(text, encoding="ascii")
-        tmp.replace(cache)
+        write_atomic(text.encode("ascii"), cache, "text cache", CACHE_HINT)
     return text

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import write_atomic
+from catdiff.checkpoint import CACHE_HINT, write_atomic
 from catdiff.errors import UserError
 from catdiff.settings import Setting, with_defaults
 from catdiff.task import TokenData
@@ -135,10 +135,7 @@ class TextFileTask(TextTask):
                 return cached
             print(f"catdiff: the cached BPE model {path} is damaged; training it again", file=sys.stderr)
         proto = train_bpe(train, int(self.option("bpe_vocab")), self.option("unknown"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        tmp.write_bytes(proto)
-        tmp.replace(path)
+        write_atomic(proto, path, "BPE model", CACHE_HINT)
         return proto
 
     # ------------------------------------------------------------- data

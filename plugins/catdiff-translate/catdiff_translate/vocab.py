@@ -13,6 +13,7 @@ import collections
 from pathlib import Path
 from typing import Iterable
 
+from catdiff.checkpoint import CACHE_HINT, write_atomic
 from catdiff.errors import UserError, read_text
 
 # fairseq.data.Dictionary's fixed specials, in this order
@@ -124,7 +125,7 @@ class FairseqDictionary:
 
     @staticmethod
     def save(entries: list[tuple[str, int]], path: str | Path) -> None:
-        Path(path).write_text("".join(f"{s} {c}\n" for s, c in entries), encoding="utf-8")
+        write_atomic("".join(f"{s} {c}\n" for s, c in entries).encode("utf-8"), path, "vocabulary", CACHE_HINT)
 
     def encode(self, line: str) -> list[int]:
         return [self.index.get(tok, self.unk_id) for tok in line.split()]

@@ -15,14 +15,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catdiff.checkpoint import load_file
+from catdiff.checkpoint import load_file, save_torch
 
 from . import data
 from .grey_levels import GreyLevelTokenizer
@@ -177,15 +176,7 @@ def weights_path() -> Path:
             "format": FORMAT_VERSION,
             "test_accuracy": accuracy(model, test_tokens, test_labels),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)  # atomic: concurrent runs never see a half-written file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_torch(payload, path, "FID classifier")  # atomic: concurrent runs never see a half-written file
         _LOADED[path] = model
     return path
 

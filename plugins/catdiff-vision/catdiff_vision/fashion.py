@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import load_file
+from catdiff.checkpoint import load_file, save_torch
 from catdiff.settings import Setting
 from catdiff.task import Task, TokenData
 
@@ -130,9 +130,8 @@ class FashionTask(Task):
             with single_thread():
                 model = vq_tokenizer.train(train_x, self.vq_hparams(), log=log)
                 rec = vq_tokenizer.reconstruction(model, test_x)
-            self.vq_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": model.state_dict(), "hparams": self.vq_hparams(), "test_reconstruction": rec},
-                       self.vq_path)
+            save_torch({"state_dict": model.state_dict(), "hparams": self.vq_hparams(), "test_reconstruction": rec},
+                       self.vq_path, "VQ tokenizer")
         rec = load_file(self.vq_path, "VQ tokenizer", f"delete it and run `catdiff prepare {self.name}` again",
                         ("test_reconstruction",))["test_reconstruction"]
         if log:

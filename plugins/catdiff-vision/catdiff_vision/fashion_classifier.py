@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff.checkpoint import load_file
+from catdiff.checkpoint import load_file, save_torch
 from catdiff.errors import UserError
 
 from .classifier import single_thread
@@ -80,12 +78,7 @@ def weights_path(cache_dir: str | Path, images: torch.Tensor, labels: torch.Tens
         payload["test_accuracy"] = accuracy(model, *test)
         if log:
             log(f"fashion classifier test accuracy {payload['test_accuracy']:.4f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_torch(payload, path, "FID classifier")
 
 
 _LOADED: dict[str, FashionCNN] = {}

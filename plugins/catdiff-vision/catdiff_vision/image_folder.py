@@ -53,7 +53,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import load_file
+from catdiff.checkpoint import load_file, save_torch
 from catdiff.errors import UserError
 from catdiff.settings import Setting
 from catdiff.task import LazyTokenData, Task
@@ -284,10 +284,7 @@ class ImageFolderTask(Task):
             log(f"image-folder: training the small VQ tokenizer ({hp['steps']} steps, {len(train_items)} images, "
                 f"{hp['codes']} codes, {self.option('grid')}x{self.option('grid')} grid)")
         model = vq_tokenizer.train(self._images(train_items), hp, log=log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"vq.pt.{os.getpid()}.partial")
-        torch.save({"state_dict": model.state_dict(), "hparams": hp}, tmp)
-        tmp.replace(path)
+        save_torch({"state_dict": model.state_dict(), "hparams": hp}, path, "VQ tokenizer")
 
     # ------------------------------------------------------------------ preparation
     def prepared(self) -> bool:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from catdiff.checkpoint import CACHE_HINT, write_atomic
 from catdiff.errors import UserError
 
 FORMAT = 1
@@ -45,9 +45,7 @@ def fingerprint(items: Sequence[Any], settings: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(data, path, "token shard", CACHE_HINT)
 
 
 def write_shards(out_dir: str | Path, items: Sequence[Any], encode: Callable[[Sequence[Any]], tuple],
