@@ -134,6 +134,11 @@ class ProcessGroup:
                 raise UserError(lost("evaluating"))
             time.sleep(0.2)
 
+    def mark(self, step: int, phase: str) -> None:
+        """Where this rank's training is (catdiff.heartbeat.PHASES), for naming a hung peer."""
+        if self.beat is not None:
+            self.beat.mark(step, phase)
+
     def announce(self, key: str) -> None:
         if self.active:
             self.store.set(key, "1")
@@ -141,9 +146,14 @@ class ProcessGroup:
     def lost_message(self, error: str, step: int, last) -> str:
         """The message of a rank whose peers did not answer: which went silent, what was kept."""
         silent = self.beat.silent() if self.beat is not None else {}
+        behind = self.beat.behind() if self.beat is not None else {}
         if silent:
             who = ", ".join(f"rank {r} (silent for {s:.0f}s)" for r, s in silent.items())
             what = f"{who} stopped answering (stopped, killed or cut off) at step {step}; check that process"
+        elif behind:
+            who = ", ".join(f"rank {r} is alive but has been in {where} for {s:.0f}s" for r, (where, s) in behind.items())
+            what = (f"{who}, while this rank waits in {self.beat.describe(self.beat.position)} (hung: a deadlock, an "
+                    f"endless loop or a read that never returns); check that process")
         else:
             what = (f"the other processes did not answer within dist_timeout={self.timeout:g}s at step {step} "
                     f"(busy or hung: {error})")

@@ -64,7 +64,11 @@ def _loop(eng, until: int | None, signals: DeferredSignals):
     log = TrainLog(eng.out if rank0 else None, total=stop, start=eng.step, quiet=not rank0,
                    logger=cfg.logger, run_id=eng.run_id, config=cfg.to_dict())
     feed = BatchFeed(eng, data, eng.step, stop)
-    ddp = torch.nn.parallel.DistributedDataParallel(eng.model) if eng.group.active else None
+    # broadcast_buffers=False: the backbones' buffers are constants (positions, masks) and rank 0's
+    # are the ones saved, so forward needs no collective; the gradient exchange in backward is a
+    # step's first, and a peer hung before it is named by where it hangs (catdiff.heartbeat)
+    ddp = (torch.nn.parallel.DistributedDataParallel(eng.model, broadcast_buffers=False)
+           if eng.group.active else None)
     finite = torch.ones((), dtype=torch.bool, device=eng.device)  # every step since `checked` was finite
     checked = first = eng.step
     eng.model.train()
@@ -90,8 +94,10 @@ def _loop(eng, until: int | None, signals: DeferredSignals):
             if at_log:
                 log.write(eng.step)
             if evaluate:
+                eng.group.mark(eng.step, "evaluation")
                 evaluate_during_training(eng, log)
             if save:
+                eng.group.mark(eng.step, "checkpoint")
                 eng.save()
                 if not signum:
                     eng.run.keep_step(eng.step, cfg.keep_last)
@@ -114,6 +120,7 @@ def train_step(eng, ddp, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
     gradient finite" (no host read)."""
     cfg, step, model = eng.cfg, eng.step, ddp or eng.model
     # the batch
+    eng.group.mark(step, "batch")
     streams.seed_global(cfg.seed, "train", step, eng.rank)
     x, cond = feed.get(step)
     cond = drop_conditions(eng, cond)
@@ -131,13 +138,16 @@ def train_step(eng, ddp, feed: BatchFeed, log: TrainLog) -> torch.Tensor:
         weight = len(xj) / len(x)
         sync = ddp.no_sync() if ddp is not None and j < cfg.accum - 1 else contextlib.nullcontext()
         with sync:
+            eng.group.mark(step, "forward")
             with eng.autocast:
                 loss, parts = eng.method.loss(model, xj, cj)
+            eng.group.mark(step, "backward")
             eng.scaler.scale(loss * weight).backward()
         total = total + loss.detach() * weight
         for k, v in parts.items():
             logs[k] = logs[k] + v * weight if k in logs else v * weight
     # the optimizer step, then the method's copies (a teacher EMA) and the sampling EMA
+    eng.group.mark(step, "optimizer step")
     eng.scaler.unscale_(eng.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(eng.model.parameters(), cfg.grad_clip)
     eng.scaler.step(eng.optimizer)

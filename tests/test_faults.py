@@ -339,6 +339,24 @@ def test_a_stalled_ddp_peer_ends_the_others_within_the_timeout(tmp_path):
             p.wait()
 
 
+HANG = STALL.replace("os.kill(os.getpid(), signal.SIGSTOP)  # a stalled peer",
+                     "import time; time.sleep(120)  # a hung peer: alive, its heartbeat beats")
+
+
+def test_a_hung_but_alive_ddp_peer_is_named_with_where_it_hangs(tmp_path):
+    ranks = start_ranks(tmp_path, HANG.format(tests=str(Path(__file__).parent), timeout=3), port_offset=2)
+    try:
+        _, err = ranks[0].communicate(timeout=120)
+        assert ranks[0].returncode == 2, err
+        assert "rank 0: rank 1 is alive but has been in step 3's forward for " in err, err
+        assert "while this rank waits in step 3's backward (hung: a deadlock" in err, err
+        assert "Traceback" not in err
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+
+
 def test_a_full_disk_while_sampling_names_the_file_and_what_was_kept(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
     assert cli.main(["run", "toy", "--out", str(tmp_path / "run"), "--steps", "2", *RUN]) == 0
