@@ -9,11 +9,12 @@ try:  # the one version source is pyproject.toml, via the installed distribution
     __version__ = _version("catdiff")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
-__all__ = ["Config", "Engine", "Method", "Setting", "Task", "TokenData", "__version__"]
+__all__ = ["Config", "Engine", "Method", "Setting", "Task", "TokenData", "hookimpl", "__version__"]
 
 # name -> submodule; imported on first access so that `import catdiff` (and `catdiff --help`)
-# does not import torch
-_LAZY = {"Engine": "engine", "Method": "method", "Task": "task", "TokenData": "task"}
+# does not import torch; Method, Task, Setting and hookimpl import none either (a plugin module
+# that uses only them keeps `catdiff list` fast)
+_LAZY = {"Engine": "engine", "Method": "method", "Task": "task", "TokenData": "task", "hookimpl": "markers"}
 
 
 def __getattr__(name):

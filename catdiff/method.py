@@ -12,13 +12,13 @@ picks one (default ``catdm``). This module is the interface alone.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-from torch import nn
-
-from .model import Codebook, Denoiser
 from .settings import declared
+
+if TYPE_CHECKING:  # the interface imports no torch: a one-module plugin keeps `catdiff list` fast
+    import torch
+    from torch import nn
 
 
 class Method:
@@ -60,6 +60,8 @@ class Method:
         :class:`catdiff.task.DataSpec` ``spec``: by default the plain Denoiser of a codebook of the
         run's config. It must have the Denoiser's ``codebook``, ``net``, ``forward`` and ``logits``
         (the task initialises ``codebook``, e.g. from a VQGAN; the engine compiles ``net``)."""
+        from .model import Codebook, Denoiser
+
         return Denoiser(Codebook.of(self.cfg, spec.vocab_size), backbone)
 
     def start(self, model: nn.Module) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import UserError
 from .settings import declared
+
+if TYPE_CHECKING:  # the interface imports no torch (LazyTokenData.rows imports it when called)
+    import torch
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class LazyTokenData:
 
     def rows(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens and labels of rows ``idx`` (an index tensor/array or a slice), on the host."""
+        import torch
+
         if isinstance(idx, slice):
             r = range(len(self))[idx]
             idx = torch.arange(r.start, r.stop, r.step)

@@ -1,4 +1,5 @@
-"""`catdiff --help` and the plugin registry's modules must not import torch (issue 20, part 3)."""
+"""`catdiff --help` and the plugin registry's modules must not import torch, nor the
+names a one-module plugin imports (Method, Task, Setting, hookimpl)."""
 import subprocess
 import sys
 
@@ -21,6 +22,8 @@ def _run(stmt: str) -> str:
     "import catdiff.hooks",
     # the first-party plugin modules an entry point loads (their hooks import the components)
     "import catdiff_vision.plugin, catdiff_text.plugin, catdiff_translate.plugin, catdiff_tokens.plugin",
+    # what a one-module plugin imports to define a method or a task and register it
+    "from catdiff import Method, Task, Setting, hookimpl, TokenData",
 ])
 def test_light_modules_do_not_import_torch(stmt):
     assert _run(stmt).startswith("CLEAN"), _run(stmt)
