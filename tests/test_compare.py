@@ -114,3 +114,14 @@ def test_method_variants_are_their_own_rows(tmp_path):
     rows = {s["arm"]: s for s in compare.arm_summary(records)}
     assert set(rows) == {"CATDM", "CATDM embed_norm=4"}
     assert "| CATDM embed_norm=4 |" in compare.markdown(records)
+
+
+def test_steps_takes_any_registered_method_by_name():
+    import argparse
+
+    from benchmarks import steps
+
+    assert steps.arm_name("udlm") == "udlm" and steps.arm_overrides("udlm") == ({"method": "udlm"}, {})
+    assert steps.arm_overrides("CATDM-CE") == steps.ARMS["CATDM-CE"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown arm 'nosuch'"):
+        steps.arm_name("nosuch")
