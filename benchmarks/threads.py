@@ -1,7 +1,8 @@
-"""CPU threads on a shared machine: the default ``threads=0`` (the cores free at start) against
-torch's own default (every core) and one thread, beside busy cores.
+"""CPU threads on a shared machine: threads=0 (the cores free at start) against every core and one.
 
-    python -m benchmarks.threads [--busy 1] [--steps 150] [--rounds 2] [--quick]
+    python -m benchmarks.threads [--busy 1] [--steps 150] [--rounds 2] [--threads N] [--quick]
+
+``threads=0`` is catdiff's default; every core is torch's own default.
 
 Starts ``--busy`` processes that spin on a core each, then trains ``digits`` for ``--steps``
 steps once per arm and round, each in a fresh process (so every arm sets its threads from
@@ -50,10 +51,13 @@ def main(argv=None) -> None:
     p.add_argument("--busy", type=int, default=1, help="processes spinning on a core each while the arms run")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="one more arm with this many threads (0: none)")
     quick_argument(p)
     args = quick(p, p.parse_args(argv), busy=0, steps=3, rounds=1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     arms = {"threads=0 (free cores)": 0, f"every core ({cores}, torch's default)": cores, "threads=1": 1}
+    if args.threads and args.threads not in arms.values():
+        arms[f"threads={args.threads}"] = args.threads
     busy = [multiprocessing.Process(target=spin, daemon=True) for _ in range(args.busy)]
     for proc in busy:
         proc.start()

@@ -23,9 +23,9 @@ def free_cores() -> int:
     """The CPU threads a process of this run should use when ``threads=0`` (auto): the cores it
     may run on, less those the rest of the machine keeps busy (the 1-minute load average,
     rounded), shared among the ``LOCAL_WORLD_SIZE`` ranks torchrun started on this machine; at
-    least 1. Torch's own default takes every core, which on a shared machine oversubscribes it:
-    beside one busy core of two, 150 digits steps took 1.7x the wall time and twice the CPU
-    time (benchmarks/threads.py measures it)."""
+    least 1. Torch's own default takes every core, which on a busy machine oversubscribes it:
+    on 2 cores at load 3, 100 digits steps took 8x the wall time and 7x the CPU time of one
+    thread (benchmarks/threads.py; docs/notes.md, "CPU threads on a busy machine")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
