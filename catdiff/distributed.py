@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import time
 
@@ -19,13 +20,15 @@ from .errors import UserError
 from .heartbeat import Heartbeat
 
 
+@functools.lru_cache(maxsize=None)
 def free_cores() -> int:
     """The CPU threads a process of this run should use when ``threads=0`` (auto): the cores it
     may run on, less those the rest of the machine keeps busy (the 1-minute load average,
     rounded), shared among the ``LOCAL_WORLD_SIZE`` ranks torchrun started on this machine; at
     least 1. Torch's own default takes every core, which on a busy machine oversubscribes it:
     on 2 cores at load 3, 100 digits steps took 8x the wall time and 7x the CPU time of one
-    thread (benchmarks/threads.py; docs/notes.md, "CPU threads on a busy machine")."""
+    thread (benchmarks/threads.py; docs/notes.md, "CPU threads on a busy machine"). Decided once
+    per process, so every Engine of a process computes alike."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
