@@ -85,7 +85,7 @@ def test_sampler_sweep_temperature_is_restored(capsys):
     z, t = torch.randn(2, 64, TINY["embed_dim"]), torch.full((2,), 0.5)
     before = eng.ema_eval.logits(z, t)
     calls = []
-    eng.task.generate = lambda e, n: (calls.append(e.ema_eval.logits(z, t)), (torch.zeros(n, 64, dtype=torch.long), None))[1]
+    eng.task.generate = lambda ctx, n: (calls.append(eng.ema_eval.logits(z, t)), (torch.zeros(n, 64, dtype=torch.long), None))[1]
     eng.task.evaluate = lambda tokens, labels, out: {"fid_digits_classifier": 1.0, "fid_digits_classifier_real_test": 0.5}
     assert sampler_sweep.fid(eng, 4, 0.5, {"sample_steps": 3}) == (1.0, 0.5)
     torch.testing.assert_close(calls[0], before / 0.5)
