@@ -7,9 +7,9 @@
     print(eng.evaluate())
 
 The engine builds the task, config, method, the method's network and its sampling EMA, and
-holds the state a checkpoint saves. The training loop is catdiff.training, the run directory catdiff.rundir,
-the process group of a ``torchrun`` job catdiff.distributed, what tasks may call
-catdiff.context.RunContext and the random streams catdiff.streams.
+holds the state a checkpoint saves. The training loop is catdiff.training, the run directory
+catdiff.rundir, the process group of a ``torchrun`` job catdiff.distributed, what tasks may
+call catdiff.context.RunContext and the random streams catdiff.streams.
 """
 from __future__ import annotations
 

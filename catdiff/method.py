@@ -5,10 +5,10 @@ what is specific to one kind of diffusion: the network it trains (:meth:`Method.
 default the plain :class:`catdiff.model.Denoiser` of codebook + backbone; continuous methods
 diffuse the codebook embeddings, discrete-state methods use the codebook as the input
 embedding table of masked / corrupted token ids), any copy of it the method keeps (CATDM's CM
-teacher), its loss, sampler and likelihood bound. Methods arrive through the ``catdiff_methods`` hook (the
-first-party ones in :mod:`catdiff.methods`, one module or package each, registered by
-:mod:`catdiff.builtins` exactly as a plugin registers its own); the config key ``method``
-picks one (default ``catdm``). This module is the interface alone.
+teacher), its loss, sampler and likelihood bound. Methods arrive through the
+``catdiff_methods`` hook (the first-party ones in :mod:`catdiff.methods`, one module or
+package each, registered by :mod:`catdiff.builtins` exactly as a plugin registers its own);
+the config key ``method`` picks one (default ``catdm``). This module is the interface alone.
 """
 from __future__ import annotations
 
