@@ -30,7 +30,7 @@ from .context import RunContext
 from .distributed import ProcessGroup, free_cores, pick_device
 from .errors import UserError, read_text
 from .hooks import registry
-from .method import Method
+from .method import Method, SampleRequest
 from .model import ema_copy
 from .splits import Splits
 from .task import DataSpec, LazyTokenData, Task, TokenData
@@ -359,14 +359,13 @@ class Engine:
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             with self.autocast:
-                out.append(self.method.sample(
-                    self.ema_eval, hi - lo, self.task.seq_len, steps=steps or cfg.sample_steps,
-                    sampler=sampler, final=final or cfg.final,
-                    cond=None if labels is None else labels[lo:hi].to(self.device),
+                out.append(self.method.sample(self.ema_eval, SampleRequest(
+                    hi - lo, self.task.seq_len, steps=steps or cfg.sample_steps, sampler=sampler,
+                    final=final or cfg.final, cond=None if labels is None else labels[lo:hi].to(self.device),
                     guidance=cfg.guidance if guidance is None else guidance,
                     null_id=self.task.num_classes if self.task.num_classes else None,
-                    known=None if known is None else known[lo:hi], known_mask=None if known_mask is None else known_mask[lo:hi],
-                    generator=gen, device=self.device))
+                    known=None if known is None else known[lo:hi],
+                    known_mask=None if known_mask is None else known_mask[lo:hi], generator=gen, device=self.device)))
             bar.update(hi - lo)
         bar.close()
         tokens = torch.cat(out).cpu()

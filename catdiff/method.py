@@ -12,6 +12,7 @@ the config key ``method`` picks one (default ``catdm``). This module is the inte
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .settings import declared
@@ -19,6 +20,34 @@ from .settings import declared
 if TYPE_CHECKING:  # the interface imports no torch: a one-module plugin keeps `catdiff list` fast
     import torch
     from torch import nn
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One :meth:`Method.sample` call: ``n`` token sequences of ``seq_len``.
+
+      steps       sampling steps (``--steps`` / ``sample_steps``)
+      sampler     one of the method's ``samplers`` (checked by the engine)
+      final       how the last step reads tokens: ``argmax`` | ``sample``
+      cond        class labels [n], a task's condition tensor, or None
+      guidance    classifier-free guidance weight; ``null_id`` is the null class (None: no classes)
+      known       infilling: tokens [n, seq_len] to keep where ``known_mask`` [n, seq_len] is set
+      generator   the CPU ``torch.Generator`` every random draw must use (reproducible samples)
+      device      where the tokens go
+    """
+
+    n: int
+    seq_len: int
+    steps: int
+    sampler: str
+    final: str = "argmax"
+    cond: Any = None
+    guidance: float = 0.0
+    null_id: int | None = None
+    known: Any = None
+    known_mask: Any = None
+    generator: Any = None
+    device: Any = "cpu"
 
 
 class Method:
@@ -99,10 +128,9 @@ class Method:
         global generator, which the engine seeds per step and rank."""
         raise NotImplementedError
 
-    def sample(self, model, n: int, seq_len: int, *, steps: int, sampler: str, final: str, cond, guidance: float,
-               null_id: int | None, known, known_mask, generator: torch.Generator, device) -> torch.Tensor:
-        """``n`` token sequences [n, seq_len]; infill when ``known``/``known_mask`` are given.
-        The engine has already checked ``sampler`` against ``samplers``."""
+    def sample(self, model, req: SampleRequest) -> torch.Tensor:
+        """``req.n`` token sequences [n, seq_len] in 0..K-1 from ``model`` (the sampling EMA,
+        unwrapped, in eval mode); copy ``req.known`` where ``req.known_mask`` is set."""
         raise NotImplementedError
 
     def nll_bound(self, model, x: torch.Tensor, cond, t: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from catdiff import Engine
 from catdiff.cli import main as cli_main
 from catdiff.errors import UserError
 from catdiff.methods.mdlm import alpha, corrupt, denoise, inverse_cdf, subs, weight
+from catdiff.method import SampleRequest
 from catdiff.model import Codebook, DenoiserOutput
 from catdiff.task import Task, TokenData
 from toytask import ToyCondTask, ToyTask
@@ -123,8 +124,7 @@ def test_cosine_schedule_and_bad_options():
     with pytest.raises(UserError, match=r"config mdlm_eps=0.0: must be in \(0, 0.5\]"):
         toy_engine(mdlm_eps=0.0)
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        eng.method.sample(eng.ema_eval, 2, 12, steps=0, sampler="cached", final="argmax", cond=None, guidance=0.0,
-                          null_id=None, known=None, known_mask=None, generator=torch.Generator(), device="cpu")
+        eng.method.sample(eng.ema_eval, SampleRequest(2, 12, steps=0, sampler="cached", generator=torch.Generator()))
     with pytest.raises(ValueError, match="has samplers"):
         eng.sample(2, sampler="purity")
 
@@ -159,9 +159,9 @@ def test_sampling_never_changes_a_revealed_or_known_position(final):
     known = torch.randint(K, (n, M), generator=g)
     known_mask = torch.rand(n, M, generator=g) < 0.3
     spy = Spy(eng.ema_eval)
-    out = eng.method.sample(spy, n, M, steps=20, sampler="ancestral", final=final, cond=torch.tensor([0, 1, 2] * 2),
-                            guidance=1.0, null_id=3, known=known, known_mask=known_mask,
-                            generator=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+    out = eng.method.sample(spy, SampleRequest(n, M, steps=20, sampler="ancestral", final=final,
+                                               cond=torch.tensor([0, 1, 2] * 2), guidance=1.0, null_id=3, known=known,
+                                               known_mask=known_mask, generator=torch.Generator().manual_seed(1)))
     states = [s for s in spy.inputs] + [out]
     assert len(spy.inputs) == spy.calls >= 2 and all(len(s) == n for s in spy.inputs)
     assert all((t == 0).all() for t in spy.times)  # no time input
@@ -190,8 +190,8 @@ def test_cached_sampler_equals_uncached_with_fewer_calls(final):
         spies, outs = {}, {}
         for sampler in ("ancestral", "cached"):
             spies[sampler] = spy = Spy(eng.ema_eval)
-            outs[sampler] = eng.method.sample(spy, n, M, steps=50, sampler=sampler, final=final, **args,
-                                              generator=torch.Generator().manual_seed(7), device=torch.device("cpu"))
+            outs[sampler] = eng.method.sample(spy, SampleRequest(n, M, steps=50, sampler=sampler, final=final, **args,
+                                                                 generator=torch.Generator().manual_seed(7)))
         assert torch.equal(outs["ancestral"], outs["cached"])
         trace = spies["ancestral"].inputs  # the state at every step that still had a [mask]
         changed = [(b != a).any(1).sum().item() for a, b in zip(trace[:-1], trace[1:])]

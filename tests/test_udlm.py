@@ -16,6 +16,7 @@ from catdiff.errors import UserError
 from catdiff.methods.discrete import MaskReplace, kl
 from catdiff.methods.shared import draw_times
 from catdiff.methods.udlm import UDLM, alpha, alpha_rate, corrupt, integrand, posterior, reconstruction
+from catdiff.method import SampleRequest
 from catdiff.model import DenoiserOutput
 from helpers import fit_until_killed
 from toytask import ToyCondTask, ToyTask
@@ -142,9 +143,8 @@ def frequencies(tokens, K):
 
 
 def run_sampler(net, n, M, steps, schedule="loglinear", final="sample", seed=0, **kw):
-    args = {**dict(cond=None, guidance=0.0, null_id=None, known=None, known_mask=None), **kw}
-    return udlm(schedule).sample(net, n, M, steps=steps, sampler="ancestral", final=final,
-                                 generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"), **args)
+    return udlm(schedule).sample(net, SampleRequest(n, M, steps=steps, sampler="ancestral", final=final,
+                                                    generator=torch.Generator().manual_seed(seed), **kw))
 
 
 # ----------------------------------------------------------------- forward process and posterior

@@ -141,12 +141,12 @@ class AR(Method):
         return {"total": self.token_nll(model, x, cond).double().sum(1)}
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device)
+    def sample(self, model, req):
+        n, seq_len, device, sampler = req.n, req.seq_len, req.device, req.sampler
+        known, known_mask = check_sampling(n, seq_len, req.final, req.known, req.known_mask, device)
         if sampler == "beam":
-            return self.beam(model, n, seq_len, cond, guidance, null_id, known, known_mask, device)
-        stream = Stream(model, n, seq_len, cond, guidance, null_id, device)
+            return self.beam(model, n, seq_len, req.cond, req.guidance, req.null_id, known, known_mask, device)
+        stream = Stream(model, n, seq_len, req.cond, req.guidance, req.null_id, device)
         x = torch.zeros(n, seq_len, dtype=torch.long, device=device)
         start = torch.full((n, 1), model.codebook.mask_id, dtype=torch.long, device=device)
         prompt = 0
@@ -163,7 +163,7 @@ class AR(Method):
                 tok = logp.argmax(-1)
             else:
                 logp = filtered_log_probs(logp, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
-                tok = (logp.double() + gumbel(logp.shape, generator, device)).argmax(-1)
+                tok = (logp.double() + gumbel(logp.shape, req.generator, device)).argmax(-1)
             x[:, i] = tok if known is None else torch.where(known_mask[:, i], known[:, i], tok)
             if i + 1 < seq_len:
                 logp = stream(x[:, i : i + 1])[:, -1]

@@ -92,11 +92,10 @@ class DiscreteDiffusion(Method):
         return {"prior": prior, "diffusion": diffusion, "total": prior + diffusion}
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device)
-        return self.ancestral(model, n, seq_len, time_grid(self.T, steps), final, cond, guidance, null_id,
-                              known, known_mask, generator, device)
+    def sample(self, model, req):
+        known, known_mask = check_sampling(req.n, req.seq_len, req.final, req.known, req.known_mask, req.device)
+        return self.ancestral(model, req.n, req.seq_len, time_grid(self.T, req.steps), req.final, req.cond,
+                              req.guidance, req.null_id, known, known_mask, req.generator, req.device)
 
     def ancestral(self, model, n, seq_len, grid, final, cond, guidance, null_id, known, known_mask, generator, device):
         """x_T ~ p(x_T); for consecutive grid times t > s: x_s ~ p_theta(x_s | x_t) (posterior over

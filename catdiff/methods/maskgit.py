@@ -56,9 +56,9 @@ class MaskGIT(Method):
         return with_aux(loss, {"l_mask_ce": loss}, out.aux)
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        x = masked_start(model, n, seq_len, final, known, known_mask, device, steps)
+    def sample(self, model, req):
+        seq_len, steps, generator = req.seq_len, req.steps, req.generator
+        x = masked_start(model, req.n, seq_len, req.final, req.known, req.known_mask, req.device, steps)
         mask_id = model.codebook.mask_id
         unknown = (x == mask_id).sum(1)
         for i in range(steps):
@@ -66,11 +66,11 @@ class MaskGIT(Method):
             left = masked.sum(1)
             if not left.any():
                 break
-            logp = x0_log_probs(model, x, left.float() / seq_len, cond, guidance, null_id).double()
+            logp = x0_log_probs(model, x, left.float() / seq_len, req.cond, req.guidance, req.null_id).double()
             drawn = draw(logp.exp(), generator)
             progress = (i + 1) / steps
             confidence = logp.gather(-1, drawn[..., None]).squeeze(-1)
-            confidence = confidence + self.cfg.mask_temperature * (1 - progress) * gumbel(x.shape, generator, device)
+            confidence = confidence + self.cfg.mask_temperature * (1 - progress) * gumbel(x.shape, generator, req.device)
             keep_masked = torch.floor(mask_schedule(torch.tensor(progress)) * unknown).long()
             keep_masked = torch.minimum(keep_masked, (left - 1).clamp_min(0)) if i < steps - 1 else 0 * left
             x = torch.where(choose(confidence, masked, left - keep_masked), drawn, x)

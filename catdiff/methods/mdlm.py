@@ -164,9 +164,9 @@ class MDLM(Method):
         return {"total": self.nelbo(model, x, cond, t, model.codebook.mask_id)[0].double()}
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        x = masked_start(model, n, seq_len, final, known, known_mask, device, steps)
+    def sample(self, model, req):
+        n, seq_len, steps, device, generator, cond = req.n, req.seq_len, req.steps, req.device, req.generator, req.cond
+        x = masked_start(model, n, seq_len, req.final, req.known, req.known_mask, device, steps)
         mask_id = model.codebook.mask_id
         alphas = alpha(self.schedule, torch.linspace(1, 0, steps + 1, dtype=torch.float64)).tolist()
         logp = torch.zeros(n, seq_len, model.codebook.vocab_size, device=device)  # x0 predictions, per row
@@ -176,13 +176,13 @@ class MDLM(Method):
             masked = x == mask_id
             if not masked.any():
                 break
-            rows = stale if sampler == "cached" else torch.ones_like(stale)
+            rows = stale if req.sampler == "cached" else torch.ones_like(stale)
             if rows.any():
                 logp[rows] = x0_log_probs(model, x[rows], no_time(x[rows]), None if cond is None else cond[rows],
-                                          guidance, null_id).float()
+                                          req.guidance, req.null_id).float()
             a_t, a_s = alphas[j], alphas[j + 1]
             reveal = masked & (u_reveal < (a_s - a_t) / (1 - a_t))  # the masked posterior (sec. 3.1); 1 at s = 0
-            argmax = j == steps - 1 and final == "argmax"  # carry-over: only revealed [mask] positions change
+            argmax = j == steps - 1 and req.final == "argmax"  # carry-over: only revealed [mask] positions change
             stale = reveal.any(1)
             x[reveal] = logp[reveal].argmax(-1) if argmax else inverse_cdf(logp[reveal], u_token[reveal])
         return x

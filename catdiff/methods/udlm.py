@@ -180,9 +180,9 @@ class UDLM(Method):
         return {"total": total, "diffusion": diff, "reconstruction": recon}
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
+    def sample(self, model, req):
+        n, seq_len, steps, device, generator = req.n, req.seq_len, req.steps, req.device, req.generator
+        known, known_mask = check_sampling(n, seq_len, req.final, req.known, req.known_mask, device, steps)
         K = model.codebook.vocab_size
         times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
         alphas = alpha(self.schedule, times).tolist()
@@ -191,7 +191,7 @@ class UDLM(Method):
             if known is not None:
                 z = torch.where(known_mask, known, z)
             t = torch.full((n,), times[j].item(), device=device)
-            logp = x0_log_probs(model, z, t, cond, guidance, null_id)
+            logp = x0_log_probs(model, z, t, req.cond, req.guidance, req.null_id)
             probs = posterior(logp.double().exp(), z, alphas[j], alphas[j + 1])  # p_theta(z_s | z_t): (P), x_theta
-            z = read_final(probs.log(), final, generator) if j == steps - 1 else draw(probs, generator)  # s = 0: final
+            z = read_final(probs.log(), req.final, generator) if j == steps - 1 else draw(probs, generator)  # s = 0: final
         return z if known is None else torch.where(known_mask, known, z)

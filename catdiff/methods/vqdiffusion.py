@@ -56,12 +56,12 @@ class VQDiffusion(DiscreteDiffusion):
         return MaskReplace(*linear_schedule(self.T), K)
 
     @torch.no_grad()
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
-        known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device)
-        if sampler == "ancestral":
-            return self.ancestral(model, n, seq_len, time_grid(self.T, steps), final, cond, guidance, null_id,
-                                  known, known_mask, generator, device)
+    def sample(self, model, req):
+        n, seq_len, steps, device, generator = req.n, req.seq_len, req.steps, req.device, req.generator
+        known, known_mask = check_sampling(n, seq_len, req.final, req.known, req.known_mask, device)
+        if req.sampler == "ancestral":
+            return self.ancestral(model, n, seq_len, time_grid(self.T, steps), req.final, req.cond, req.guidance,
+                                  req.null_id, known, known_mask, generator, device)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         q = self.process(model)
@@ -75,8 +75,8 @@ class VQDiffusion(DiscreteDiffusion):
             left = masked.sum(1)
             delta = torch.ceil(left / (steps - i)).long()
             t_int = ((left / seq_len)[:, None] - gbar).abs().argmin(1) + 1
-            logp0 = x0_log_probs(model, x, t_int.float() / self.T, cond, guidance, null_id).double()
-            pick, logp0 = reveal(logp0, masked, delta, sampler == "purity", self.cfg.purity_scale, generator)
+            logp0 = x0_log_probs(model, x, t_int.float() / self.T, req.cond, req.guidance, req.null_id).double()
+            pick, logp0 = reveal(logp0, masked, delta, req.sampler == "purity", self.cfg.purity_scale, generator)
             x = torch.where(pick, draw(logp0.exp(), generator), x)
         return x
 

@@ -113,16 +113,15 @@ class CATDM(Method):
     def load_state_dict(self, state: dict) -> None:
         self.objective.load_state_dict(state)
 
-    def sample(self, model, n, seq_len, *, steps, sampler, final, cond, guidance, null_id, known, known_mask,
-               generator, device):
+    def sample(self, model, req):
         warp = self.objective.warp
         if warp is not None and warp.warm and self.cfg.time_warp == "sample":
-            grid = warp.grid(steps, device)
+            grid = warp.grid(req.steps, req.device)
         else:
-            grid = time_grid(self.schedule, steps, self.cfg.sample_grid, device)
-        return sample(model, self.schedule, n, seq_len, steps=steps, method=sampler, final=final, cond=cond,
-                      guidance=guidance, null_id=null_id, known=known, known_mask=known_mask,
-                      generator=generator, device=device, grid=grid)
+            grid = time_grid(self.schedule, req.steps, self.cfg.sample_grid, req.device)
+        return sample(model, self.schedule, req.n, req.seq_len, steps=req.steps, method=req.sampler, final=req.final,
+                      cond=req.cond, guidance=req.guidance, null_id=req.null_id, known=req.known,
+                      known_mask=req.known_mask, generator=req.generator, device=req.device, grid=grid)
 
     def nll_bound(self, model, x, cond, t):
         return likelihood_bound(model, x, self.schedule, cond, t)
