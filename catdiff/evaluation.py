@@ -80,8 +80,10 @@ def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]
         report = eng.method.collapse_report(eng.ema_eval, x, cond)
     if report is not None:
         metrics.update({key: v for key, v in report.items() if isinstance(v, float)})
+    ctx = RunContext(eng, out, shared=eng.group.active)
+    metrics.update(eng.task.model_metrics(ctx))
     t0 = time.perf_counter()
-    tokens, labels = eng.task.generate(RunContext(eng, out, shared=eng.group.active), n)
+    tokens, labels = eng.task.generate(ctx, n)
     metrics["sample_seconds"] = time.perf_counter() - t0
     metrics.update(eng.task.evaluate(tokens, labels, out))
     if out is not None:

@@ -164,6 +164,12 @@ class Task:
         labels = ctx.default_labels(n)
         return ctx.sample(n, labels=labels), labels
 
+    def model_metrics(self, ctx) -> dict[str, float]:
+        """Metrics of the model itself rather than of its samples (e.g. bits per character from
+        the likelihood bound), computed through ``ctx`` (a RunContext) before ``generate``;
+        ``Engine.evaluate`` reports them beside :meth:`evaluate`'s. Default: none."""
+        return {}
+
     def evaluate(self, tokens: torch.Tensor, labels: torch.Tensor | None, out_dir: Path | None) -> dict[str, float]:
         """Metrics of generated ``tokens`` [N, M] (with the ``labels`` they were conditioned on)."""
         return {}

@@ -204,7 +204,9 @@ def evaluate_during_training(eng, log: TrainLog) -> None:
     try:
         if eng.method.has_bound:
             metrics.update(eng.likelihood(batches=eng.cfg.eval_batches))
-        tokens, labels = eng.task.generate(RunContext(eng), eng.cfg.eval_samples)  # rank 0 alone, no files
+        ctx = RunContext(eng)  # rank 0 alone, no files
+        metrics.update(eng.task.model_metrics(ctx))
+        tokens, labels = eng.task.generate(ctx, eng.cfg.eval_samples)
         metrics.update(eng.task.evaluate(tokens, labels, None))
     finally:
         eng.group.announce(done)

@@ -53,7 +53,6 @@ class TextTask(Task):
     def __init__(self):
         self.tokenizer = CharTokenizer()
         self._splits: dict[str, str] | None = None
-        self._bpc: dict[str, float] = {}
 
     def corpus_text(self) -> str:
         raise NotImplementedError
@@ -80,21 +79,19 @@ class TextTask(Task):
         return {"bpc": res["nll_bound_bits_per_token"], "bpc_se": res["nll_bound_bits_per_token_se"],
                 "bpc_chunks": float(n), "bpc_draws": float(draws)}
 
-    def generate(self, ctx, n: int):
-        """Computes the BPC (kept for :meth:`evaluate`; none for a method without a likelihood
-        bound, e.g. maskgit), then draws ``n`` unconditional samples."""
-        self._bpc = self.bits_per_character(ctx) if ctx.has_bound else {}
-        return super().generate(ctx, n)
+    def model_metrics(self, ctx) -> dict[str, float]:
+        """``bpc``, ``bpc_se`` (test split, see the module docstring), ``bpc_chunks``,
+        ``bpc_draws``; none for a method without a likelihood bound (e.g. maskgit)."""
+        return self.bits_per_character(ctx) if ctx.has_bound else {}
 
     def evaluate(self, tokens: torch.Tensor, labels, out_dir: Path | None) -> dict[str, float]:
-        """``bpc``, ``bpc_se`` (test split, see the module docstring), ``bpc_chunks``,
-        ``bpc_draws``; ``sample_word_known_frac``: fraction of the words of the samples (the
-        first and last word of each sample dropped as possibly cut) that occur in the training
-        split, and ``test_word_known_frac``, the same for as many real test chunks."""
+        """``sample_word_known_frac``: fraction of the words of the samples (the first and last
+        word of each sample dropped as possibly cut) that occur in the training split, and
+        ``test_word_known_frac``, the same for as many real test chunks."""
         tokens = torch.as_tensor(tokens).cpu()
         vocab = set(self.split_texts()["train"].split())
         test = self.load("test").tokens[: len(tokens)]
-        out = dict(self._bpc)
+        out = {}
         out["sample_word_known_frac"] = self._known_frac(tokens, vocab)
         out["test_word_known_frac"] = self._known_frac(test, vocab)
         return out
