@@ -152,8 +152,9 @@ def likelihood(eng: Engine, train: bool = False) -> dict:
         return {}
     if hasattr(eng.task, "bits_per_character"):
         out = dict(eng.task.bits_per_character(eng))
-        if train:
-            out["train_bpc"] = eng.task.bits_per_character(eng, "train")["bpc"]
+        if train:  # as many training chunks as test chunks were scored
+            with config_set(eng.cfg, {"bpc_chunks": int(out["bpc_chunks"])}):
+                out["train_bpc"] = eng.task.bits_per_character(eng, "train")["bpc"]
         return out
     r = eng.likelihood()
     out = {"bits_per_token": r["nll_bound_bits_per_token"], "bits_per_token_se": r["nll_bound_bits_per_token_se"]}
