@@ -34,8 +34,9 @@ class Hookspecs:
     @hookspec
     def catdiff_methods(self) -> dict[str, Callable[..., Any]]:
         """Return ``{name: factory}``; ``factory(cfg)`` builds a :class:`catdiff.method.Method`
-        (an objective with its sampler and likelihood bound), chosen by config key ``method``.
-        A Method subclass's ``options`` (name -> default) become config keys of runs using it."""
+        (its network, objective, sampler and likelihood bound), chosen by config key ``method``.
+        The method's ``settings`` (:class:`catdiff.settings.Setting`) become config keys of runs
+        using it."""
 
     @hookspec
     def catdiff_tokenizers(self) -> dict[str, Callable[..., Any]]:
