@@ -233,13 +233,13 @@ class Engine:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
                     f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
-        mine = self.method.networks()
+        kept = self.method.networks()
         try:
             for name, state in weights.items():
                 getattr(self, name).load_state_dict(state)
             for name, state in nets.items():
-                if name in mine:
-                    mine[name].load_state_dict(state)
+                if name in kept:
+                    kept[name].load_state_dict(state)
         except RuntimeError as e:
             raise checkpoint.CheckpointError(
                 f"{path} does not match the configured model ({e}); resume with the checkpoint's own "

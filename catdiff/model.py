@@ -16,7 +16,7 @@ def predicted_embedding(logits: torch.Tensor, codebook: torch.Tensor) -> torch.T
 class DenoiserOutput(NamedTuple):
     """What :meth:`Denoiser.forward` returns."""
 
-    logits: torch.Tensor                # [B, M, K] (float32 with token evidence)
+    logits: torch.Tensor                # [B, M, K] (float32 where a subclass adds fp32 terms)
     z: torch.Tensor                     # [B, M, D] the network input: noisy or plain embeddings
     target_emb: torch.Tensor | None     # [B, M, D] EMB_phi(targets) when targets are given
     codebook: torch.Tensor              # [K, D] the data rows (paper eq. 2's e_k)

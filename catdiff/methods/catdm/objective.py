@@ -119,8 +119,7 @@ class CATDMObjective:
             self.warp.load_state_dict(state["time_warp"])
         if "spread" in state:  # a list in an export
             self.spread = torch.as_tensor(state["spread"], dtype=torch.float64)
-            a, b = self.spread.tolist()
-            self.share = float(state.get("share", min(1.0, a / max(b, 1e-12))))  # older checkpoints: from the EMAs
+            self.share = float(state.get("share", self.share_of(self.spread)))  # older checkpoints: from the EMAs
             self.updates = int(state.get("updates", 0))
 
     def __call__(self, model, teacher, x: torch.Tensor, cond: torch.Tensor | None = None):
@@ -202,8 +201,13 @@ class CATDMObjective:
         self.spread = now if self.spread is None else rate * self.spread.to(now.device) + (1 - rate) * now
         self.updates += 1
         if self.updates % max(1, self.cfg.log_every) == 0:
-            a, b = self.spread.tolist()
-            self.share = min(1.0, a / max(b, 1e-12))
+            self.share = self.share_of(self.spread)
+
+    @staticmethod
+    def share_of(spread: torch.Tensor) -> float:
+        """sd(L0) / sd(rest), at most 1, from the EMAs ``spread`` (one host read)."""
+        a, b = spread.tolist()
+        return min(1.0, a / max(b, 1e-12))
 
     @staticmethod
     @torch.no_grad()
