@@ -86,7 +86,7 @@ from pathlib import Path
 from benchmarks.harness import (ARMS as TABLE1_ARMS, CLOCKS, PROBE_START, CallCounter, evaluate, mean_std as _ms,
                                 quick, quick_argument, train, write_json)
 from catdiff import Engine
-from catdiff.config import make, parse_sets
+from catdiff.config import RUN_SETTINGS, make, parse_sets
 from catdiff.errors import UserError
 from catdiff.hooks import registry
 
@@ -131,7 +131,8 @@ def sampler_arms(method: str, samplers: list[str] | None) -> list:
     label, overrides, arms = method_spec(method)
     if not samplers:
         return arms
-    own = registry().get("methods", overrides.get("method", "catdm")).factory.samplers
+    factory = registry().get("methods", overrides.get("method", "catdm")).factory
+    own, known = factory.samplers, {**RUN_SETTINGS, **{s.name: s for s in factory.settings}}
     out = []
     for spec in samplers:
         base, _, rest = spec.partition("[")
@@ -139,9 +140,13 @@ def sampler_arms(method: str, samplers: list[str] | None) -> list:
         if scope and scope != method.partition("[")[0]:
             continue  # METHOD:SAMPLER is for that method alone
         sets = parse_sets([kv for kv in rest.rstrip("]").split(",") if kv])
-        for name in (own if base == "all" else [base] if base in own else []):
-            tag = "".join(f" {k}={v}" for k, v in sets.items())
-            out.append((f"{label} {name}{tag}", dict(sets, sampler=name)))
+        names = own if base == "all" else [base] if base in own else []
+        if names and set(sets) - set(known):
+            raise ValueError(f"sampler {spec!r}: {label} has no setting {', '.join(sorted(set(sets) - set(known)))}")
+        tag = "".join(f" {k}={v}" for k, v in sets.items())
+        typed = {k: known[k].coerce(v) for k, v in sets.items()} if names else {}  # "false" -> False, as --set
+        for name in names:
+            out.append((f"{label} {name}{tag}", dict(typed, sampler=name)))
     return list({a: (a, o) for a, o in out}.values()) or arms
 
 
@@ -386,6 +391,11 @@ def main(argv=None) -> int:
     args = quick(p, p.parse_args(argv), tasks=["digits"], methods=["catdm", "vqdiffusion", "ar"], seeds=[0],
                  budget=1.0, steps=12, sample_steps=[2], samples=16, fresh=True,
                  json=lambda: str(Path(tempfile.mkdtemp()) / "compare_quick.json"))
+    for method in args.methods:  # a sampler's setting the method lacks: an argparse error, before any training
+        try:
+            sampler_arms(method, args.samplers)
+        except (ValueError, UserError) as e:
+            p.error(str(e))
     if args.table:
         data = json.loads(Path(args.table).read_text())
         print(markdown(data.get("records", []), data.get("speed")))

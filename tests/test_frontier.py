@@ -72,6 +72,10 @@ def test_sampler_arms_follow_what_each_method_declares():
         f"CATDM embed_norm=5 {s}" for s in ("ancestral", "ddim", "dpmpp_2m", "heun")]
     with pytest.raises(argparse.ArgumentTypeError, match="bad sampler"):
         compare.sampler_name("heun[sample_grid")
+    assert compare.sampler_arms("catdm", ["ddim[final_call=false]"]) == [  # typed as --set types it
+        ("CATDM ddim final_call=false", {"final_call": False, "sampler": "ddim"})]
+    with pytest.raises(ValueError, match="CATDM has no setting final_cal"):
+        compare.sampler_arms("catdm", ["ddim[final_cal=false]"])
 
 
 def test_scaling_jobs_write_every_record_once_and_a_rerun_skips_them(tmp_path, capsys):

@@ -127,3 +127,40 @@ def test_a_repeated_grid_time_is_a_zero_step_for_every_solver():
             torch.testing.assert_close(out, ref)
         else:
             assert (out - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_without_the_final_call_n_steps_cost_n_calls(method):
+    """final_call=False reads the tokens from the last step's prediction (at t_1, not t = 0)."""
+    model = perturbed(num_classes=3)
+    calls = []
+    logits = model.logits
+    model.logits = lambda z, t, cond=None, *a: calls.append(float(t[0])) or logits(z, t, cond, *a)
+    kw = dict(steps=4, method=method, cond=torch.tensor([0, 1, 2, 0]), guidance=1.5, null_id=3)
+    sch = ShiftedCosineSchedule(-3.0)
+    sample(model, sch, 4, 12, generator=torch.Generator().manual_seed(0), **kw)
+    with_read = list(calls)
+    calls.clear()
+    out = sample(model, sch, 4, 12, final_call=False, generator=torch.Generator().manual_seed(0), **kw)
+    assert out.shape == (4, 12)
+    assert calls == with_read[:-1] and with_read[-1] == 0.0 and calls[-1] == 0.25
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+def test_exact_posterior_without_the_final_call_still_reproduces_the_data(method):
+    sch = ShiftedCosineSchedule(shift=-3.0)
+    oracle, _ = exact_denoiser(sch)
+    out = sample(oracle, sch, 24, 6, steps=40, method=method, final_call=False,
+                 generator=torch.Generator().manual_seed(1))
+    assert (out[:, None] == oracle.data[None]).all(-1).any(-1).all()
+
+
+@pytest.mark.parametrize("final_call,nfe", [(True, 4), (False, 3)])
+def test_the_final_call_setting_reaches_the_sampler(final_call, nfe):
+    from catdiff.method import SampleRequest
+    model, calls = perturbed(), []
+    logits = model.logits
+    model.logits = lambda z, t, cond=None, *a: calls.append(t) or logits(z, t, cond, *a)
+    req = SampleRequest(n=2, seq_len=12, steps=3, sampler="ddim", generator=torch.Generator().manual_seed(0))
+    assert CATDM(Config(final_call=final_call)).sample(model, req).shape == (2, 12)
+    assert len(calls) == nfe

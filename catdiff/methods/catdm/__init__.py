@@ -47,6 +47,8 @@ SETTINGS = (
             choices=("off", "train", "sample")),
     Setting("sample_grid", "t", "sampling time grid: t (uniform in t) | logsnr (uniform in log-SNR, "
             "DPM-Solver's); time_warp=sample replaces it by the warp's", choices=GRIDS, mutable=True),
+    Setting("final_call", True, "read the tokens with one more network call at t = 0 (eq. 1); false reads them from "
+            "the last step's prediction: N steps cost N calls (methods/catdm/sampler.py)", mutable=True),
     Setting("embed_norm", 0.0, "fixed L2 norm of every codebook row (CDCD, Plaid: sqrt(embed_dim)); 0 = free, "
             "as in the paper (methods/catdm/network.py)", low=0),
     Setting("ema_cm", 0.99, "EMA rate of the CM target (network and codebook)", low=0, high=1),
@@ -121,7 +123,8 @@ class CATDM(Method):
             grid = time_grid(self.schedule, req.steps, self.cfg.sample_grid, req.device)
         return sample(model, self.schedule, req.n, req.seq_len, steps=req.steps, method=req.sampler, final=req.final,
                       cond=req.cond, guidance=req.guidance, null_id=req.null_id, known=req.known,
-                      known_mask=req.known_mask, generator=req.generator, device=req.device, grid=grid)
+                      known_mask=req.known_mask, generator=req.generator, device=req.device, grid=grid,
+                      final_call=self.cfg.final_call)
 
     def nll_bound(self, model, x, cond, t):
         return likelihood_bound(model, x, self.schedule, cond, t)

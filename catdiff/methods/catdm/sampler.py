@@ -5,6 +5,11 @@ Every step predicts P_theta(x~ | z_t; t) and forms the data prediction EMB_hat (
 moves z_t -> z_s on a time grid t_N = 1 > ... > t_0 = 0. Finally x ~ P_theta(x | z_0; 0) (or
 argmax): N steps cost N network calls (2N - 1 for Heun) plus that last read.
 
+``final_call=False`` skips that last read and takes x from the last step's own prediction
+P_theta(x | z_{t_1}; t_1), so N steps cost N calls, as MaskGIT's N steps do. Not in the paper
+(eq. 1 ends with the read at t = 0); docs/results.md measures what it costs in FID. With one
+step it reads P_theta(x | z_1; 1), which is near the tokens' marginal at every position.
+
 Notation: lambda = log SNR = log(alpha^2 / sigma^2) (the schedule's); DPM-Solver's
 lambda^DPM = log(alpha / sigma) = lambda / 2, so its step h = (lambda_s - lambda_t) / 2.
 
@@ -139,9 +144,11 @@ def sample(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     grid: torch.Tensor | None = None,
+    final_call: bool = True,
 ) -> torch.Tensor:
     """Draw ``n`` token sequences [n, seq_len] from a Denoiser (use the eval EMA); ``grid``
-    [steps + 1] are the times t_0 = 0 < ... < t_N = 1 (default n / N; :func:`time_grid`)."""
+    [steps + 1] are the times t_0 = 0 < ... < t_N = 1 (default n / N; :func:`time_grid`);
+    ``final_call`` reads the tokens with one more call at t = 0 (else from the last step's)."""
     if method not in SOLVERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {SAMPLERS}")
     known, known_mask = check_sampling(n, seq_len, final, known, known_mask, device, steps)
@@ -154,6 +161,7 @@ def sample(
     known_emb = model.codebook(known) if known is not None else None
     self_cond = getattr(model, "self_cond", False)
     prev = None  # self-conditioning: the previous call's EMB_hat
+    last = None  # the last call's log P(x | z_t; t), read when final_call is off
 
     def infill(z, t):
         if known is None:
@@ -165,15 +173,17 @@ def sample(
         return guided_log_probs(model, z, t.expand(n), cond, guidance, null_id, prev)
 
     def denoise(z, t):
-        nonlocal prev
+        nonlocal prev, last
         z = infill(z, t)
-        emb_hat = log_probs(z, t).exp() @ e_data  # eq. 2
+        last = log_probs(z, t)
+        emb_hat = last.exp() @ e_data  # eq. 2
         prev = emb_hat if self_cond else None
         return z, emb_hat
 
     if grid is None:
         grid = time_grid(schedule, steps, "t", device)
     z = SOLVERS[method](denoise, randn((n, seq_len, dim)), grid, schedule, randn)
-    z = infill(z, grid[0])
-    x = read_final(log_probs(z, grid[0]), final, generator)
+    if final_call:
+        last = log_probs(infill(z, grid[0]), grid[0])
+    x = read_final(last, final, generator)
     return torch.where(known_mask, known, x) if known is not None else x
