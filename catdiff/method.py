@@ -62,7 +62,7 @@ class Method:
                       (type, default, doc, allowed values, whether a resume may change it);
                       accepted when the run uses this method (``--set method=NAME --set key=...``)
                       and read as ``self.cfg.key``. catdiff 0.1's ``options`` (name -> default)
-                      and ``mutable_options`` are still read (catdiff.settings.declared)
+                      and ``mutable_options`` are still read, deprecated (catdiff.settings.declared)
       backbone_options keyword arguments the engine passes to the backbone factory, e.g.
                       ``{"causal": True}`` (the ``ar`` method); a backbone that cannot honour
                       one fails with a TypeError naming it

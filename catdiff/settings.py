@@ -8,14 +8,16 @@ whether it may change when a run resumes. The core declares the run-level keys
 across components, so ``--set key=value`` needs no prefix; two components may share a key only
 by declaring the same setting (e.g. the two transformer backbones' ``layers``).
 
-Plugins written against catdiff 0.1 declare ``options`` (name -> default; the type follows the
-default) and ``mutable_options`` instead; :func:`declared` reads both forms. This module imports
-no torch (``catdiff --help`` stays fast).
+Plugins written from catdiff 0.1's first docs declare ``options`` (name -> default; the type
+follows the default) and ``mutable_options`` instead. :func:`declared` still reads that form, with
+a DeprecationWarning naming the component, so those plugins keep working until 0.2 removes it.
+This module imports no torch (``catdiff --help`` stays fast).
 """
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
@@ -154,7 +156,22 @@ def declared(component: Any) -> tuple[Setting, ...]:
         own = tuple(replace(s, default=options[s.name]) if s.name in options else s for s in own)
     names = {s.name for s in own}
     options = {k: v for k, v in options.items() if k not in names}
+    if options:
+        _deprecated(component)
     return own + legacy(options, getattr(component, "mutable_options", ()) or ())
+
+
+_WARNED: set[str] = set()
+
+
+def _deprecated(component: Any) -> None:
+    cls = component if isinstance(component, type) else type(component)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if name not in _WARNED:  # once per class, not at every config resolve
+        _WARNED.add(name)
+        warnings.warn(f"{name} declares catdiff 0.1's `options`; declare `settings = (catdiff.Setting(...), ...)` "
+                      f"instead (docs/plugins.md). `options` will not be read from catdiff 0.2", DeprecationWarning,
+                      stacklevel=3)
 
 
 def _below(component: Any, attr: str, other: str) -> bool:

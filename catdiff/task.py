@@ -108,7 +108,7 @@ class Task:
                    :class:`catdiff.settings.Setting`; set them like any key (``--set
                    data_dir=...``), read them as ``self.option("data_dir")`` (or ``cfg.data_dir``).
                    catdiff 0.1's ``options`` (name -> default) with ``mutable_options`` (those a
-                   resume may change) are read too
+                   resume may change) are still read, with a DeprecationWarning
       best_metric  (metric name, "min" | "max"): what ``best.pt`` keeps during ``eval_every``
                    evaluations; None: the likelihood bound (lower is better)
       description  one line for ``catdiff list``

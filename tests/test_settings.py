@@ -49,7 +49,8 @@ def test_legacy_options_become_settings_and_clashes_name_both_owners():
         options = {"path": "", "beams": 4}
         mutable_options = ("beams",)
 
-    path, beams = declared(Old)
+    with pytest.warns(DeprecationWarning, match=r"test_settings\..*Old declares catdiff 0.1's `options`; declare `settings"):
+        path, beams = declared(Old)
     assert (path.type, path.mutable, beams.type, beams.mutable) == (str, False, int, True)
     assert legacy({"path": ""}) == (path,)
     shared = Setting("layers", 4, "blocks", low=1)
