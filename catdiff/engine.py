@@ -85,6 +85,7 @@ class Engine:
             if cfg.resume:
                 payload = checkpoint.load(self.run.last)
                 self._check_record(payload["config"])
+                _, payload["task"] = self._facts_moved(payload["config"], payload["task"], self.task)
                 self._check_resume(payload["config"])
                 self.load_state(payload, self.run.last)
             else:
@@ -233,6 +234,13 @@ class Engine:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
                     f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
+        if "extras" in meta:  # every fact the task derives now, as the checkpoint's data had it
+            stored, mine = _plain(meta["extras"]), _plain(self.spec.extras)
+            diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in sorted(mine.items()) if stored.get(k) != v]
+            if diffs:
+                raise checkpoint.CheckpointError(
+                    f"{path} was trained on other data than task {self.task.name!r} reads now ({'; '.join(diffs)}); "
+                    f"give the data it was trained on, or a new --out directory")
         kept = self.method.networks()
         try:
             for name, state in weights.items():
@@ -271,10 +279,23 @@ class Engine:
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
         check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
-        cls._check_stored(payload["config"], task, f"checkpoint {path}")
-        eng = cls._from_config(payload["config"], overrides, task, out)
+        task = task or registry().get("tasks", config_mod.migrate(payload["config"])["task"]).factory()
+        config, payload["task"] = cls._facts_moved(payload["config"], payload["task"], task)
+        task.restore(DataSpec.from_dict(payload["task"]))
+        cls._check_stored(config, task, f"checkpoint {path}")
+        eng = cls._from_config(config, overrides, task, out)
         eng.load_state(payload, path)
         return eng
+
+    @staticmethod
+    def _facts_moved(config: dict[str, Any], meta: dict[str, Any], task: Task) -> tuple[dict, dict]:
+        """A saved config and task record with the task's ``config_facts`` (facts an older version
+        of the task kept in the config) moved from the first into the second's ``extras``."""
+        config = config_mod.migrate(config)
+        facts = {k: config.pop(k) for k in task.config_facts if k in config}
+        if not facts:
+            return config, meta
+        return config, {**meta, "extras": {**facts, **dict(meta.get("extras") or {})}}
 
     @staticmethod
     def _check_stored(config: dict[str, Any], task: Task | None, where) -> None:
@@ -306,9 +327,12 @@ class Engine:
         its config, its EMA weights in the network and every copy of it, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
-        cls._check_stored(meta["config"], task, Path(directory) / export_mod.CONFIG)
-        eng = cls._from_config(meta["config"], overrides, task)
-        eng._load_weights(meta["task"], {"model": weights, "ema_eval": weights}, directory,
+        task = task or registry().get("tasks", config_mod.migrate(meta["config"])["task"]).factory()
+        config, record = cls._facts_moved(meta["config"], meta["task"], task)
+        task.restore(DataSpec.from_dict(record))
+        cls._check_stored(config, task, Path(directory) / export_mod.CONFIG)
+        eng = cls._from_config(config, overrides, task)
+        eng._load_weights(record, {"model": weights, "ema_eval": weights}, directory,
                           {name: weights for name in eng.method.networks()})
         eng.method.load_state_dict(meta.get("method") or {})
         eng.step = int(meta.get("step", 0))
@@ -393,3 +417,8 @@ class Engine:
             return evaluation.evaluate(self, n, None, on_metrics)
         with rundir.recording(out):
             return evaluation.evaluate(self, n, out, on_metrics)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples as lists), so a checkpoint's and an export's records compare."""
+    return json.loads(json.dumps(dict(value), sort_keys=True, default=str))

@@ -27,7 +27,11 @@ class DataSpec:
       seq_len      M, tokens per sequence
       num_classes  > 0: class labels 0..num_classes-1 condition the model (guidance)
       conditional  the backbone reads another condition (e.g. source sentences)
-      extras       named facts a task's own backbone needs, e.g. ``{"src_vocab": 8000, "pad_id": 1}``
+      grid         (H, W) with H * W = seq_len: the tokens' 2D layout (images), read by the
+                   encoder's ``conv_kernel`` when ``token_grid`` is not set; None: a sequence
+      extras       named facts the task derived from its data (JSON values), e.g. a backbone's
+                   ``{"src_vocab": 8000, "pad_id": 1}`` or image-folder's cache key: stored with
+                   the checkpoint and handed back by :meth:`Task.restore`
     """
 
     vocab_size: int
@@ -35,10 +39,21 @@ class DataSpec:
     num_classes: int = 0
     conditional: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "seq_len": self.seq_len, "num_classes": self.num_classes,
-                "conditional": self.conditional, "extras": dict(self.extras)}
+                "conditional": self.conditional, "extras": dict(self.extras),
+                "grid": list(self.grid) if self.grid else None}
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any]) -> "DataSpec":
+        """The spec of a checkpoint's or an export's task record (:meth:`to_dict`; older records
+        lack ``extras`` and ``grid``)."""
+        grid = meta.get("grid")
+        return cls(int(meta["vocab_size"]), int(meta["seq_len"]), int(meta.get("num_classes", 0)),
+                   bool(meta.get("conditional", False)), dict(meta.get("extras") or {}),
+                   tuple(int(v) for v in grid) if grid else None)
 
 
 @dataclass
@@ -114,6 +129,9 @@ class Task:
       description  one line for ``catdiff list``
       min_samples  the fewest samples its ``evaluate`` can score (e.g. 2 for FID): a smaller
                    ``n_samples`` is refused before training
+      config_facts keys that an older version of the task stored in the config instead of
+                   ``DataSpec.extras``: a saved config's values for them move into the extras
+                   that :meth:`restore` receives (old checkpoints keep loading)
 
     The engine calls ``setup(cfg)`` before anything else, so ``self.cfg`` is the resolved config.
     """
@@ -130,11 +148,18 @@ class Task:
     best_metric: tuple[str, str] | None = None
     description: str = ""
     min_samples: int = 1
+    config_facts: tuple[str, ...] = ()
     cfg: Any = None
 
     def setup(self, cfg) -> None:
         """Receive the resolved :class:`catdiff.config.Config` (override to react to it; call super)."""
         self.cfg = cfg
+
+    def restore(self, spec: DataSpec) -> None:
+        """Receive the spec a checkpoint or an export was trained on, before ``setup``, when the
+        engine is rebuilt from one (``catdiff sample`` / ``eval`` / ``export``): a task whose
+        facts come from data that may be absent then (image-folder's grid, classes and cache key)
+        reads them here. Default: nothing (the task derives its spec in ``setup``)."""
 
     def data_spec(self) -> DataSpec:
         """The data's shape for the method and the backbone (called after ``setup``). Default:

@@ -236,3 +236,23 @@ def test_conv_kernel_in_the_encoder_and_its_errors():
         small_cfg(conv_kernel=3, token_grid="twelve")
     with pytest.raises(ValueError, match="needs 12 tokens, got 5"):
         model(z[:, :5], t)
+
+
+def test_the_data_specs_grid_is_the_layout_unless_token_grid_is_set():
+    from catdiff.task import DataSpec
+
+    z, t = inputs()
+    spec = DataSpec(K, M, grid=(3, 4))
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    torch.manual_seed(0)
+    by_spec = build_encoder(small_cfg(conv_kernel=3), K, M, 0, spec=spec)
+    torch.manual_seed(0)
+    by_cfg = build_encoder(small_cfg(conv_kernel=3, token_grid="3x4"), K, M, 0)
+    torch.manual_seed(0)
+    along = build_encoder(small_cfg(conv_kernel=3), K, M, 0)
+    assert torch.equal(by_spec(z, t), by_cfg(z, t)) and not torch.equal(by_spec(z, t), along(z, t))
+    torch.manual_seed(0)
+    wins = build_encoder(small_cfg(conv_kernel=3, token_grid="4x3"), K, M, 0, spec=spec)  # the setting wins
+    assert wins.local[0].grid == (4, 3)
+    with pytest.raises(ValueError, match=r"the data's token grid \(3, 3\) does not hold its 12 tokens"):
+        build_encoder(small_cfg(conv_kernel=3), K, M, 0, spec=DataSpec(K, M, grid=(3, 3)))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from catdiff import Engine
+from catdiff import Engine, checkpoint
 from catdiff.cli import main as cli_main
 from catdiff.config import for_task
 from catdiff.errors import UserError
@@ -92,10 +93,11 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
     opts = dict(classes="true", image_size=28, codes=32, vq_steps=4, cache_dir=str(cache), workers=0)
     assert cli_main(["prepare", "image-folder", "--images", str(grey_folder), "--quiet"] + sets(**opts)) == 0
     task = task_with(images=str(grey_folder), **opts)
-    o = task.cfg.options
-    assert (o["color"], o["channels"], o["grid"], o["vocab_size"], o["seq_len"]) == ("grey", 1, 7, 32, 49)
-    assert (task.num_classes, json.loads(o["class_names"])) == (2, ["ankle-boot", "t-shirt"])
-    assert task.cfg.token_grid == "7x7" and (task.work / "vq.pt").is_file() and task.prepared()
+    spec = task.data_spec()  # the facts of the data live in the spec, not in the config
+    assert (task.cfg.color, spec.extras["channels"], spec.grid, spec.vocab_size, spec.seq_len) == ("grey", 1, (7, 7), 32, 49)
+    assert (spec.num_classes, json.loads(spec.extras["class_names"])) == (2, ["ankle-boot", "t-shirt"])
+    assert not {"grid", "channels", "class_names", "data_key", "vocab_size"} & set(task.cfg.options)
+    assert task.cfg.token_grid == "" and (task.work / "vq.pt").is_file() and task.prepared()
     train, test = task.load("train"), task.load("test")
     assert (len(train), len(test)) == (38, 2)  # 5% of 40 held out, at least one
     tokens, labels = train.rows(torch.arange(38))
@@ -114,24 +116,42 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
         assert im.size == (2 * (56 + 2) + 2, 2 * (56 + 2) + 2)
     resumed = Engine(ImageFolderTask(), out=out, images=str(grey_folder), **opts, **dict(SMALL, steps=5))
     assert resumed.step == 3 and resumed.fit().step == 5
+    # a checkpoint of catdiff before DataSpec held the facts: they were config keys
+    old = checkpoint.load(out / "last.pt")
+    facts = dict(old["task"].pop("extras"), vocab_size=32, seq_len=49, num_classes=2)
+    old["task"].pop("grid")
+    old["config"] = {**old["config"], **facts}
+    torch.save(old, tmp_path / "old.pt")
     # the folder is not needed to sample: the grid, vocabulary and classes are in the checkpoint
     (grey_folder.parent / "moved").mkdir()
     grey_folder.rename(grey_folder.parent / "moved" / "x")
     try:
-        ck = Engine.from_checkpoint(out / "last.pt")
-        assert (ck.task.vocab_size, ck.task.seq_len, ck.task.num_classes) == (32, 49, 2)
-        images = ck.sample(2, labels=torch.tensor([0, 1]), decode=True)
-        assert images.shape == (2, 1, 28, 28) and images.dtype == torch.uint8
+        for path in (out / "last.pt", tmp_path / "old.pt"):
+            ck = Engine.from_checkpoint(path)
+            assert (ck.task.vocab_size, ck.task.seq_len, ck.task.num_classes, ck.spec.grid) == (32, 49, 2, (7, 7))
+            images = ck.sample(2, labels=torch.tensor([0, 1]), decode=True)
+            assert images.shape == (2, 1, 28, 28) and images.dtype == torch.uint8
     finally:
         (grey_folder.parent / "moved" / "x").rename(grey_folder)
+    # resuming the old run directory: its facts are compared with the folder's
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    (old_run / "last.pt").write_bytes((tmp_path / "old.pt").read_bytes())
+    assert Engine(ImageFolderTask(), out=old_run, images=str(grey_folder), **opts, **dict(SMALL, steps=6)).step == 5
+    fewer = tmp_path / "fewer"
+    shutil.copytree(grey_folder, fewer)
+    next(fewer.rglob("*.png")).unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"trained on other data than task 'image-folder' reads now "
+                                                         r"\(data_key: '\w+' -> '\w+'\); give the data"):
+        Engine(ImageFolderTask(), out=old_run, images=str(fewer), **opts, **SMALL)
 
 
 def test_default_small_vq_is_32px_rgb_8x8(rgb_folder, tmp_path):
     task = task_with(images=str(rgb_folder), cache_dir=str(tmp_path))
     o = task.cfg.options
-    assert (o["color"], o["channels"], o["image_size"], o["seq_len"], task.vocab_size, task.num_classes) == \
+    assert (o["color"], task.facts["channels"], o["image_size"], task.seq_len, task.vocab_size, task.num_classes) == \
         ("rgb", 3, 32, 64, 128, 0)
-    assert task_with(images=str(rgb_folder), color="grey").cfg.task_options["channels"] == 1
+    assert task_with(images=str(rgb_folder), color="grey").facts["channels"] == 1
     assert task_with(images=str(rgb_folder), image_size=16).seq_len == 16
     with pytest.raises(UserError, match=r"image_size=30 must be a positive multiple of the tokenizer's downsampling "
                                         r"factor 4 \(the small VQ\)"):
@@ -145,9 +165,11 @@ def test_vqgan_of_another_factor_cli_run_resume_sample(rgb_folder, taming_dir, t
     assert cli_main(["run", "image-folder", "--out", str(out)] + sets(**opts)) == 0  # prepares the shards itself
     err = capsys.readouterr().err
     assert "preparing the token shards" in err and "FID skipped" in err
-    saved = json.loads((out / "config.json").read_text())  # one flat table
-    assert (saved["vocab_size"], saved["grid"], saved["seq_len"], saved["image_size"], saved["channels"]) == \
-        (48, 8, 64, 32, 3)  # 32 px / factor 4 = 8x8 tokens of n_embed = 48 codes, from model.yaml
+    saved = json.loads((out / "config.json").read_text())  # one flat table of settings; the data's facts: the spec
+    assert saved["image_size"] == 32 and not {"vocab_size", "grid", "seq_len", "channels"} & set(saved)
+    spec = Engine.from_checkpoint(out / "last.pt").spec
+    assert (spec.vocab_size, spec.grid, spec.seq_len, spec.extras["channels"]) == \
+        (48, (8, 8), 64, 3)  # 32 px / factor 4 = 8x8 tokens of n_embed = 48 codes, from model.yaml
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_skipped"] == 1.0 and metrics["tokenizer_psnr"] > 0
     with Image.open(out / "samples.png") as im:  # 4 samples in one row of 8 columns, 32 px upscaled 2x
@@ -211,7 +233,7 @@ def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder):
     with pytest.raises(UserError, match=r"mixes grey \(2 files, e.g. a.png\) and colour images \(1, e.g. c.png\); "
                                         r"set --set color=rgb"):
         task_with(images=str(mixed))
-    assert task_with(images=str(mixed), color="rgb").cfg.task_options["channels"] == 3
+    assert task_with(images=str(mixed), color="rgb").facts["channels"] == 3
     # unreadable: found by the mode scan (color=auto) and, without it, by the loader at prepare time
     (mixed / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(UserError, match=r"broken.png: not a readable image \(cannot identify image file"):

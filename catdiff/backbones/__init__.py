@@ -34,12 +34,15 @@ def check_transformer(cfg) -> None:
         raise UserError(f"config width={cfg.width}: must be a multiple of heads={cfg.heads}")
 
 
-def build_encoder(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False) -> EncoderTransformer:
-    """Factory for the ``encoder`` backbone (signature of the ``catdiff_backbones`` hook)."""
+def build_encoder(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False,
+                  spec=None) -> EncoderTransformer:
+    """Factory for the ``encoder`` backbone (signature of the ``catdiff_backbones`` hook); the
+    data ``spec``'s grid is the tokens' layout for ``conv_kernel`` unless ``token_grid`` is set."""
     check_transformer(cfg)
     if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
         raise UserError(f"config conv_kernel={cfg.conv_kernel}: must be 0 (off) or odd")
-    return EncoderTransformer(cfg, vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes, causal=causal)
+    return EncoderTransformer(cfg, vocab_size=vocab_size, seq_len=seq_len, num_classes=num_classes, causal=causal,
+                              data_grid=getattr(spec, "grid", None))
 
 
 build_encoder.settings = TRANSFORMER + LOCAL_MIXING

@@ -335,10 +335,12 @@ class EncoderTransformer(nn.Module):
     ``[0, num_classes]`` where ``num_classes`` means "no condition" (the learned null
     embedding, also used when ``cond`` is None). ``causal``: position i sees positions <= i only
     (see the module doc); ``forward(z, t, cond, cache=KVCache(seq_len))`` then decodes
-    incrementally.
+    incrementally. ``data_grid`` (H, W): the tokens' layout for ``conv_kernel`` when
+    ``cfg.token_grid`` is empty (the task's ``DataSpec.grid``).
     """
 
-    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False):
+    def __init__(self, cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causal: bool = False,
+                 data_grid: tuple[int, int] | None = None):
         super().__init__()
         width, heads, layers = int(cfg.width), int(cfg.heads), int(cfg.layers)
         if width <= 0 or heads <= 0 or layers <= 0:
@@ -362,7 +364,9 @@ class EncoderTransformer(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.class_emb = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
         self.blocks = nn.ModuleList(Block(width, heads, hidden, float(cfg.dropout)) for _ in range(layers))
-        kernel, grid = int(cfg.conv_kernel), token_grid(str(cfg.token_grid), seq_len)
+        if data_grid and data_grid[0] * data_grid[1] != seq_len:
+            raise ValueError(f"the data's token grid {data_grid} does not hold its {seq_len} tokens")
+        kernel, grid = int(cfg.conv_kernel), token_grid(str(cfg.token_grid), seq_len) or data_grid
         self.local = nn.ModuleList(LocalMixing(width, kernel, grid, self.causal) for _ in range(layers)) if kernel else None
         self.norm_out = AdaLN(width)
         self.head = nn.Linear(width, vocab_size)

@@ -26,10 +26,12 @@ hash of the image list (relative paths, sizes, labels) and every setting that ch
 tokens; ``catdiff run`` prepares them when missing (single process; under DDP run
 ``catdiff prepare`` first, the error says the exact command).
 
-What setup stores in ``cfg.options``: the resolved ``color`` and ``image_size``,
-``vocab_size``, ``seq_len``, ``grid``, ``channels``, ``num_classes``, ``class_names`` (JSON) and
-``data_key``, so ``catdiff sample`` / ``eval`` rebuild the task from the checkpoint without
-reading the folder (decoding needs only the tokenizer: the VQGAN path, or the cached small VQ).
+What setup derives from the folder: the resolved ``color`` and ``image_size`` (stored in the
+config, as the settings' values), and the data spec: vocabulary, ``seq_len`` = grid^2, the
+classes, and ``DataSpec.extras`` ``grid``, ``channels``, ``class_names`` (JSON) and ``data_key``.
+The checkpoint stores the spec, so ``catdiff sample`` / ``eval`` rebuild the task from it
+(:meth:`ImageFolderTask.restore`) without reading the folder (decoding needs only the tokenizer:
+the VQGAN path, or the cached small VQ). ``DataSpec.grid`` gives the encoder its 2D layout.
 
 Metrics: Inception FID / IS (torch-fidelity, :mod:`.image_metrics`) of the decoded samples
 against the training images (up to ``fid_images``; or the folder ``fid_reference``) when
@@ -41,6 +43,7 @@ cache; never downloaded), else ``fid_skipped`` = 1 and a printed line saying wha
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -67,7 +70,6 @@ UNIGRAM_ROWS = 10_000
 RECON_IMAGES = 256  # test images for the tokenizer's reconstruction error
 MIN_IMAGES = 1000  # training images the default settings are meant for; fewer: a warning, fewer VQ steps
 VQ_MIN_STEPS = 100  # the small VQ's steps on the smallest folder (vq_steps scaled by images / MIN_IMAGES)
-SET_BY_SETUP = "derived at setup and stored with the checkpoint (not set by hand)"
 SETTINGS = (
     Setting("images", "", "the image folder, searched recursively (.png .jpg .jpeg .webp .bmp); stored as an "
             "absolute path", mutable=True),
@@ -105,17 +107,11 @@ SETTINGS = (
             "else the torch hub cache (never downloaded)", mutable=True),
     Setting("precision_recall", False, "also report VGG16 precision / recall (skipped, precision_recall_skipped = 1, "
             "without VGG16 weights)", mutable=True),
-    # written by setup (_derive), so a checkpoint rebuilds the task without the images
-    Setting("vocab_size", 0, f"tokens of the tokenizer's codebook (K); {SET_BY_SETUP}", low=0),
-    Setting("seq_len", 0, f"tokens per image, grid^2; {SET_BY_SETUP}", low=0),
-    Setting("grid", 0, f"token grid side, image_size / the tokenizer's factor; {SET_BY_SETUP}", low=0),
-    Setting("channels", 0, f"image channels the tokenizer reads (1 grey, 3 rgb); {SET_BY_SETUP}", low=0),
-    Setting("num_classes", 0, f"class sub-folders (0 without classes); {SET_BY_SETUP}", low=0),
-    Setting("class_names", "", f"the class folder names, a JSON list; {SET_BY_SETUP}"),
-    Setting("data_key", "", f"hash of the image list and every setting that changes the tokens, the cache "
-            f"sub-directory; {SET_BY_SETUP}"),
 )
-DERIVED_KEYS = ("vocab_size", "seq_len", "grid", "channels", "num_classes", "class_names", "data_key")
+# DataSpec.extras of this task: grid side, image channels the tokenizer reads, the class folder
+# names (a JSON list) and data_key (a hash of the image list and every setting that changes the
+# tokens: the cache sub-directory)
+FACTS = ("grid", "channels", "class_names", "data_key")
 # fashion-mnist's measured small-image settings (catdiff_vision.fashion: lr 2e-3, short warmup,
 # ema_cm 0.9, D = 32, measured with evidence off and sinusoidal positions); not re-tuned here.
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
@@ -136,9 +132,21 @@ class ImageFolderTask(Task):
     min_samples = 2  # FID
     name = "image-folder"
     description = "any folder of images (--set images=DIR; classes=true: sub-folders), small VQ or taming VQGAN tokens"
-    settings, defaults = SETTINGS, DEFAULTS  # vocab_size, seq_len, num_classes: set by setup
+    settings, defaults = SETTINGS, DEFAULTS  # vocab_size, seq_len, num_classes: derived by setup
+    # catdiff 0.1 kept the data's facts in the config; its checkpoints move them into the spec
+    config_facts = ("vocab_size", "seq_len", "num_classes", *FACTS)
+
+    def __init__(self):
+        super().__init__()
+        self.facts: dict[str, Any] = {}  # FACTS, derived from the folder or restored from a checkpoint
 
     # ------------------------------------------------------------------ setup
+    def restore(self, spec) -> None:
+        """A checkpoint's spec: sample and evaluate without the folder."""
+        if all(k in spec.extras for k in FACTS):
+            self.facts = {k: spec.extras[k] for k in FACTS}
+            self.vocab_size, self.seq_len, self.num_classes = spec.vocab_size, spec.seq_len, spec.num_classes
+
     def setup(self, cfg) -> None:
         super().setup(cfg)
         self._items = self._fid_ref = None
@@ -146,20 +154,23 @@ class ImageFolderTask(Task):
         for key in ("images", "tokenizer", "cache_dir"):  # absolute, so a checkpoint works from any directory
             if self.option(key):
                 cfg.options[key] = str(Path(self.option(key)).expanduser().resolve())
-        if not self.option("data_key"):  # what the user gave, before _derive resolves it (for prepare --images)
+        if not self.facts:  # what the user gave, before _derive resolves it (for prepare --images)
             self._given = {k: self.option(k) for k in ("color", "image_size")}
-        if not self.option("data_key") and self.option("images"):
+        if not self.facts and self.option("images"):
             self._derive()
-        if self.option("data_key"):
-            self.vocab_size, self.seq_len = int(self.option("vocab_size")), int(self.option("seq_len"))
-            self.num_classes = int(self.option("num_classes"))
-            if cfg.options.get("token_grid") == "":  # the encoder's 2D layout, for --set conv_kernel=K
-                cfg.options["token_grid"] = f"{self.option('grid')}x{self.option('grid')}"
-        else:  # no images yet (`catdiff prepare` passes them later): a placeholder until load()/prepare()
+        if not self.facts:  # no images yet (`catdiff prepare` passes them later): a placeholder until prepare()
             self.vocab_size, self.seq_len, self.num_classes = max(2, int(self.option("codes"))), 1, 0
 
+    def data_spec(self):
+        spec = super().data_spec()
+        if not self.facts:
+            return spec
+        grid = int(self.facts["grid"])
+        return dataclasses.replace(spec, extras=dict(self.facts), grid=(grid, grid))
+
     def _derive(self) -> None:
-        """List the folder, resolve colour / size / tokenizer, and store the results in the config."""
+        """List the folder and resolve colour / size / tokenizer: the config's ``color`` and
+        ``image_size``, the vocabulary, the grid and the classes (``facts``)."""
         opt = self.option
         root = Path(opt("images")).expanduser()
         items, names = fi.list_folder(root, bool(opt("classes")))
@@ -191,9 +202,9 @@ class ImageFolderTask(Task):
                     "test_frac": float(opt("test_frac")), "tokenizer": tok, "images": listing.hexdigest()}
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self._items = (root, items)
-        self.cfg.options.update(
-            color=color, image_size=size, vocab_size=vocab, seq_len=grid * grid, grid=grid, channels=channels,
-            num_classes=len(names), class_names=json.dumps(names), data_key=key)
+        self.cfg.options.update(color=color, image_size=size)
+        self.vocab_size, self.seq_len, self.num_classes = vocab, grid * grid, len(names)
+        self.facts = dict(grid=grid, channels=channels, class_names=json.dumps(names), data_key=key)
 
     def _vq_images(self, n_train: int) -> int:
         """How many of ``n_train`` training images the small VQ trains on (``vq_images``)."""
@@ -213,14 +224,14 @@ class ImageFolderTask(Task):
     @property
     def work(self) -> Path:
         """The cache directory of this data and these settings: vq.pt, train/, test/."""
-        return _cache_root(self.option("cache_dir")) / self.option("data_key")
+        return _cache_root(self.option("cache_dir")) / self.facts["data_key"]
 
     @property
     def root(self) -> Path:
         return Path(self.option("images")).expanduser()
 
     def _need_images(self) -> None:
-        if not self.option("data_key"):
+        if not self.facts:
             raise UserError("task image-folder needs its images: --set images=DIR (`catdiff prepare image-folder "
                             "--images DIR`): any folder of images, searched recursively; add --set classes=true for "
                             "one sub-folder per class")
@@ -235,7 +246,7 @@ class ImageFolderTask(Task):
 
     def prepare_command(self) -> str:
         """The `catdiff prepare` command line of these options (for the DDP error message)."""
-        defaults = {s.name: s.default for s in SETTINGS if s.name not in DERIVED_KEYS and s.name != "images"}
+        defaults = {s.name: s.default for s in SETTINGS if s.name != "images"}
         sets = "".join(f" --set {k}={str(v).lower() if isinstance(v, bool) else v}"
                        for k, v in sorted(self.cfg.options.items()) if k in defaults and v != defaults[k])
         return f"catdiff prepare image-folder --images {self.root}{sets}"
@@ -247,8 +258,8 @@ class ImageFolderTask(Task):
         if self.option("tokenizer"):
             trust = bool(self.option("trust_checkpoint")) or os.environ.get("CATDIFF_TRUST_CHECKPOINT") == "1"
             vqgan = load_taming(self.option("tokenizer"), trust)
-            tok = TamingTokenizer(vqgan, int(self.option("channels")))
-            grid = int(self.option("grid"))
+            tok = TamingTokenizer(vqgan, int(self.facts["channels"]))
+            grid = int(self.facts["grid"])
             if tok.vocab_size != self.vocab_size or int(self.option("image_size")) // tok.factor != grid:
                 raise UserError(f"VQGAN {self.option('tokenizer')} has {tok.vocab_size} codes and factor {tok.factor}; "
                                 f"this model was trained on {self.vocab_size} codes in a {grid}x{grid} grid")
@@ -279,10 +290,11 @@ class ImageFolderTask(Task):
         if n < len(train_items):  # a fixed random subset (seed 0)
             pick = sorted(torch.randperm(len(train_items), generator=torch.Generator().manual_seed(0))[:n].tolist())
             train_items = [train_items[i] for i in pick]
-        hp = self._vq_hparams(int(self.option("channels")), int(self.option("grid")), len(train_items))
+        grid = int(self.facts["grid"])
+        hp = self._vq_hparams(int(self.facts["channels"]), grid, len(train_items))
         if log:
             log(f"image-folder: training the small VQ tokenizer ({hp['steps']} steps, {len(train_items)} images, "
-                f"{hp['codes']} codes, {self.option('grid')}x{self.option('grid')} grid)")
+                f"{hp['codes']} codes, {grid}x{grid} grid)")
         model = vq_tokenizer.train(self._images(train_items), hp, log=log)
         save_torch({"state_dict": model.state_dict(), "hparams": hp}, path, "VQ tokenizer")
 
@@ -305,7 +317,8 @@ class ImageFolderTask(Task):
         """Train the small VQ (if it is the tokenizer and absent) and write the train/test token
         shards (resumable); returns the cache directory."""
         if getattr(args, "images", None):
-            self.cfg.options.update(getattr(self, "_given", {}), images=str(args.images), data_key="")
+            self.cfg.options.update(getattr(self, "_given", {}), images=str(args.images))
+            self.facts = {}
             self.setup(self.cfg)
         self._need_images()
         return self._prepare(quiet=bool(getattr(args, "quiet", False)), batch_size=getattr(args, "batch_size", 64),
@@ -339,9 +352,9 @@ class ImageFolderTask(Task):
                 self.work / split, items, encode, seq_len=self.seq_len, vocab_size=self.vocab_size,
                 shard_size=10_000, batch_size=batch_size, progress=not quiet,
                 batches=lambda chunk, bs: fi.loader(self.root, chunk, size, color, crop, bs, workers),
-                settings={"data_key": self.option("data_key")},
-                meta={"images": str(self.root.resolve()), "grid": [self.option("grid")] * 2,
-                      "class_names": json.loads(self.option("class_names")), "reconstruction": rec})
+                settings={"data_key": self.facts["data_key"]},
+                meta={"images": str(self.root.resolve()), "grid": [int(self.facts["grid"])] * 2,
+                      "class_names": json.loads(self.facts["class_names"]), "reconstruction": rec})
         if log:
             log(f"image-folder: token shards in {self.work} ({len(splits['train'])} train, {len(splits['test'])} test "
                 f"images, {self.seq_len} tokens of {self.vocab_size} codes each)")
