@@ -59,7 +59,7 @@ class Config:
     batch_size: int = optim(32, "the global batch of one optimizer step (all processes, all micro-batches)",
                             low=1, mutable=True)
     accum: int = optim(1, "micro-batches per optimizer step (gradient accumulation)", low=1, mutable=True)
-    lr: float | None = optim(None, "peak AdamW rate (warm-up, then cosine to 0.1 lr); auto = min(2e-3, 0.2 / width)",
+    lr: float | None = optim(None, "peak AdamW rate (warm-up, then cosine to 0.1 lr); auto = the backbone's rule (transformers: min(2e-3, 0.2 / width))",
                              low=0, auto=True, mutable=True)
     weight_decay: float = optim(0.0, "AdamW weight decay", low=0, mutable=True)
     warmup: int | None = optim(None, "steps of linear LR warm-up; auto = steps // 40, at most 2000",
@@ -283,17 +283,22 @@ def pick(key: str, *layers: Mapping[str, Any]) -> str:
     return value
 
 
+FALLBACK_LR = 0.2 / 128  # lr=auto for a backbone without a rule: the encoder's at its default width
+
+
 def derive(cfg: Config) -> Config:
     """``cfg`` with its "choose for me" run-level keys filled in from the run's size:
-    ``lr=None`` -> ``min(2e-3, 0.2 / width)`` (Adam's update ~ 1 / width, as in muP; width 128
-    where the backbone has no ``width``) and ``warmup=None`` -> ``min(2000, steps // 40)``. The
-    sweep of benchmarks/defaults.py found fixed values (lr 3e-4, warmup 100) too slow for small
-    models and short runs; the rules give what the tuned small tasks use (lr 2e-3 at width 96,
-    warmup ~30 of 1300 steps) and the paper's text8 run (12 x 768 at 3e-4). The saved config
-    holds the values, so a resume compares what was trained."""
+    ``lr=None`` -> the backbone factory's ``default_lr(cfg)`` (the transformers':
+    catdiff.backbones.transformer_lr), else :data:`FALLBACK_LR`; ``warmup=None`` ->
+    ``min(2000, steps // 40)`` (~30 of the tuned small tasks' 1300 steps; a fixed 100 was too
+    slow for short runs, benchmarks/defaults.py). The saved config holds the values, so a
+    resume compares what was trained."""
+    from .hooks import registry
+
     changes: dict[str, Any] = {}
     if cfg.lr is None:
-        changes["lr"] = min(2e-3, 0.2 / cfg.options.get("width", 128))
+        rule = getattr(registry().get("backbones", cfg.backbone).factory, "default_lr", None)
+        changes["lr"] = float(rule(cfg)) if rule is not None else FALLBACK_LR
     if cfg.warmup is None:
         changes["warmup"] = min(2000, cfg.steps // 40)
     return dataclasses.replace(cfg, **changes)

@@ -339,6 +339,16 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
         for_task(Bare(), overrides=dict(warmup=-1))  # no sentinel numbers in what a user sets
     with pytest.raises(UserError, match=r"config width: expected int, got 'auto'"):
         for_task(Bare(), overrides=dict(width="auto"))  # only the keys that may be chosen accept it
+    from catdiff.config import FALLBACK_LR
+    from catdiff.hooks import registry
+
+    encoder = registry().get("backbones", "encoder").factory
+    rule = encoder.default_lr
+    try:  # the rule is the backbone's: without one, lr=auto is the fallback whatever the width
+        del encoder.default_lr
+        assert for_task(Bare(), overrides=dict(width=64, heads=4)).lr == FALLBACK_LR
+    finally:
+        encoder.default_lr = rule
     run = tmp_path / "r"
     Engine(Bare(), out=run, width=32, heads=2, layers=1, embed_dim=8, steps=2, batch_size=4).fit()
     saved = json.loads((run / "config.json").read_text())

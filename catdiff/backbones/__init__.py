@@ -28,6 +28,14 @@ LOCAL_MIXING = (
 )
 
 
+def transformer_lr(cfg) -> float:
+    """``lr=auto`` for a transformer backbone: ``min(2e-3, 0.2 / width)``. Adam's update scales as
+    1 / width (as in muP); the rule gives what the tuned small tasks use (2e-3 at width 96) and the
+    paper's text8 run (3e-4 at 768). Fixed values (lr 3e-4) were too slow for small models and
+    short runs (benchmarks/defaults.py)."""
+    return min(2e-3, 0.2 / cfg.width)
+
+
 def check_transformer(cfg) -> None:
     """Combinations of the :data:`TRANSFORMER` keys (each value is checked on its own by the config)."""
     if cfg.width % cfg.heads:
@@ -46,5 +54,6 @@ def build_encoder(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, caus
 
 
 build_encoder.settings = TRANSFORMER + LOCAL_MIXING
+build_encoder.default_lr = transformer_lr
 
-__all__ = ["EncoderTransformer", "LOCAL_MIXING", "TRANSFORMER", "build_encoder", "check_transformer"]
+__all__ = ["EncoderTransformer", "LOCAL_MIXING", "TRANSFORMER", "build_encoder", "check_transformer", "transformer_lr"]

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones import TRANSFORMER, check_transformer
+from catdiff.backbones import TRANSFORMER, check_transformer, transformer_lr
 from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, register_positions, rotate,
                                       sinusoidal, zero_linear)
 
@@ -273,3 +273,4 @@ def build_encdec(cfg, vocab_size: int, seq_len: int, num_classes: int = 0, causa
 
 
 build_encdec.settings = TRANSFORMER  # the keys of catdiff's encoder, minus its local mixing
+build_encdec.default_lr = transformer_lr
