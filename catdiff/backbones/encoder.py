@@ -29,12 +29,12 @@ Design choices (documented because the paper does not pin them down):
   ``cfg.pos_scale`` multiplies the sinusoids (amplitude 1 by default; the projected input's
   norm grows with the embeddings during training, ~3x on digits by 1500 steps). Both are
   non-persistent buffers (checkpoints do not depend on ``seq_len``); shorter inputs use the
-  first M positions. Measured in docs/results.md.
+  first M positions. Measured in docs/notes.md.
 - Local mixing (``cfg.conv_kernel`` k > 0; not in the paper): before every block a depthwise
   k x k convolution over the token grid ``cfg.token_grid`` ("HxW", image tasks), or a width-k
   one along the sequence without a grid, is added to the residual stream: a conditional
   positional encoding (Chu et al. 2021, "PEG"), i.e. a locality prior transformers lack
-  (its effect on digits: docs/results.md).
+  (its effect on digits: docs/notes.md).
 - Mixed precision: the residual stream stays in the dtype the input projection promotes to
   (float32 under autocast, because the fixed position buffer is float32); matmuls and
   attention follow autocast. Logits are returned as float32.

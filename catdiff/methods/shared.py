@@ -81,7 +81,7 @@ def draw_times(n: int, device, how: str = "iid") -> torch.Tensor:
     low-discrepancy sampler of Kingma et al. 2021, Variational Diffusion Models, appendix I.1).
     Each t_i is still U(0, 1), so the loss's expectation is unchanged; the batch covers the
     time axis evenly, which lowers the variance of its mean. CATDM's ``t_draw`` picks one (iid by
-    default: docs/results.md); MDLM draws stratified (its antithetic sampling)."""
+    default: docs/notes.md); MDLM draws stratified (its antithetic sampling)."""
     if how == "iid":
         return torch.rand(n, device=device)
     if how == "stratified":

@@ -160,11 +160,11 @@ class TdavidTask(TextTask):
 
     name = "text-tdavid"
     # ema_cm 0.9, not the paper's 0.99: a 0.99 CM teacher lags ~100 of 300 steps and left its bound
-    # far from converged (docs/results.md, "Task defaults: the CM teacher's EMA").
+    # far from converged (docs/notes.md, "Task defaults: the CM teacher's EMA").
     # positions=rotary and evidence=true (both beyond the paper): with the paper's sinusoids
     # added to the input, L0's dropped characters stayed at the unigram loss for 1000+ steps
     # (no context learned); each of the two lowered BPC, both together most (docs/method.md,
-    # docs/results.md "text-tdavid bits per character").
+    # docs/notes.md "text-tdavid: positions, evidence and other options").
     # embed_norm=sqrt(D), time_warp=train (CDCD) and l0_rows=auto (after Plaid), beyond the paper:
     # together they lowered the bound at equal time on every seed, where they left FID on the
     # image tasks within seed noise (docs/results.md, "CATDM levers at equal time").

@@ -67,7 +67,7 @@ class TextFileTask(TextTask):
     seq_len = 256
     # text-tdavid's small CPU model (see TdavidTask). On the characters of /usr/share/common-licenses
     # the core defaults (4 x 128, D 256, batch 32) gave a slightly better bound but took ~4x longer
-    # (benchmarks/defaults.py; docs/results.md, "Core defaults on untuned tasks"); so this task
+    # (benchmarks/defaults.py; docs/results.md and docs/notes.md, "Core defaults on untuned tasks"); so this task
     # keeps the small model, for speed.
     defaults: Mapping[str, Any] = dict(
         layers=3, heads=4, width=96, embed_dim=64, batch_size=16, lr=2e-3, warmup=30, steps=1500, ema_cm=0.9,

@@ -54,7 +54,7 @@ class DingDeEn(TranslationTask):
     )
     # 600 steps (~3.5 epochs) fit the "minutes on CPU" budget.
     # ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 600 steps): a better BLEU and a
-    # far lower bound (docs/results.md, "Task defaults: the CM teacher's EMA").
+    # far lower bound (docs/notes.md, "Task defaults: the CM teacher's EMA").
     defaults = dict(backbone="encdec", layers=2, width=128, heads=4, mlp_ratio=2.0, dropout=0.1, embed_dim=64,
                     batch_size=64, lr=1e-3, warmup=100, steps=600, ema_cm=0.9, log_every=50, ckpt_every=300,
                     positions="sinusoidal",  # what its settings were measured with

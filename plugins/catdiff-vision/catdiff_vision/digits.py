@@ -25,7 +25,7 @@ class DigitsTask(Task):
     seq_len = data.SIDE * data.SIDE
     num_classes = 0
     # A budget whose whole `catdiff run` stays under 5 minutes on 2 CPU cores (1300 steps).
-    # Each setting below beyond the paper's lowered FID at this budget (figures: docs/results.md,
+    # Each setting below beyond the paper's lowered FID at this budget (figures: docs/notes.md,
     # "Digits: what moved FID" and "Task defaults: the CM teacher's EMA"):
     # - ema_cm 0.9, not the paper's 0.99: a 0.99 teacher lags ~100 steps, a large part of the budget;
     # - drop_l0 0.5: L0's z_0 pass drops half its inputs (z_t keeps drop_ratio 0.2);

@@ -45,7 +45,7 @@ SETTINGS = (
     Setting("vq_steps", 1500, "training steps of the VQ tokenizer (`catdiff prepare`)", low=1),
 )
 # ema_cm 0.9, not the paper's 0.99 (a teacher lagging ~100 of 1000 steps): a better FID, at the
-# price of a higher likelihood bound (docs/results.md, "Task defaults: the CM teacher's EMA").
+# price of a higher likelihood bound (docs/notes.md, "Task defaults: the CM teacher's EMA").
 # lr 2e-3, not the first choice 1e-3: at equal training time no method did worse and CATDM gained
 # most (docs/notes.md, "Fashion-MNIST: the learning rate and the convolution").
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
