@@ -50,7 +50,7 @@ demo: install
 
 # Every benchmark (`python -m benchmarks` lists them), at its defaults; the trained digits models
 # are kept in runs/bench-models and shared (ablation's CATDM is steps' and dropping's). Roughly 9
-# hours on one thread of a shared 2-core VM, from the wall times in docs/results.md (compare's
+# hours on one thread of a shared 2-core VM, from the wall times in docs/results.md and docs/notes.md (compare's
 # two tasks x two modes x 3 seeds ~3.5 h, ablation ~1 h, text_bpc ~45 min, steps, dropping and
 # defaults ~30 min each, image_steps ~20 min, the rest minutes). bench-quick: each one's --quick
 # run, the smallest that goes through its whole path (a few minutes in all; speed's is the longest).

@@ -46,13 +46,18 @@ def family(rec: dict) -> str:
 
 
 def points(records: list[dict]) -> dict:
-    """{(task, mode, budget): {arm: {"family", "by_n": {n: {"fid": [..], cost: [..]}}}}} over seeds."""
+    """{(task, mode, budget): {arm: {"family", "by_n": {n: {"fid": [..], cost: [..]}}}}} over seeds.
+    An arm measured twice for one seed (a later file that trained the seed again to add samplers)
+    counts once, from the first record."""
     out: dict = {}
+    seen: set = set()
     for r in records:
         arms = out.setdefault((r["task"], r["mode"], r["budget_s"]), {})
         for e in r["evals"]:
-            if "fid" not in e:
+            key = (r["task"], r["mode"], r["budget_s"], r["seed"], e["arm"], e["sample_steps"])
+            if "fid" not in e or key in seen:
                 continue
+            seen.add(key)
             a = arms.setdefault(e["arm"], {"family": family(r), "by_n": {}})
             cell = a["by_n"].setdefault(e["sample_steps"], {})
             cell.setdefault("fid", []).append(e["fid"])
@@ -126,6 +131,51 @@ def crossings(front: dict, flagship: str = "catdm") -> list[tuple[float, float |
     if start is not None:
         ranges.append((start, None))
     return ranges
+
+
+def compact(records: list[dict]) -> str:
+    """One table per (task, training mode): each method's one arm (:func:`chosen`) at every step
+    count, CATDM's ratio to the best other method, paper 000 Table 5's VQ-LCMD / MaskGIT beside
+    it, then the counts and cost limits at which CATDM is the best method."""
+    lines = []
+    for (task, mode, budget), arms in points(records).items():
+        seeds = sorted({r["seed"] for r in records if r["task"] == task and r["mode"] == mode})
+        steps = sorted({r["steps"] for r in records if r["task"] == task and r["mode"] == mode})
+        what = f"equal training time, {budget:.0f} CPU-s each" if mode == "time" else f"equal training steps ({steps[0]})"
+        counts = sorted({n for a in arms.values() for n in a["by_n"] if n is not None})
+        picked = chosen(arms)
+        lines += ["", f"**{task}, {what}** (seeds {seeds}; FID, mean ± std over seeds; one arm per method)", "",
+                  "| arm | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
+        for arm, a in sorted(picked.items(), key=lambda kv: kv[1]["family"] != "catdm"):
+            if None in a["by_n"]:
+                own = a["by_n"][None]
+                lines.append(f"| {arm} (NFE {mean(own['nfe_per_sample']):.0f}) | {mean_std(own['fid'], 3)} |"
+                             + " – |" * (len(counts) - 1))
+            else:
+                lines.append(f"| {arm} | " + " | ".join(mean_std(a["by_n"][n]["fid"], 3) if n in a["by_n"] else "–"
+                                                       for n in counts) + " |")
+        stepped = {a: v for a, v in picked.items() if None not in v["by_n"]}
+        ratios, wins = [], []
+        for n in counts:
+            best = best_by_family(stepped, n)
+            others = [f for fam, (_, f) in best.items() if fam != "catdm"]
+            r = best["catdm"][1] / min(others) if "catdm" in best and others else math.nan
+            ratios.append(f"{r:.2f}")
+            if r < 1:
+                wins.append(n)
+        lines.append("| CATDM / best other | " + " | ".join(ratios) + " |")
+        lines.append("| paper: VQ-LCMD / MaskGIT | " + " | ".join(
+            f"{PAPER_TABLE5['VQ-LCMD'][n] / PAPER_TABLE5['MaskGIT'][n]:.2f}" if n in PAPER_TABLE5["MaskGIT"] else ""
+            for n in counts) + " |")
+        said = []
+        for key, name in COSTS:
+            front = frontier(picked, key)
+            if len(front) >= 2 and "catdm" in front:
+                ranges = crossings(front)
+                said.append(f"{name} in " + (", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})"
+                                                       for lo, hi in ranges) or "nowhere"))
+        lines += ["", f"CATDM is the best method at {wins or 'no'} step count(s); for a limit on " + "; ".join(said) + "."]
+    return "\n".join(lines)
 
 
 def report(records: list[dict], brief: bool = False) -> str:
@@ -237,6 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--plot", metavar="DIR", help="write DIR/frontier-TASK.png")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the --quick compare run")
     p.add_argument("--brief", action="store_true", help="the crossing points without the frontier's tables")
+    p.add_argument("--compact", action="store_true", help="only one arm per method: a table per task and mode")
     p.add_argument("--seeds", type=int, nargs="+", help="only these seeds' records (the seeds every method has)")
     quick_argument(p)
     args = p.parse_args(argv)
@@ -256,7 +307,7 @@ def main(argv=None) -> int:
         p.error(f"no results file {', '.join(missing)} (write one with benchmarks.compare --json)")
     records = [r for path in args.json for r in json.loads(Path(path).read_text()).get("records", [])
                if args.seeds is None or r["seed"] in args.seeds]
-    print(report(records, args.brief))
+    print(compact(records) if args.compact else report(records, args.brief))
     if args.plot:
         for path in plot(records, Path(args.plot)):
             print(f"wrote {path}")

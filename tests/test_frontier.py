@@ -58,6 +58,21 @@ def test_report_names_the_winning_step_counts_and_the_paper():
     assert "in [3, 8)" in no_ar
 
 
+def test_compact_table_one_arm_per_method_and_the_ratio():
+    text = frontier.compact(RECORDS)
+    assert "| CATDM ddim | 20.5 ± 0.71 | 15.5 ± 0.71 |" in text and "| AR (NFE 64) | 5 | – |" in text
+    assert "| CATDM / best other | 0.23 | 1.48 |" in text  # 20.5 / 90.5, 15.5 / 10.5 (AR takes no step count)
+    assert "| paper: VQ-LCMD / MaskGIT | 0.18 | 1.09 |" in text
+    assert "CATDM is the best method at [2] step count(s); for a limit on NFE in [3, 8)" in text
+
+
+def test_an_arm_measured_twice_for_one_seed_counts_once():
+    again = rec("catdm", 0, [ev("CATDM ddim", 2, 99.0, 3, 0.003), ev("CATDM euler", 2, 30.0, 3, 0.003)])
+    arms = frontier.points(RECORDS + [again])[("digits", "steps", None)]
+    assert arms["CATDM ddim"]["by_n"][2]["fid"] == [20, 21]  # the first record's, not the rerun's
+    assert arms["CATDM euler"]["by_n"][2]["fid"] == [30.0]  # a new arm of the rerun counts
+
+
 def test_sampler_arms_follow_what_each_method_declares():
     spec = ["ddim", "heun[sample_grid=logsnr]", "cached", "purity"]
     assert compare.sampler_arms("catdm", spec) == [
