@@ -29,12 +29,13 @@ from .config import Config
 from .context import RunContext
 from .distributed import ProcessGroup, free_cores, pick_device
 from .errors import UserError, read_text
+from .feed import BatchFeed
 from .hooks import registry
 from .method import Method, SampleRequest
 from .model import ema_copy
 from .splits import Splits
 from .task import DataSpec, LazyTokenData, Task, TokenData
-from .trainlog import progress
+from .trainlog import TrainLog, progress
 from .training import adamw
 
 
@@ -77,8 +78,7 @@ class Engine:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.step = 0
-        self.best: dict[str, Any] | None = None  # {"metric", "mode", "value", "step"} of best.pt
+        self.progress = training.TrainState()  # the step and best.pt's record: what training moves
         self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
         self.splits = Splits(self.task, self.device, self.conditional)  # loaded and checked once each
         if self.run is not None and self.run.last.exists():
@@ -199,7 +199,58 @@ class Engine:
 
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
         :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
-        return training.fit(self, until)
+        cfg, rank0 = self.cfg, self.rank == 0
+        with self.writing():
+            parts = training.Parts(
+                cfg=cfg, model=self.model, ema_eval=self.ema_eval, method=self.method, optimizer=self.optimizer,
+                scaler=self.scaler, autocast=lambda: self.autocast, group=self.group,
+                null_class=self.task.num_classes, feed=self._feed,
+                log=lambda start, stop: TrainLog(self.out if rank0 else None, total=stop, start=start,
+                                                 quiet=not rank0, logger=cfg.logger, run_id=self.run_id,
+                                                 config=cfg.to_dict()),
+                run=self.run, save=self.save, save_best=lambda: self.run.save_best(self.state()),
+                evaluate=self._evaluate_now,
+                best_metric=self.task.best_metric or (("nll_bound_bits_per_token", "min") if self.method.has_bound
+                                                      else None))
+            training.fit(parts, self.progress, until)
+        return self
+
+    def _feed(self, start: int, stop: int) -> BatchFeed:
+        """The training batches of steps ``start`` to ``stop``; both splits are loaded and checked
+        first (the test split before training, not after it)."""
+        train = self.data("train")
+        self.data("test")
+        return BatchFeed(self.splits, train, self.cfg.seed, self.cfg.batch_size, self.rank, self.world, start, stop)
+
+    def _evaluate_now(self) -> dict[str, float]:
+        """Training's ``eval_every`` metrics: the bound on the first ``eval_batches`` x 128 test rows
+        (fixed draws), the task's model metrics and those of ``eval_samples`` samples (no files)."""
+        metrics: dict[str, float] = {}
+        if self.method.has_bound:
+            metrics.update(self.likelihood(batches=self.cfg.eval_batches))
+        ctx = RunContext(self)
+        metrics.update(self.task.model_metrics(ctx))
+        tokens, labels = self.task.generate(ctx, self.cfg.eval_samples)
+        metrics.update(self.task.evaluate(tokens, labels, None))
+        return metrics
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps trained so far."""
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = int(value)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """best.pt's record: {"metric", "mode", "value", "step"}, or None."""
+        return self.progress.best
+
+    @best.setter
+    def best(self, value: dict[str, Any] | None) -> None:
+        self.progress.best = value
 
     def writing(self):
         """Hold the run directory's lock (rank 0; re-entrant) while the caller writes into it."""

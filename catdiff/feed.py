@@ -23,11 +23,15 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor
 
 
 class BatchFeed:
-    """``get(step)`` -> (tokens, labels or None) of this rank's share, on the device."""
+    """``get(step)`` -> (tokens, labels or None) of this rank's share of the global batch
+    (rows ``rank::world`` of ``batch_size`` drawn with ``seed``) of split ``data``, on the
+    splits' device (catdiff.splits.Splits: where rows are gathered and checked)."""
 
-    def __init__(self, engine, data, start: int, stop: int, depth: int = 2):
-        self.engine, self.data = engine, data
-        self.pin = engine.device.type == "cuda"
+    def __init__(self, splits, data, seed: int, batch_size: int, rank: int, world: int, start: int, stop: int,
+                 depth: int = 2):
+        self.splits, self.data = splits, data
+        self.seed, self.batch_size, self.rank, self.world = seed, batch_size, rank, world
+        self.pin = splits.device.type == "cuda"
         self.queue: queue.Queue | None = None
         if isinstance(data, LazyTokenData) and stop > start:
             self.queue = queue.Queue(maxsize=depth)
@@ -36,13 +40,12 @@ class BatchFeed:
             self.thread.start()
 
     def _share(self, step: int) -> torch.Tensor:
-        cfg, eng = self.engine.cfg, self.engine
-        return batch_indices(cfg.seed, step, len(self.data), cfg.batch_size)[eng.rank :: eng.world]
+        return batch_indices(self.seed, step, len(self.data), self.batch_size)[self.rank :: self.world]
 
     def _work(self, start: int, stop: int) -> None:
         for step in range(start, stop):
             try:
-                item = self.engine.splits.host_rows(self.data, self._share(step), "train")
+                item = self.splits.host_rows(self.data, self._share(step), "train")
                 if self.pin:
                     item = tuple(None if t is None else t.pin_memory() for t in item)
             except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
@@ -58,13 +61,13 @@ class BatchFeed:
 
     def get(self, step: int):
         if self.queue is None:
-            return self.engine.rows(self.data, self._share(step), "train")
+            return self.splits.rows(self.data, self._share(step), "train")
         got, item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
         assert got == step, f"batch feed out of order: got step {got}, expected {step}"
-        x, labels = (None if t is None else t.to(self.engine.device, non_blocking=True) for t in item)
-        return x, labels if self.engine.conditional else None
+        x, labels = (None if t is None else t.to(self.splits.device, non_blocking=True) for t in item)
+        return x, labels  # host_rows dropped the labels the network does not read
 
     def close(self) -> None:
         if self.queue is not None:

@@ -351,11 +351,11 @@ def test_out_of_device_memory_is_one_line_and_keeps_the_checkpoint(capsys, tmp_p
 
     real = training.train_step
 
-    def step(eng, ddp, feed, log):
-        if eng.step == 3:
+    def step(parts, state, ddp, feed, log):
+        if state.step == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
                                          "capacity of 79.3 GiB of which 1.2 GiB is free.\nIf reserved ...")
-        return real(eng, ddp, feed, log)
+        return real(parts, state, ddp, feed, log)
 
     monkeypatch.setattr(training, "train_step", step)
     code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=2")
@@ -395,7 +395,7 @@ def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tm
     from catdiff import training
 
     real = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda eng, *a: real(eng, *a) & (eng.step < 2))
+    monkeypatch.setattr(training, "train_step", lambda parts, state, *a: real(parts, state, *a) & (state.step < 2))
     code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "r", "--steps", "6", "--set", "ckpt_every=5",
                            "--set", "log_every=1")
     assert code == 2 and "Traceback" not in err and [l for l in err.splitlines() if "catdiff" in l] == [

@@ -141,7 +141,7 @@ def test_engine_streams_a_sharded_image_task(tmp_path, monkeypatch):
     assert isinstance(train, LazyTokenData) and isinstance(train.source, shards.ShardedTokens)
     g = torch.Generator().manual_seed(eng.cfg.seed * 1_000_003 + 0)
     idx = torch.randint(len(source), (eng.cfg.batch_size,), generator=g)
-    feed = BatchFeed(eng, train, 0, 1)  # the background gatherer of lazy splits
+    feed = BatchFeed(eng.splits, train, eng.cfg.seed, eng.cfg.batch_size, 0, 1, 0, 1)  # lazy splits' background gatherer
     x, cond = feed.get(0)
     feed.close()
     want_x, want_labels = source.rows(idx)
