@@ -59,7 +59,7 @@ class DingDeEn(TranslationTask):
                     batch_size=64, lr=1e-3, warmup=100, steps=600, ema_cm=0.9, log_every=50, ckpt_every=300,
                     positions="sinusoidal",  # what its settings were measured with
                     sample_steps=20, n_samples=10**7, eval_batches=4,
-                    evidence=False)  # evidence: bound 9.35 -> 3.37 nats/token, BLEU 0.32 -> 0.13 (600 steps)
+                    evidence=False)  # it lowers the bound but halves BLEU (notes.md, "mt-ding: what did not help")
 
     def ding_file(self) -> Path:
         path = Path(self.option("ding_file") or os.environ.get("CATDIFF_DING") or DING_FILE).expanduser()
