@@ -79,6 +79,8 @@ def cmd_run(args) -> int:
 
     overrides = parse_sets(args.sets)
     if args.steps is not None:
+        if "steps" in overrides and str(overrides["steps"]) != str(args.steps):
+            raise UserError(f"--steps {args.steps} and --set steps={overrides['steps']} disagree; give one")
         overrides["steps"] = args.steps
     out = Path(args.out or f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)

@@ -325,6 +325,10 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
                          f"task declares")
     task_defaults = {k: v for k, v in task.defaults.items() if known(k)}
     saved = {k: v for k, v in saved.items() if known(k) or k not in V1_MOVED}
+    for given in (saved, overrides or {}):
+        if given.get("task", task.name) != task.name:
+            raise UserError(f"config task={given['task']!r} does not match the task being run ({task.name!r}); the "
+                            f"command's TASK (or Engine(task=...)) chooses it: remove the key or run that task")
     return derive(resolve(task_defaults, saved, overrides, {"task": task.name}, settings=settings))
 
 
@@ -342,6 +346,9 @@ def parse_sets(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--set expects key=value, got {item!r}")
+        if key.strip() == "task":
+            raise UserError(f"--set {item}: the task is not a setting; name it as the command's TASK (`catdiff run "
+                            f"{value.strip() or 'TASK'}`); a checkpoint keeps its own")
         out[key.strip()] = value.strip()
     return out
 

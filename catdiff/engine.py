@@ -353,8 +353,9 @@ class Engine:
         """The config stored in a checkpoint or export, alone (before the caller's overrides): a
         key or value this catdiff does not accept is named as coming from ``where``."""
         stored = config_mod.migrate(config)
+        name = stored.pop("task")  # the task instance given (if any) is the task; its name may differ
         try:
-            config_mod.for_task(task or registry().get("tasks", stored["task"]).factory(), config=stored)
+            config_mod.for_task(task or registry().get("tasks", name).factory(), config=stored)
         except UserError as e:
             raise UserError(f"{where} stores a config this catdiff does not accept: {e}") from None
 
@@ -364,7 +365,8 @@ class Engine:
         """An Engine of a saved config (its task by registry name unless ``task`` is given), with
         ``overrides`` on top and no resuming."""
         saved = config_mod.migrate(config)
-        eng = cls(task=task or saved["task"], out=out, config_file=saved, **{**overrides, "resume": False})
+        name = saved.pop("task")  # the task instance given (if any) is the task; its name may differ
+        eng = cls(task=task or name, out=out, config_file=saved, **{**overrides, "resume": False})
         fixed, _ = config_mod.resume_differences(saved, eng.cfg, eng.settings)
         trained = [f"{k}={new!r} (trained with {old!r})" for k, old, new in fixed if k in overrides]
         if trained:  # allowed (the user asked for it), never silent: the weights were not trained so

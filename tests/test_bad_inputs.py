@@ -139,6 +139,9 @@ RUN_CASES = [
     ("resume-other-method", ["--set", "method=maskgit"], "method: 'catdm' -> 'maskgit'"),
     ("resume-other-size", ["--set", "width=64"], "width: 32 -> 64"),
     ("resume-other-objective", ["--set", "objective=csdm"], "--set resume=false"),
+    ("task-as-a-setting", ["--set", "task=digits"], "--set task=digits: the task is not a setting; name it as the "
+                                                    "command's TASK (`catdiff run digits`)"),
+    ("steps-twice", ["--steps", "4", "--set", "steps=5"], "--steps 4 and --set steps=5 disagree; give one"),
 ]
 
 
@@ -160,7 +163,9 @@ def test_bad_run_settings(capsys, run, argv, message):
     ("cfg.json", '{"stepz": 3}', "unknown config key 'stepz'"),
     ("cfg.toml", "steps = [1]\n", "config steps: expected int, got list"),
     ("missing.json", None, "config file"),
-], ids=["yaml", "json-syntax", "toml-syntax", "not-utf8", "json-list", "unknown-key", "wrong-type", "missing"])
+    ("cfg.toml", 'task = "digits"\n', "config task='digits' does not match the task being run ('toy')"),
+], ids=["yaml", "json-syntax", "toml-syntax", "not-utf8", "json-list", "unknown-key", "wrong-type", "missing",
+        "another-task"])
 def test_bad_config_files(capsys, tmp_path, run, name, content, message):
     path = tmp_path / name if content is None else write(tmp_path / name, content)
     before = digest(run)
