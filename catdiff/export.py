@@ -38,6 +38,9 @@ def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
     from safetensors.torch import save
 
     directory = Path(directory)
+    if (directory / "last.pt").exists() or ((directory / CONFIG).is_file() and not _export_config(directory / CONFIG)):
+        raise UserError(f"{directory} is a run directory (its last.pt or config.json would be overwritten); "
+                        f"export into another directory")
     if (directory / WEIGHTS).exists() and not force:
         raise UserError(f"{directory} already holds an export ({WEIGHTS}); pass another directory or --force")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in engine.ema_eval.state_dict().items()}
@@ -46,6 +49,14 @@ def export(engine, directory: str | Path, force: bool = False) -> list[Path]:
     files = [checkpoint.write_atomic(save(weights, metadata={"format": FORMAT}), directory / WEIGHTS, "weights"),
              checkpoint.write_atomic((json.dumps(meta, indent=2) + "\n").encode(), directory / CONFIG, "config")]
     return files
+
+
+def _export_config(path: Path) -> bool:
+    """Whether ``path`` is an export's config.json (which --force may replace), not a run's record."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8")).get("format") == FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError, OSError):
+        return False
 
 
 def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

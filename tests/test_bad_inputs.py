@@ -508,3 +508,18 @@ def test_an_unknown_key_stored_in_a_checkpoint_is_said_to_come_from_it(capsys, t
     assert code == 2 and "Traceback" not in err
     assert f"checkpoint {tmp_path / 'other.pt'} stores a config this catdiff does not accept: unknown config key " \
            f"'colour'" in err, err
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_an_export_into_a_run_directory_is_refused(capsys, tmp_path, run, force):
+    before = digest(run)
+    code, _, err = cli_run(capsys, "export", run / "last.pt", run, *force)
+    assert code == 2 and f"{run} is a run directory (its last.pt or config.json would be overwritten)" in err, err
+    assert digest(run) == before
+    records = tmp_path / "records"  # a config.json that is not an export's, without a last.pt
+    records.mkdir()
+    (records / "config.json").write_text('{"steps": 3}')
+    code, _, err = cli_run(capsys, "export", run / "last.pt", records, *force)
+    assert code == 2 and "is a run directory" in err and (records / "config.json").read_text() == '{"steps": 3}'
+    assert cli_run(capsys, "export", run / "last.pt", tmp_path / "exp")[0] == 0  # an export may be replaced with --force
+    assert cli_run(capsys, "export", run / "last.pt", tmp_path / "exp", "--force")[0] == 0
