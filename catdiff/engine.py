@@ -79,6 +79,7 @@ class Engine:
         self.optimizer = adamw(params, cfg.lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.progress = training.TrainState()  # the step and best.pt's record: what training moves
+        self.changed_at_load: list[tuple] = []  # training settings a sample/eval call overrode (key, old, new)
         self.run_id = uuid.uuid4().hex[:12]      # the logger's run (a resumed run continues it)
         self.splits = Splits(self.task, self.device, self.conditional)  # loaded and checked once each
         if self.run is not None and self.run.last.exists():
@@ -300,9 +301,13 @@ class Engine:
                 if name in kept:
                     kept[name].load_state_dict(state)
         except RuntimeError as e:
-            raise checkpoint.CheckpointError(
-                f"{path} does not match the configured model ({e}); resume with the checkpoint's own "
-                f"config (catdiff sample/eval read it) or start a new --out directory") from None
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else lines[0] if lines else "the weights do not fit"
+            more = f" and {len(lines) - 2} more" if len(lines) > 2 else ""
+            changed = [f"{k}={new}" for k, _, new in self.changed_at_load]
+            fix = (f"drop --set {', '.join(changed)}: the model's shape is the checkpoint's" if changed else
+                   "resume with the checkpoint's own config (catdiff sample/eval read it) or start a new --out directory")
+            raise checkpoint.CheckpointError(f"{path} does not match the configured model ({first}{more}); {fix}") from None
 
     def load_state(self, payload: dict[str, Any], path: str | Path = "checkpoint") -> None:
         self._load_weights(payload["task"], {k: payload[k] for k in ("model", "ema_eval")}, path, payload["nets"])
@@ -336,6 +341,7 @@ class Engine:
         cls._check_stored(config, task, f"checkpoint {path}")
         eng = cls._from_config(config, overrides, task, out)
         eng.load_state(payload, path)
+        eng._warn_changed_at_load()
         return eng
 
     @staticmethod
@@ -368,11 +374,16 @@ class Engine:
         name = saved.pop("task")  # the task instance given (if any) is the task; its name may differ
         eng = cls(task=task or name, out=out, config_file=saved, **{**overrides, "resume": False})
         fixed, _ = config_mod.resume_differences(saved, eng.cfg, eng.settings)
-        trained = [f"{k}={new!r} (trained with {old!r})" for k, old, new in fixed if k in overrides]
-        if trained:  # allowed (the user asked for it), never silent: the weights were not trained so
-            print(f"catdiff: warning: training settings changed at sample time: {', '.join(trained)}; the model "
-                  f"never trained with them", file=sys.stderr)
+        eng.changed_at_load = [(k, old, new) for k, old, new in fixed if k in overrides]
         return eng
+
+    def _warn_changed_at_load(self) -> None:
+        """Allowed (the user asked for it), never silent: the weights were not trained so. Said once
+        the weights loaded (if they do not fit, the error says to drop the keys instead)."""
+        if self.changed_at_load:
+            print(f"catdiff: warning: training settings changed at sample time: "
+                  f"{', '.join(f'{k}={new!r} (trained with {old!r})' for k, old, new in self.changed_at_load)}; "
+                  f"the model never trained with them", file=sys.stderr)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":
@@ -389,6 +400,7 @@ class Engine:
                           {name: weights for name in eng.method.networks()})
         eng.method.load_state_dict(meta.get("method") or {})
         eng.step = int(meta.get("step", 0))
+        eng._warn_changed_at_load()
         return eng
 
     @classmethod

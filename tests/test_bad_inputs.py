@@ -238,6 +238,7 @@ SAMPLE_CASES = [
     ("label-unconditional", ["--label", "1"], "has no classes"),
     ("guidance-unconditional", ["--guidance", "1"], "class-conditional"),
     ("bad-set", ["--set", "sample_steps=0"], "sample_steps=0: must be >= 1"),
+    ("another-shape", ["--set", "width=64"], "does not match the configured model (size mismatch for "),
 ]
 
 
@@ -246,7 +247,10 @@ def test_bad_sample_arguments(capsys, tmp_path, run, argv, message):
     before = digest(run)
     code, _, err = cli_run(capsys, "sample", run / "last.pt", "--out", tmp_path / "s", *argv)
     assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no warning before it, no torch dump
     assert not (tmp_path / "s").exists() and digest(run) == before
+    if "width=64" in argv:
+        assert err.strip().endswith("more); drop --set width=64: the model's shape is the checkpoint's"), err
 
 
 def test_a_value_starting_with_a_dash_gets_the_equals_hint(capsys, run):
