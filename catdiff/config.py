@@ -270,6 +270,14 @@ def _unknown(key: str, run: str, settings: Mapping[str, Setting]) -> str:
     owner = owner_of(key)
     if owner:
         return f"config key {key!r} is a setting of {owner}, which this run ({run}) does not use"
+    for name, comp in settings_registry().components["tasks"].items():
+        try:
+            derived = key in getattr(comp.factory, "config_facts", ())
+        except UserError:  # a task that fails to import derives nothing we can see
+            continue
+        if derived:
+            return (f"config key {key!r} is no setting: task {name!r} derives it from its data and stores it with "
+                    f"the checkpoint; remove it")
     known = sorted(RUN_SETTINGS) + sorted(settings)
     return f"unknown config key {key!r}. Known keys: {', '.join(known)}"
 

@@ -286,9 +286,9 @@ class Engine:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on task {meta['name']!r} with {key}={meta[key]}, but task "
                     f"{self.task.name!r} has {key}={mine}; use a checkpoint of this task or a new --out directory")
-        if "extras" in meta:  # every fact the task derives now, as the checkpoint's data had it
+        if "extras" in meta:  # the facts of the data, as the checkpoint's data had them (those both record)
             stored, mine = _plain(meta["extras"]), _plain(self.spec.extras)
-            diffs = [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in sorted(mine.items()) if stored.get(k) != v]
+            diffs = [f"{k}: {stored[k]!r} -> {v!r}" for k, v in sorted(mine.items()) if k in stored and stored[k] != v]
             if diffs:
                 raise checkpoint.CheckpointError(
                     f"{path} was trained on other data than task {self.task.name!r} reads now ({'; '.join(diffs)}); "

@@ -119,6 +119,7 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
     # a checkpoint of catdiff before DataSpec held the facts: they were config keys
     old = checkpoint.load(out / "last.pt")
     facts = dict(old["task"].pop("extras"), vocab_size=32, seq_len=49, num_classes=2)
+    del facts["listing"]  # not recorded then
     old["task"].pop("grid")
     old["config"] = {**old["config"], **facts}
     torch.save(old, tmp_path / "old.pt")
@@ -144,6 +145,11 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
     with pytest.raises(checkpoint.CheckpointError, match=r"trained on other data than task 'image-folder' reads now "
                                                          r"\(data_key: '\w+' -> '\w+'\); give the data"):
         Engine(ImageFolderTask(), out=old_run, images=str(fewer), **opts, **SMALL)
+    # evaluating a restored model against another folder (its FID reference) is refused
+    ck = Engine.from_checkpoint(out / "last.pt", images=str(fewer))
+    with pytest.raises(UserError, match=r"image-folder: the images in .*fewer \(39\) are not those this model was "
+                                        r"trained on; point --set images at its training folder"):
+        ck.task.splits()
 
 
 def test_default_small_vq_is_32px_rgb_8x8(rgb_folder, tmp_path):
@@ -207,7 +213,7 @@ def test_vqgan_config_that_does_not_fit_its_checkpoint(rgb_folder, taming_dir, t
 
 
 # ----------------------------------------------------------------- bad input
-def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder):
+def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"image folder .*empty is empty"):
         task_with(images=str(tmp_path / "empty"))
@@ -222,8 +228,22 @@ def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder):
     (tmp_path / "cls" / "a").mkdir(parents=True)
     for name in ("cls/a/1.png", "cls/a/2.png", "cls/stray.png"):
         (tmp_path / name).write_bytes((rgb_folder / "00.png").read_bytes())
-    with pytest.warns(UserWarning, match=r"classes=true reads DIR/<class>/...; the images directly in .*cls are ignored"):
-        assert task_with(images=str(tmp_path / "cls"), classes=True).num_classes == 1
+    with pytest.raises(UserError, match=r"classes=true found one class sub-folder \(a\) in .*cls; a class-conditional "
+                                        r"model needs at least 2 \(add class folders, or set classes=false\)"):
+        task_with(images=str(tmp_path / "cls"), classes=True)
+    (tmp_path / "cls" / "b").mkdir()
+    (tmp_path / "cls" / "b" / "1.png").write_bytes((rgb_folder / "00.png").read_bytes())
+    capsys.readouterr()
+    assert task_with(images=str(tmp_path / "cls"), classes=True).num_classes == 2
+    assert re.search(r"^image-folder: warning: classes=true reads DIR/<class>/...; the images directly in .*cls are "
+                     r"ignored$", capsys.readouterr().err, re.M)
+    with pytest.raises(FileNotFoundError, match=r"00.png is a file, not a directory of images; give its folder"):
+        task_with(images=str(rgb_folder / "00.png"))
+    with pytest.raises(UserError, match=r"config key 'grid' is no setting: task 'image-folder' derives it from its "
+                                        r"data and stores it with the checkpoint; remove it"):
+        task_with(images=str(rgb_folder), grid=7)  # a setting until catdiff 0.1's DataSpec change
+    with pytest.raises(UserError, match=r"task image-folder needs its images: --set images=DIR"):
+        Engine(ImageFolderTask(), **SMALL)  # no folder, no model (e.g. a resume without --set images)
     # mixed grey and colour: an error under color=auto, converted when a mode is given
     mixed = tmp_path / "mixed"
     mixed.mkdir()

@@ -28,8 +28,11 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def list_images(root: str | Path, classes: bool) -> tuple[list[tuple[str, int]], list[str]]:
     """``[(relative path, label)]`` sorted, and the class names (empty unless ``classes``)."""
     root = Path(root).expanduser()
+    if root.is_file():
+        raise FileNotFoundError(f"{root} is a file, not a directory of images; give its folder")
     if not root.is_dir():
-        raise FileNotFoundError(f"image directory {root} not found (pass --images DIR)")
+        raise FileNotFoundError(f"image directory {root} not found (give the folder: --set images=DIR to "
+                                f"`catdiff run`, --images DIR to `catdiff prepare`)")
     if classes:
         names = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not names:

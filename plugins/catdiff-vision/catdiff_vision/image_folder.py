@@ -28,7 +28,8 @@ tokens; ``catdiff run`` prepares them when missing (single process; under DDP ru
 
 What setup derives from the folder: the resolved ``color`` and ``image_size`` (stored in the
 config, as the settings' values), and the data spec: vocabulary, ``seq_len`` = grid^2, the
-classes, and ``DataSpec.extras`` ``grid``, ``channels``, ``class_names`` (JSON) and ``data_key``.
+classes, and ``DataSpec.extras`` ``grid``, ``channels``, ``class_names`` (JSON), ``data_key`` and
+``listing`` (the image list's hash: a restored model refuses another folder as its FID reference).
 The checkpoint stores the spec, so ``catdiff sample`` / ``eval`` rebuild the task from it
 (:meth:`ImageFolderTask.restore`) without reading the folder (decoding needs only the tokenizer:
 the VQGAN path, or the cached small VQ). ``DataSpec.grid`` gives the encoder its 2D layout.
@@ -50,7 +51,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -112,6 +112,7 @@ SETTINGS = (
 # names (a JSON list) and data_key (a hash of the image list and every setting that changes the
 # tokens: the cache sub-directory)
 FACTS = ("grid", "channels", "class_names", "data_key")
+LISTING = "listing"  # and the hash of the image list alone (checkpoints before 2026-12-08 lack it)
 # fashion-mnist's measured small-image settings (catdiff_vision.fashion: lr 2e-3, short warmup,
 # ema_cm 0.9, D = 32, measured with evidence off and sinusoidal positions); not re-tuned here.
 DEFAULTS: Mapping[str, Any] = dict(layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=100,
@@ -126,6 +127,14 @@ def _cache_root(option: str) -> Path:
     return Path(base) / "image-folder" if base else Path.home() / ".cache" / "catdiff" / "image-folder"
 
 
+def _listing(root: Path, items) -> str:
+    """A hash of the image list: relative paths, labels and file sizes."""
+    h = hashlib.sha256()
+    for rel, label in items:
+        h.update(f"{rel}\0{label}\0{(root / rel).stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
 class ImageFolderTask(Task):
     """Any folder of images (see the module docstring)."""
 
@@ -138,13 +147,13 @@ class ImageFolderTask(Task):
 
     def __init__(self):
         super().__init__()
-        self.facts: dict[str, Any] = {}  # FACTS, derived from the folder or restored from a checkpoint
+        self.facts: dict[str, Any] = {}  # FACTS (and LISTING), derived from the folder or restored from a checkpoint
 
     # ------------------------------------------------------------------ setup
     def restore(self, spec) -> None:
         """A checkpoint's spec: sample and evaluate without the folder."""
         if all(k in spec.extras for k in FACTS):
-            self.facts = {k: spec.extras[k] for k in FACTS}
+            self.facts = {k: spec.extras[k] for k in (*FACTS, LISTING) if k in spec.extras}
             self.vocab_size, self.seq_len, self.num_classes = spec.vocab_size, spec.seq_len, spec.num_classes
 
     def setup(self, cfg) -> None:
@@ -162,9 +171,8 @@ class ImageFolderTask(Task):
             self.vocab_size, self.seq_len, self.num_classes = max(2, int(self.option("codes"))), 1, 0
 
     def data_spec(self):
+        self._need_images()  # a model of no folder: building one, or resuming without --set images, is refused
         spec = super().data_spec()
-        if not self.facts:
-            return spec
         grid = int(self.facts["grid"])
         return dataclasses.replace(spec, extras=dict(self.facts), grid=(grid, grid))
 
@@ -174,8 +182,12 @@ class ImageFolderTask(Task):
         opt = self.option
         root = Path(opt("images")).expanduser()
         items, names = fi.list_folder(root, bool(opt("classes")))
+        if opt("classes") and len(names) < 2:
+            raise UserError(f"image-folder: classes=true found one class sub-folder ({names[0]}) in {root}; a "
+                            f"class-conditional model needs at least 2 (add class folders, or set classes=false)")
         if opt("classes") and any(p.suffix.lower() in EXTENSIONS for p in root.iterdir() if p.is_file()):
-            warnings.warn(f"image-folder: classes=true reads DIR/<class>/...; the images directly in {root} are ignored")
+            print(f"image-folder: warning: classes=true reads DIR/<class>/...; the images directly in {root} are "
+                  f"ignored", file=sys.stderr)
         color = fi.resolve_color(opt("color"), root, items)
         if opt("tokenizer"):
             spec = vqgan_spec(opt("tokenizer"))
@@ -195,16 +207,14 @@ class ImageFolderTask(Task):
             print(f"image-folder: warning: {root} holds {n_train} training images; the default settings are meant "
                   f"for at least {MIN_IMAGES} (fewer are memorised rather than modelled){vq_note}", file=sys.stderr)
         tok = {"vqgan": spec["id"]} if opt("tokenizer") else {"vq": vq}
-        listing = hashlib.sha256()
-        for rel, label in items:
-            listing.update(f"{rel}\0{label}\0{(root / rel).stat().st_size}\n".encode())
+        listing = _listing(root, items)
         settings = {"format": 1, "size": size, "color": color, "crop": opt("crop"), "classes": bool(opt("classes")),
-                    "test_frac": float(opt("test_frac")), "tokenizer": tok, "images": listing.hexdigest()}
+                    "test_frac": float(opt("test_frac")), "tokenizer": tok, "images": listing}
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self._items = (root, items)
         self.cfg.options.update(color=color, image_size=size)
         self.vocab_size, self.seq_len, self.num_classes = vocab, grid * grid, len(names)
-        self.facts = dict(grid=grid, channels=channels, class_names=json.dumps(names), data_key=key)
+        self.facts = dict(grid=grid, channels=channels, class_names=json.dumps(names), data_key=key, listing=listing)
 
     def _vq_images(self, n_train: int) -> int:
         """How many of ``n_train`` training images the small VQ trains on (``vq_images``)."""
@@ -239,8 +249,12 @@ class ImageFolderTask(Task):
     def splits(self) -> dict[str, list]:
         """Train and test items (relative path, label) of the folder."""
         self._need_images()
-        if self._items is None:
-            self._items = (self.root, fi.list_folder(self.root, bool(self.option("classes")))[0])
+        if self._items is None:  # a restored model: the folder given must hold the images it was trained on
+            items = fi.list_folder(self.root, bool(self.option("classes")))[0]
+            if LISTING in self.facts and _listing(self.root, items) != self.facts[LISTING]:
+                raise UserError(f"image-folder: the images in {self.root} ({len(items)}) are not those this model was "
+                                f"trained on; point --set images at its training folder")
+            self._items = (self.root, items)
         train, test = fi.split_items(self._items[1], float(self.option("test_frac")))
         return {"train": train, "test": test}
 
