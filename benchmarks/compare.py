@@ -396,6 +396,15 @@ def main(argv=None) -> int:
             sampler_arms(method, args.samplers)
         except (ValueError, UserError) as e:
             p.error(str(e))
+    for spec in args.samplers or []:  # a sampler no method of the run has is a typo, not a choice
+        scope, _, base = spec.partition("[")[0].rpartition(":")
+        bases = {m.partition("[")[0] for m in args.methods}
+        if scope and scope not in bases:
+            p.error(f"sampler {spec!r} is for method {scope!r}, which is not among --methods ({', '.join(sorted(bases))})")
+        have = {b: registry().get("methods", method_spec(b)[1].get("method", "catdm")).factory.samplers for b in bases}
+        if base != "all" and not any(base in have[b] for b in ([scope] if scope else bases)):
+            p.error(f"sampler {spec!r}: no method among --methods has it ("
+                    + "; ".join(f"{b}: {', '.join(s)}" for b, s in sorted(have.items())) + ")")
     if args.table:
         data = json.loads(Path(args.table).read_text())
         print(markdown(data.get("records", []), data.get("speed")))

@@ -165,3 +165,14 @@ def test_scaling_fits_power_laws_and_finds_the_crossings():
     assert "CATDM vs MDLM: better at 200, 400 CPU-s; measured crossing at 100 CPU-s" in text
     assert "CATDM vs AR: better at no CPU-s" in text and "-1.00 vs -1.50: the lines part" in text
     assert scaling.power_fit([(25, 1.0), (25, 2.0)]) is None  # too few points to fit
+
+
+@pytest.mark.parametrize("samplers, message", [
+    (["nosuch"], "sampler 'nosuch': no method among --methods has it (catdm: ancestral, ddim, dpmpp_2m, heun)"),
+    (["catdn:ddim"], "sampler 'catdn:ddim' is for method 'catdn', which is not among --methods (catdm)"),
+    (["ddim[final_cal=0]"], "sampler 'ddim[final_cal=0]': CATDM has no setting final_cal"),
+])
+def test_a_sampler_no_method_of_the_run_has_is_an_argparse_error(capsys, samplers, message):
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--quick", "--methods", "catdm", "--samplers", *samplers])
+    assert e.value.code == 2 and message in capsys.readouterr().err
