@@ -201,6 +201,10 @@ class Engine:
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
         :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
         cfg, rank0 = self.cfg, self.rank == 0
+        if until is None and 0 < cfg.steps <= self.step and rank0:
+            past = "past" if self.step > cfg.steps else "at"
+            print(f"catdiff: the run is already {past} steps={cfg.steps} (step {self.step}): nothing to train",
+                  file=sys.stderr)
         with self.writing():
             parts = training.Parts(
                 cfg=cfg, model=self.model, ema_eval=self.ema_eval, method=self.method, optimizer=self.optimizer,

@@ -391,6 +391,14 @@ def test_resume_prints_changed_settings_once_and_stores_them(capsys, run):
     assert torch.load(run / "last.pt", weights_only=True)["config"]["lr"] == 2e-3
 
 
+def test_a_resume_at_or_past_its_steps_says_there_is_nothing_to_train(capsys, run):
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--steps", "2")  # the run fixture trained 2 steps
+    assert code == 0 and "catdiff: the run is already at steps=2 (step 2): nothing to train" in err, err
+    code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--steps", "1")
+    assert code == 0 and "catdiff: the run is already past steps=1 (step 2): nothing to train" in err, err
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+
+
 def test_resume_false_moves_the_old_run_aside(capsys, run):
     before = digest(run)
     code, _, err = cli_run(capsys, "run", "toy", "--out", run, "--set", "method=maskgit", "--set", "resume=false")
