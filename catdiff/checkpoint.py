@@ -107,8 +107,14 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     return stale
 
 
+def _short(reason: str, limit: int = 200) -> str:
+    """The first line of ``reason``, cut at a word boundary to at most ``limit`` characters."""
+    line = next((part.strip() for part in reason.splitlines() if part.strip()), reason.strip())
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def _corrupt(path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({reason[:200]}). It was left "
+    return CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({_short(reason)}). It was left "
                            f"untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint")
 
 
@@ -122,8 +128,8 @@ def load_file(path: str | Path, what: str, fix: str, keys: tuple[str, ...] = ())
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        why = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"{what} {path} is damaged or not a torch file ({why[:200]}); {fix}") from None
+        raise UserError(f"{what} {path} is damaged or not a torch file ({_short(str(e)) or type(e).__name__}); "
+                        f"{fix}") from None
     missing = [k for k in keys if not isinstance(payload, dict) or k not in payload]
     if missing:
         raise UserError(f"{what} {path} lacks {', '.join(missing)}; {fix}")

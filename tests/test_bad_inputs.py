@@ -535,3 +535,13 @@ def test_an_export_into_a_run_directory_is_refused(capsys, tmp_path, run, force)
     assert code == 2 and "is a run directory" in err and (records / "config.json").read_text() == '{"steps": 3}'
     assert cli_run(capsys, "export", run / "last.pt", tmp_path / "exp")[0] == 0  # an export may be replaced with --force
     assert cli_run(capsys, "export", run / "last.pt", tmp_path / "exp", "--force")[0] == 0
+
+
+def test_a_long_reason_is_cut_at_a_word_with_its_first_line_only():
+    from catdiff.checkpoint import _short
+
+    reason = "PytorchStreamReader failed reading zip archive: failed finding central directory " * 5 + "\nsecond"
+    short = _short(reason)
+    assert short.endswith(" ...") and len(short) <= 204 and "second" not in short
+    assert reason.startswith(short[:-4]) and reason[len(short) - 4] == " "  # cut before a space, not mid-word
+    assert _short("one line") == "one line"

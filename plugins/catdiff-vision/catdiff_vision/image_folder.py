@@ -282,8 +282,9 @@ class ImageFolderTask(Task):
 
         path = self.work / "vq.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"small VQ tokenizer {path} not found: run `catdiff prepare image-folder --images "
-                                    "DIR` with the run's options (or point cache_dir at the cache it was trained in)")
+            raise FileNotFoundError(f"small VQ tokenizer {path} not found: point --set cache_dir at the cache the "
+                                    "model was trained with, or (with its images) run `catdiff prepare image-folder "
+                                    "--images DIR` with the run's options")
         payload = load_file(path, "small VQ tokenizer", "delete it and run `catdiff prepare image-folder --images DIR` "
                             "again with the run's options", ("hparams", "state_dict"))
         model = VQTokenizer(**payload["hparams"])
