@@ -263,7 +263,7 @@ def test_bad_folders_and_images(tmp_path, grey_folder, rgb_folder, capsys):
         task.prepare(None)
 
 
-def test_missing_images_and_the_prepare_command_under_ddp(grey_folder, tmp_path, monkeypatch):
+def test_missing_images_and_the_prepare_command_under_ddp(grey_folder, tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match=r"needs its images: --set images=DIR"):
         task_with().load("train")
     task = task_with(images=str(grey_folder), classes=True, cache_dir=str(tmp_path / "c"), image_size=28)
@@ -272,6 +272,11 @@ def test_missing_images_and_the_prepare_command_under_ddp(grey_folder, tmp_path,
               "--set classes=true --set color=grey --set image_size=28`"
     with pytest.raises(UserError, match="prepare them once before a distributed run: `" + re.escape(command)):
         task.load("train")
+    monkeypatch.delenv("WORLD_SIZE")
+    capsys.readouterr()
+    assert cli_main(["prepare", "image-folder", "--images", str(tmp_path / "other"), "--quiet",
+                     "--set", f"images={grey_folder}"]) == 2
+    assert re.search(r"--images .*other and --set images=.* disagree; give one", capsys.readouterr().err)
 
 
 def test_fid_with_the_users_inception_weights(rgb_folder, tmp_path, monkeypatch, capsys):

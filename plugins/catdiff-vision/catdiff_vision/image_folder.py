@@ -332,6 +332,9 @@ class ImageFolderTask(Task):
         """Train the small VQ (if it is the tokenizer and absent) and write the train/test token
         shards (resumable); returns the cache directory."""
         if getattr(args, "images", None):
+            given = self.option("images")
+            if given and Path(given).resolve() != Path(args.images).expanduser().resolve():
+                raise UserError(f"--images {args.images} and --set images={given} disagree; give one")
             self.cfg.options.update(getattr(self, "_given", {}), images=str(args.images))
             self.facts = {}
             self.setup(self.cfg)
