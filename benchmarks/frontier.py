@@ -172,9 +172,11 @@ def compact(records: list[dict]) -> str:
             front = frontier(picked, key)
             if len(front) >= 2 and "catdm" in front:
                 ranges = crossings(front)
-                said.append(f"{name} in " + (", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})"
-                                                       for lo, hi in ranges) or "nowhere"))
-        lines += ["", f"CATDM is the best method at {wins or 'no'} step count(s); for a limit on " + "; ".join(said) + "."]
+                said.append(f"{name} " + (", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})"
+                                                    for lo, hi in ranges) or "none"))
+        lines += ["", f"CATDM is the best method at step counts {wins}." if wins else
+                  "CATDM is the best method at no step count.",
+                  "Limits within which it gives the lowest FID of all: " + "; ".join(said) + "."]
     return "\n".join(lines)
 
 
