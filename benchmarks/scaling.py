@@ -141,7 +141,8 @@ def extrapolated_crossing(mine: dict, other: dict, draws: int = 4000, seed: int 
     c2 = rng.multivariate_normal([other["a"], other["b"]], other["cov"], draws)
     slope = c1[:, 1] - c2[:, 1]
     ok = slope < 0  # draws in which the lines still meet ahead
-    xs = np.exp((c2[ok, 0] - c1[ok, 0]) / slope[ok])
+    with np.errstate(over="ignore"):  # lines that barely converge meet at an infinite budget
+        xs = np.exp((c2[ok, 0] - c1[ok, 0]) / slope[ok])
     lo, hi = (np.percentile(xs, [5, 95]) if ok.any() else (float("nan"), float("nan")))
     return float(x), float(lo), float(hi), float(ok.mean())
 
@@ -250,7 +251,7 @@ def _run_one(task: str, spec: tuple, *, sample_steps, samples: int, threads: int
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="digits")
+    p.add_argument("--task", default=None, help="default: digits, or with --table the task of its records")
     p.add_argument("--methods", nargs="+", default=["catdm", "mdlm", "d3pm", "ar"], type=compare.method_name,
                    help="as compare's: a method, or a variant NAME[KEY=VALUE,...] (a lever's curve)")
     p.add_argument("--budgets", type=float, nargs="+", default=[25, 50, 100, 200])
@@ -268,7 +269,17 @@ def main(argv=None) -> None:
     args = quick(p, p.parse_args(argv), budgets=[3.0], seeds=[0], samples=16, sample_steps=[4],
                  methods=["catdm", "ar"], json=lambda: str(Path(tempfile.mkdtemp()) / "scaling_quick.json"))
     paths = args.table or [args.json]
-    if not args.table:
+    if args.table:  # the records say which task they measured (its metric: FID, or BPC on text)
+        missing = [path for path in paths if not Path(path).is_file()]
+        if missing:
+            p.error(f"no results file {', '.join(missing)} (write one with benchmarks.scaling --json)")
+        tasks = sorted({r["task"] for r in records(paths)})
+        if len(tasks) > 1 or (args.task and tasks and tasks != [args.task]):
+            p.error(f"--table files hold the tasks {', '.join(tasks)}; give one task's records"
+                    + (f" (--task {args.task})" if args.task else ""))
+        args.task = tasks[0] if tasks else args.task or "digits"
+    else:
+        args.task = args.task or "digits"
         run(args)
     data = curves(records(paths))
     print(f"\nscaling on {args.task}: mean ± std over seeds at each training budget\n")

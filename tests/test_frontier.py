@@ -107,6 +107,27 @@ def test_scaling_jobs_write_every_record_once_and_a_rerun_skips_them(tmp_path, c
     assert len(json.loads(path.read_text())["records"]) == 2
 
 
+def test_scaling_table_reads_the_task_and_its_metric_from_the_records(tmp_path, capsys):
+    from benchmarks import scaling
+
+    def bpc(method, seed, budget, value):
+        return dict(task="text-tdavid", method=method, label=method.upper(), seed=seed, mode="time", budget_s=budget,
+                    steps=10, evals=[], bpc=value, train_bpc=value)
+
+    text = tmp_path / "text.json"
+    text.write_text(json.dumps({"records": [bpc(m, s, b, v + s / 100) for m, v0 in (("catdm", 4.0), ("ar", 3.0))
+                                            for b, v in ((150.0, v0), (600.0, v0 - 0.5)) for s in (0, 1)]}))
+    scaling.main(["--table", str(text)])
+    out = capsys.readouterr().out
+    assert "scaling on text-tdavid" in out and "bits per character ~ compute^b" in out, out
+    images = tmp_path / "images.json"
+    images.write_text(json.dumps({"records": [dict(bpc("catdm", 0, 150.0, 4.0), task="digits")]}))
+    for argv in (["--table", str(text), str(images)], ["--table", str(text), "--task", "digits"]):
+        with pytest.raises(SystemExit) as e:
+            scaling.main(argv)
+        assert e.value.code == 2 and "--table files hold the tasks" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("variant,says", [("catdm[embed_norm=abc]", "expected float, got 'abc'"),
                                           ("catdm[mdlm_eps=0.1]", "setting of method 'mdlm'"),
                                           ("nope", "unknown method 'nope'")])
