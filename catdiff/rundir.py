@@ -108,10 +108,12 @@ class RunDir:
         print(f"catdiff: resume=false: moved the previous run's files to {dest}", file=sys.stderr)
 
     def save(self, state: dict[str, Any]) -> Path:
-        """config.json, then last.pt."""
+        """last.pt, then config.json (its record): a checkpoint that cannot be written (a full disk)
+        leaves both as they were, not a record ahead of its checkpoint."""
+        path = checkpoint.save(state, self.last)
         checkpoint.write_atomic((json.dumps(state["config"], indent=2) + "\n").encode(),
                                 self.path / "config.json", "config")
-        return checkpoint.save(state, self.last)
+        return path
 
     def save_best(self, state: dict[str, Any]) -> Path:
         return checkpoint.save(state, self.path / BEST_NAME)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import write_atomic
 from .errors import UserError, naming
 
 LOGGERS = ("auto", "csv", "tensorboard", "wandb")
@@ -58,10 +59,12 @@ class PlainProgress:
 
 
 class CSVLog:
-    """Rows appended to ``path`` (header once; a resumed run appends under the same columns)."""
+    """Rows appended to ``path`` (header once; a resumed run appends under the same columns).
+    ``after``: the step a resumed run continues from; rows of later steps (logged by a run that
+    stopped before it could save them, e.g. on a full disk) are dropped, since they are trained again."""
 
-    def __init__(self, path: Path):
-        self.path, self.file, self.writer = path, None, None
+    def __init__(self, path: Path, after: int | None = None):
+        self.path, self.file, self.writer, self.after = path, None, None, after
 
     def write(self, row: dict[str, float]) -> None:
         with naming(self.path):  # a full disk on a write names no file: name the log
@@ -74,6 +77,7 @@ class CSVLog:
             fields = list(row)
             if not new:
                 fields = self._header() or fields
+                self._drop_after(fields)
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
             if new:
                 self.writer.writeheader()
@@ -94,9 +98,29 @@ class CSVLog:
                             "run then starts a new log and resumes from its checkpoint)")
         return fields
 
+    def _drop_after(self, fields: list[str]) -> None:
+        """Remove the rows of steps past ``after`` (rewritten in place, atomically)."""
+        if self.after is None or "step" not in fields:
+            return
+        lines = self.path.read_bytes().decode("utf-8", "replace").splitlines(keepends=True)
+        col = fields.index("step")
+        keep = lines[:1] + [line for line in lines[1:] if not _past(line, col, self.after)]
+        if len(keep) < len(lines):
+            self.file.close()
+            write_atomic("".join(keep).encode("utf-8"), self.path, "log")
+            self.file = self.path.open("a", newline="")
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _past(line: str, col: int, step: int) -> bool:
+    cells = next(csv.reader([line]), [])
+    try:
+        return float(cells[col]) > step
+    except (IndexError, ValueError):
+        return False
 
 
 class TrainLog:
@@ -114,7 +138,7 @@ class TrainLog:
         if out is None:
             return
         out.mkdir(parents=True, exist_ok=True)
-        self.csv, self.eval_csv = CSVLog(out / "train_log.csv"), CSVLog(out / "eval_log.csv")
+        self.csv, self.eval_csv = CSVLog(out / "train_log.csv", start), CSVLog(out / "eval_log.csv", start)
         if logger in ("auto", "tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter

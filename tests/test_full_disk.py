@@ -54,3 +54,32 @@ def test_a_vocabulary_on_a_full_disk(tmp_path, full_disk):
     with pytest.raises(UserError, match=r"cannot write vocabulary .*dict.de.txt: No space left on device"):
         vocab.FairseqDictionary.save([("hallo", 3)], tmp_path / "dict.de.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_on_a_full_disk_leaves_the_record_and_a_resume_logs_each_step_once(tmp_path, monkeypatch):
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toytask import ToyTask
+
+    from catdiff import Engine
+
+    run = tmp_path / "run"
+    kw = dict(out=run, ckpt_every=2, log_every=1, eval_every=0, threads=1)
+    Engine(ToyTask(), steps=2, **kw).fit()
+    record = (run / "config.json").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+        with pytest.raises(UserError, match="cannot write checkpoint"):
+            Engine(ToyTask(), steps=4, **kw).fit()
+    assert (run / "config.json").read_bytes() == record  # not a record of a checkpoint that was never written
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+
+    def logged():
+        return [int(float(r["step"])) for r in csv.DictReader((run / "train_log.csv").open())]
+
+    assert logged() == [1, 2, 3, 4]  # logged before the checkpoint failed: ahead of it
+    assert Engine(ToyTask(), steps=4, **kw).fit().step == 4
+    assert logged() == [1, 2, 3, 4]  # the rows of the lost steps 3-4 were dropped when they were trained again
