@@ -69,7 +69,7 @@ def test_config_is_flat_run_keys_plus_the_components_settings(tmp_path):
     assert set(flat) == set(RUN_SETTINGS) | set(cfg.options)
     cfg.layers = 3  # a component's value is set like a run-level one
     assert cfg.options["layers"] == 3 and cfg.replace(width=64, steps=5).to_dict()["width"] == 64
-    again = for_task(ToyTask(), json.loads(json.dumps(flat)))  # a saved config.json is a config source
+    again = for_task(ToyTask(), json.loads(json.dumps({**flat, "task": "toy"})))  # a saved config.json is a source
     assert again.to_dict() == {**flat, "task": "toy", **{k: again.to_dict()[k] for k in ("lr", "warmup")}}
 
 
