@@ -58,7 +58,8 @@ def points(records: list[dict]) -> dict:
             if "fid" not in e or key in seen:
                 continue
             seen.add(key)
-            a = arms.setdefault(e["arm"], {"family": family(r), "by_n": {}})
+            a = arms.setdefault(e["arm"], {"family": family(r), "by_n": {}, "seeds": set()})
+            a["seeds"].add(r["seed"])
             cell = a["by_n"].setdefault(e["sample_steps"], {})
             cell.setdefault("fid", []).append(e["fid"])
             for key, _ in COSTS:
@@ -71,6 +72,11 @@ def points(records: list[dict]) -> dict:
 
 def mean(vals) -> float:
     return statistics.fmean(vals) if vals else math.nan
+
+
+def label(arm: str, a: dict, seeds: list) -> str:
+    """The arm's name, with its seeds when it has fewer than the table's."""
+    return arm if len(a["seeds"]) >= len(seeds) else f"{arm} (seeds {sorted(a['seeds'])})"
 
 
 def chosen(arms: dict) -> dict:
@@ -149,10 +155,10 @@ def compact(records: list[dict]) -> str:
         for arm, a in sorted(picked.items(), key=lambda kv: kv[1]["family"] != "catdm"):
             if None in a["by_n"]:
                 own = a["by_n"][None]
-                lines.append(f"| {arm} (NFE {mean(own['nfe_per_sample']):.0f}) | {mean_std(own['fid'], 3)} |"
-                             + " – |" * (len(counts) - 1))
+                lines.append(f"| {label(arm, a, seeds)} (NFE {mean(own['nfe_per_sample']):.0f}) | "
+                             f"{mean_std(own['fid'], 3)} |" + " – |" * (len(counts) - 1))
             else:
-                lines.append(f"| {arm} | " + " | ".join(mean_std(a["by_n"][n]["fid"], 3) if n in a["by_n"] else "–"
+                lines.append(f"| {label(arm, a, seeds)} | " + " | ".join(mean_std(a["by_n"][n]["fid"], 3) if n in a["by_n"] else "–"
                                                        for n in counts) + " |")
         stepped = {a: v for a, v in picked.items() if None not in v["by_n"]}
         ratios, wins = [], []
@@ -197,7 +203,7 @@ def report(records: list[dict], brief: bool = False) -> str:
                 cells = [f"{mean_std(own['fid'], 3)} (NFE {mean(own['nfe_per_sample']):.0f})"] + ["–"] * (len(counts) - 1)
             else:
                 cells = [mean_std(a["by_n"][n]["fid"], 3) if n in a["by_n"] else "–" for n in counts]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(arm, a, seeds)} | " + " | ".join(cells) + " |")
         if any("pair_difference" in c for a in arms.values() for c in a["by_n"].values()):
             lines += ["", "Diversity: the share of positions in which two samples of one class differ (mean over seeds):",
                       "", "| arm | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]

@@ -60,7 +60,7 @@ def test_report_names_the_winning_step_counts_and_the_paper():
 
 def test_compact_table_one_arm_per_method_and_the_ratio():
     text = frontier.compact(RECORDS)
-    assert "| CATDM ddim | 20.5 ± 0.71 | 15.5 ± 0.71 |" in text and "| AR (NFE 64) | 5 | – |" in text
+    assert "| CATDM ddim | 20.5 ± 0.71 | 15.5 ± 0.71 |" in text and "| AR (seeds [0]) (NFE 64) | 5 | – |" in text
     assert "| CATDM / best other | 0.23 | 1.48 |" in text  # 20.5 / 90.5, 15.5 / 10.5 (AR takes no step count)
     assert "| paper: VQ-LCMD / MaskGIT | 0.18 | 1.09 |" in text
     assert "CATDM is the best method at step counts [2]." in text
@@ -198,3 +198,9 @@ def test_a_sampler_no_method_of_the_run_has_is_an_argparse_error(capsys, sampler
     with pytest.raises(SystemExit) as e:
         compare.main(["--quick", "--methods", "catdm", "--samplers", *samplers])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_arm_with_fewer_seeds_than_its_table_says_which():
+    extra = rec("catdm", 0, [ev("CATDM euler", 2, 30.0, 3, 0.003), ev("CATDM euler", 8, 12.0, 9, 0.009)])
+    text = frontier.report(RECORDS + [extra])
+    assert "| CATDM euler (seeds [0]) | 30 | 12 |" in text and "| CATDM ddim | 20.5 ± 0.71 |" in text
