@@ -139,16 +139,21 @@ def crossings(front: dict, flagship: str = "catdm") -> list[tuple[float, float |
     return ranges
 
 
+def tables(records: list[dict]):
+    """(task, what was held equal, seeds, step counts, arms) of each (task, training mode)."""
+    for (task, mode, budget), arms in points(records).items():
+        seeds = sorted({r["seed"] for r in records if r["task"] == task and r["mode"] == mode})
+        steps = sorted({r["steps"] for r in records if r["task"] == task and r["mode"] == mode})
+        what = f"equal training time, {budget:.0f} CPU-s each" if mode == "time" else f"equal training steps ({steps[0]})"
+        yield task, what, seeds, sorted({n for a in arms.values() for n in a["by_n"] if n is not None}), arms
+
+
 def compact(records: list[dict]) -> str:
     """One table per (task, training mode): each method's one arm (:func:`chosen`) at every step
     count, CATDM's ratio to the best other method, paper 000 Table 5's VQ-LCMD / MaskGIT beside
     it, then the counts and cost limits at which CATDM is the best method."""
     lines = []
-    for (task, mode, budget), arms in points(records).items():
-        seeds = sorted({r["seed"] for r in records if r["task"] == task and r["mode"] == mode})
-        steps = sorted({r["steps"] for r in records if r["task"] == task and r["mode"] == mode})
-        what = f"equal training time, {budget:.0f} CPU-s each" if mode == "time" else f"equal training steps ({steps[0]})"
-        counts = sorted({n for a in arms.values() for n in a["by_n"] if n is not None})
+    for task, what, seeds, counts, arms in tables(records):
         picked = chosen(arms)
         lines += ["", f"**{task}, {what}** (seeds {seeds}; FID, mean ± std over seeds; one arm per method)", "",
                   "| arm | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
@@ -190,11 +195,7 @@ def report(records: list[dict], brief: bool = False) -> str:
     """The markdown of the module docstring; ``brief``: the frontier's crossing points without
     its tables (best FID within each limit)."""
     lines = []
-    for (task, mode, budget), arms in points(records).items():
-        seeds = sorted({r["seed"] for r in records if r["task"] == task and r["mode"] == mode})
-        steps = sorted({r["steps"] for r in records if r["task"] == task and r["mode"] == mode})
-        what = f"equal training time, {budget:.0f} CPU-s each" if mode == "time" else f"equal training steps ({steps[0]})"
-        counts = sorted({n for a in arms.values() for n in a["by_n"] if n is not None})
+    for task, what, seeds, counts, arms in tables(records):
         lines += ["", f"**{task}, {what}** (seeds {seeds}; FID, mean ± std over seeds)", "",
                   "| arm | " + " | ".join(str(n) for n in counts) + " |", "|---|" + "---|" * len(counts)]
         for arm, a in arms.items():
