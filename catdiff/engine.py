@@ -339,14 +339,21 @@ class Engine:
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
         check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
-        task = task or registry().get("tasks", config_mod.migrate(payload["config"])["task"]).factory()
-        config, payload["task"] = cls._facts_moved(payload["config"], payload["task"], task)
-        task.restore(DataSpec.from_dict(payload["task"]))
-        cls._check_stored(config, task, f"checkpoint {path}")
+        config, payload["task"], task = cls._restored(payload["config"], payload["task"], task, f"checkpoint {path}")
         eng = cls._from_config(config, overrides, task, out)
         eng.load_state(payload, path)
         eng._warn_changed_at_load()
         return eng
+
+    @classmethod
+    def _restored(cls, config: dict[str, Any], meta: dict[str, Any], task: Task | None, where) -> tuple:
+        """(config, task record, task) of a checkpoint or export: the task (by its stored name unless
+        given) restored from the record, the config checked alone (``where`` names its source)."""
+        task = task or registry().get("tasks", config_mod.migrate(config)["task"]).factory()
+        config, meta = cls._facts_moved(config, meta, task)
+        task.restore(DataSpec.from_dict(meta))
+        cls._check_stored(config, task, where)
+        return config, meta, task
 
     @staticmethod
     def _facts_moved(config: dict[str, Any], meta: dict[str, Any], task: Task) -> tuple[dict, dict]:
@@ -395,10 +402,7 @@ class Engine:
         its config, its EMA weights in the network and every copy of it, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
-        task = task or registry().get("tasks", config_mod.migrate(meta["config"])["task"]).factory()
-        config, record = cls._facts_moved(meta["config"], meta["task"], task)
-        task.restore(DataSpec.from_dict(record))
-        cls._check_stored(config, task, Path(directory) / export_mod.CONFIG)
+        config, record, task = cls._restored(meta["config"], meta["task"], task, Path(directory) / export_mod.CONFIG)
         eng = cls._from_config(config, overrides, task)
         eng._load_weights(record, {"model": weights, "ema_eval": weights}, directory,
                           {name: weights for name in eng.method.networks()})
