@@ -286,6 +286,8 @@ def main(argv=None) -> None:
     print(table(data))
     text = compare.is_text(args.task)
     print("\n" + report(data, 2 if text else 1, "bits per character" if text else "FID"))
+    if not text:  # the bound too: its curve may cross where the samples' does not
+        print("\n" + report(data, 2, "bits per token"))
     if args.plot:
         plot(data, args.plot)
 

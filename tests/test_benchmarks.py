@@ -29,7 +29,7 @@ TABLES = {
     "image_steps": [r"^ +steps +ancestral +ddim", r"^ +w +FID +IS-like +label acc"],
     "sampler_sweep": [r"^\| sampling setting \| FID \|", r"^\| ancestral, 50 steps, tau 2.0 \| "],
     "scaling": [r"^\| method \| 3 CPU-s: steps, FID, bits/token \(train\) \|", r"^\| AR \| \d+, ",
-                r"^FID ~ compute\^b"],
+                r"^FID ~ compute\^b", r"^bits per token ~ compute\^b"],
     "speed": [r"^\[summary\]", r"^ +backbone +prec +ours +stock +ours/stock", r"^\[training loop"],
     "steps": [r"^arm +seed +2 +4$", r"^MaskGIT +0 "],
     "text_bpc": [r"^arm +BPC +\+- se", r"^CATDM-CE "],
