@@ -82,9 +82,12 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
-def table(data: dict) -> str:
+def table(data: dict, text: bool = False) -> str:
+    """Steps, FID and bits/token (on the training split in brackets) per method and budget;
+    ``text``: steps and bits per character (no samples)."""
     budgets = sorted({b for m in data.values() for b in m})
-    lines = ["| method | " + " | ".join(f"{b:g} CPU-s: steps, FID, bits/token (train)" for b in budgets) + " |",
+    what = "steps, bits/char (train)" if text else "steps, FID, bits/token (train)"
+    lines = ["| method | " + " | ".join(f"{b:g} CPU-s: {what}" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for method, by in data.items():
         cells = []
@@ -93,7 +96,7 @@ def table(data: dict) -> str:
                 cells.append("–")
                 continue
             train = [v for v in by[b][3] if v == v]
-            cells.append(f"{statistics.mean(by[b][0]):.0f}, {fmt(by[b][1])}, {fmt(by[b][2])}"
+            cells.append(f"{statistics.mean(by[b][0]):.0f}, " + ("" if text else f"{fmt(by[b][1])}, ") + fmt(by[b][2])
                          + (f" ({statistics.mean(train):.3g})" if train else ""))
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -283,8 +286,8 @@ def main(argv=None) -> None:
         run(args)
     data = curves(records(paths))
     print(f"\nscaling on {args.task}: mean ± std over seeds at each training budget\n")
-    print(table(data))
     text = compare.is_text(args.task)
+    print(table(data, text))
     print("\n" + report(data, 2 if text else 1, "bits per character" if text else "FID"))
     if not text:  # the bound too: its curve may cross where the samples' does not
         print("\n" + report(data, 2, "bits per token"))
