@@ -134,6 +134,14 @@ def test_small_vq_grey_classes_prepare_train_sample_evaluate_resume(grey_folder,
             assert images.shape == (2, 1, 28, 28) and images.dtype == torch.uint8
     finally:
         (grey_folder.parent / "moved" / "x").rename(grey_folder)
+    # without its tokenizer a restored model is refused before any sample is drawn
+    cache.rename(tmp_path / "cache-moved")
+    try:
+        capsys.readouterr()
+        assert cli_main(["sample", str(out / "last.pt"), "--n", "2", "--out", str(tmp_path / "s")]) == 2
+        assert "small VQ tokenizer" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    finally:
+        (tmp_path / "cache-moved").rename(cache)
     # resuming the old run directory: its facts are compared with the folder's
     old_run = tmp_path / "old_run"
     old_run.mkdir()

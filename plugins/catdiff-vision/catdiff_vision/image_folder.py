@@ -148,6 +148,7 @@ class ImageFolderTask(Task):
     def __init__(self):
         super().__init__()
         self.facts: dict[str, Any] = {}  # FACTS (and LISTING), derived from the folder or restored from a checkpoint
+        self._restored = False
 
     # ------------------------------------------------------------------ setup
     def restore(self, spec) -> None:
@@ -155,6 +156,7 @@ class ImageFolderTask(Task):
         if all(k in spec.extras for k in FACTS):
             self.facts = {k: spec.extras[k] for k in (*FACTS, LISTING) if k in spec.extras}
             self.vocab_size, self.seq_len, self.num_classes = spec.vocab_size, spec.seq_len, spec.num_classes
+            self._restored = True
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
@@ -169,6 +171,8 @@ class ImageFolderTask(Task):
             self._derive()
         if not self.facts:  # no images yet (`catdiff prepare` passes them later): a placeholder until prepare()
             self.vocab_size, self.seq_len, self.num_classes = max(2, int(self.option("codes"))), 1, 0
+        elif self._restored and not self.option("tokenizer"):
+            self._check_small_vq()  # a restored model decodes with it: said before any sample is drawn
 
     def data_spec(self):
         self._need_images()  # a model of no folder: building one, or resuming without --set images, is refused
@@ -280,16 +284,19 @@ class ImageFolderTask(Task):
             return tok
         from .vq_tokenizer import VQTokenizer
 
+        self._check_small_vq()
+        payload = load_file(self.work / "vq.pt", "small VQ tokenizer", "delete it and run `catdiff prepare image-folder --images DIR` "
+                            "again with the run's options", ("hparams", "state_dict"))
+        model = VQTokenizer(**payload["hparams"])
+        model.load_state_dict(payload["state_dict"])
+        return SmallVQ(model.eval().requires_grad_(False))
+
+    def _check_small_vq(self) -> None:
         path = self.work / "vq.pt"
         if not path.is_file():
             raise FileNotFoundError(f"small VQ tokenizer {path} not found: point --set cache_dir at the cache the "
                                     "model was trained with, or (with its images) run `catdiff prepare image-folder "
                                     "--images DIR` with the run's options")
-        payload = load_file(path, "small VQ tokenizer", "delete it and run `catdiff prepare image-folder --images DIR` "
-                            "again with the run's options", ("hparams", "state_dict"))
-        model = VQTokenizer(**payload["hparams"])
-        model.load_state_dict(payload["state_dict"])
-        return SmallVQ(model.eval().requires_grad_(False))
 
     def _images(self, items) -> torch.Tensor:
         return fi.load_all(self.root, items, int(self.option("image_size")), self.option("color"), self.option("crop"),
