@@ -339,6 +339,7 @@ class Engine:
         its task by registry name unless a ``task`` instance is given."""
         payload = checkpoint.load(path)
         check_installed(f"checkpoint {path}", payload["config"], payload.get("plugins"), task is not None)
+        _say_if_record_differs(Path(path), payload["config"])
         config, payload["task"], task = cls._restored(payload["config"], payload["task"], task, f"checkpoint {path}")
         eng = cls._from_config(config, overrides, task, out)
         eng.load_state(payload, path)
@@ -495,3 +496,23 @@ class Engine:
 def _plain(value: Any) -> Any:
     """``value`` as JSON reads it back (tuples as lists), so a checkpoint's and an export's records compare."""
     return json.loads(json.dumps(dict(value), sort_keys=True, default=str))
+
+
+def _say_if_record_differs(path: Path, saved: dict[str, Any]) -> None:
+    """A run directory's config.json edited by hand (or stale) is not what sample / eval read:
+    say which keys differ from the checkpoint's, whose config is used."""
+    last = path / "last.pt" if path.is_dir() else path
+    record_path = last.parent / "config.json"
+    if last.name != "last.pt" or not record_path.is_file():
+        return
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
+        record = None
+    if not isinstance(record, dict):
+        print(f"catdiff: warning: {record_path} is not a config record; {last}'s config is used", file=sys.stderr)
+        return
+    keys = sorted(k for k in set(record) | set(saved) if record.get(k) != saved.get(k))
+    if keys:
+        print(f"catdiff: warning: {record_path} differs from {last} in {', '.join(keys)}; {last}'s config is used "
+              f"(give changes with --set)", file=sys.stderr)

@@ -545,3 +545,16 @@ def test_a_long_reason_is_cut_at_a_word_with_its_first_line_only():
     assert short.endswith(" ...") and len(short) <= 204 and "second" not in short
     assert reason.startswith(short[:-4]) and reason[len(short) - 4] == " "  # cut before a space, not mid-word
     assert _short("one line") == "one line"
+
+
+def test_sampling_a_run_whose_config_json_was_edited_says_which_config_is_used(capsys, tmp_path, run):
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "sample_steps": 7}))
+    code, _, err = cli_run(capsys, "sample", run, "--n", "2", "--out", tmp_path / "s")
+    assert code == 0 and f"differs from {run / 'last.pt'} in sample_steps; {run / 'last.pt'}'s config is used" in err
+    (run / "config.json").write_text("{bad")
+    code, _, err = cli_run(capsys, "sample", run / "last.pt", "--n", "2", "--out", tmp_path / "t")
+    assert code == 0 and "config.json is not a config record" in err
+    (run / "config.json").write_text(json.dumps(record))
+    code, _, err = cli_run(capsys, "sample", run, "--n", "2", "--out", tmp_path / "u")
+    assert code == 0 and "warning" not in err
