@@ -191,29 +191,32 @@ def report(data: dict, metric: int = 1, name: str = "FID", flagship: str = "catd
     return "\n".join(lines)
 
 
-def plot(data: dict, path: str) -> None:
+def plot(data: dict, path: str, text: bool = False) -> None:
+    """FID and the bound against CPU-s on log axes (``text``: bits per character alone); one
+    colour per method in every panel, each panel with its own legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for method, by in data.items():
-        for ax, i in zip(axes, (1, 2)):
+    panels = ((2, "bits/char (bound; AR exact)"),) if text else ((1, "FID"), (2, "bits/token (bound; AR exact)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for k, (method, by) in enumerate(data.items()):
+        for ax, (i, _) in zip(axes[0], panels):
             cells = {b: [v for v in by[b][i] if v == v] for b in sorted(by)}  # no NaN (no bound)
             budgets = [b for b, v in cells.items() if v]
             if not budgets:
                 continue
             means = [statistics.mean(cells[b]) for b in budgets]
             errs = [statistics.stdev(cells[b]) if len(cells[b]) > 1 else 0 for b in budgets]
-            ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=label(method))
-    for ax, name in zip(axes, ("FID", "bits/token (bound; AR exact)")):
+            ax.errorbar(budgets, means, yerr=errs, marker="o", capsize=3, label=label(method), color=f"C{k}")
+    for ax, (_, name) in zip(axes[0], panels):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("training CPU-seconds (one thread)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -292,7 +295,7 @@ def main(argv=None) -> None:
     if not text:  # the bound too: its curve may cross where the samples' does not
         print("\n" + report(data, 2, "bits per token"))
     if args.plot:
-        plot(data, args.plot)
+        plot(data, args.plot, text)
 
 
 if __name__ == "__main__":

@@ -204,3 +204,26 @@ def test_an_arm_with_fewer_seeds_than_its_table_says_which():
     extra = rec("catdm", 0, [ev("CATDM euler", 2, 30.0, 3, 0.003), ev("CATDM euler", 8, 12.0, 9, 0.009)])
     text = frontier.report(RECORDS + [extra])
     assert "| CATDM euler (seeds [0]) | 30 | 12 |" in text and "| CATDM ddim | 20.5 ± 0.71 |" in text
+
+
+def test_scaling_plot_keeps_each_methods_colour_when_one_has_no_bound(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from benchmarks import scaling
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    nan = float("nan")
+    data = {"catdm": {100.0: ([10], [80.0, 90.0], [7.0, 7.5], [nan])},
+            "maskgit": {100.0: ([10], [60.0, 64.0], [nan, nan], [nan])},
+            "ar": {100.0: ([10], [30.0, 34.0], [3.3, 3.4], [nan])}}
+    scaling.plot(data, str(tmp_path / "s.png"))
+    fid, bits = saved[0].axes
+    def colours(ax):  # legend label -> the colour of its data line (an errorbar container's first artist)
+        handles, labels = ax.get_legend_handles_labels()
+        return {lab: h[0].get_color() for h, lab in zip(handles, labels)}
+
+    assert colours(bits)["AR"] == colours(fid)["AR"] != colours(fid)["MaskGIT"]
+    assert "MaskGIT" not in colours(bits)
+    scaling.plot({"ar": data["ar"]}, str(tmp_path / "t.png"), text=True)
+    assert len(saved[1].axes) == 1 and saved[1].axes[0].get_ylabel().startswith("bits/char")
