@@ -273,13 +273,15 @@ def plot(records: list[dict], out: Path) -> list[Path]:
         fig, axes = plt.subplots(len(keys), len(COSTS), figsize=(5 * len(COSTS), 4 * len(keys)), squeeze=False)
         for row, key in zip(axes, keys):
             arms = data[key]
+            palette = plt.get_cmap("tab20")  # one colour per arm (tab10 repeats past ten arms)
             for ax, (cost, name) in zip(row, COSTS):
-                for arm, a in arms.items():
+                for k, (arm, a) in enumerate(arms.items()):
                     pts = sorted((mean(c[cost]), mean(c["fid"])) for c in a["by_n"].values() if cost in c)
                     if pts:
                         style = "-o" if a["family"] == "catdm" else "--s"
-                        ax.plot(*zip(*pts), style, ms=3, label=arm, lw=1.5 if a["family"] == "catdm" else 1)
-                ax.set(xscale="log", xlabel=name, ylabel="FID (lower is better)",
+                        ax.plot(*zip(*pts), style, ms=3, label=arm, color=palette(k % 20),
+                                lw=1.5 if a["family"] == "catdm" else 1)
+                ax.set(xscale="log", yscale="log", xlabel=name, ylabel="FID (lower is better)",
                        title=f"{task}, {'equal time' if key[1] == 'time' else 'equal steps'}")
             row[0].legend(fontsize=6)
         fig.tight_layout()
