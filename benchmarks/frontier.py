@@ -139,6 +139,21 @@ def crossings(front: dict, flagship: str = "catdm") -> list[tuple[float, float |
     return ranges
 
 
+def versus(stepped: dict, n) -> tuple | None:
+    """((CATDM's arm, FID), (the best other method's arm, FID)) at step count ``n``, or None when
+    either is missing (``stepped``: one arm per method, AR left out: it takes no step count)."""
+    best = best_by_family(stepped, n)
+    others = [v for fam, v in best.items() if fam != "catdm"]
+    if "catdm" not in best or not others:
+        return None
+    return best["catdm"], min(others, key=lambda v: v[1])
+
+
+def intervals(ranges: list) -> str:
+    """Cost ranges [lo, hi) as text (hi None: up to the largest cost measured)."""
+    return ", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})" for lo, hi in ranges)
+
+
 def tables(records: list[dict]):
     """(task, what was held equal, seeds, step counts, arms) of each (task, training mode)."""
     for (task, mode, budget), arms in points(records).items():
@@ -168,9 +183,8 @@ def compact(records: list[dict]) -> str:
         stepped = {a: v for a, v in picked.items() if None not in v["by_n"]}
         ratios, wins = [], []
         for n in counts:
-            best = best_by_family(stepped, n)
-            others = [f for fam, (_, f) in best.items() if fam != "catdm"]
-            r = best["catdm"][1] / min(others) if "catdm" in best and others else math.nan
+            pair = versus(stepped, n)
+            r = pair[0][1] / pair[1][1] if pair else math.nan
             ratios.append(f"{r:.2f}")
             if r < 1:
                 wins.append(n)
@@ -182,9 +196,7 @@ def compact(records: list[dict]) -> str:
         for key, name in COSTS:
             front = frontier(picked, key)
             if len(front) >= 2 and "catdm" in front:
-                ranges = crossings(front)
-                said.append(f"{name} " + (", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})"
-                                                    for lo, hi in ranges) or "none"))
+                said.append(f"{name} " + (intervals(crossings(front)) or "none"))
         lines += ["", f"CATDM is the best method at step counts {wins}." if wins else
                   "CATDM is the best method at no step count.",
                   "Limits within which it gives the lowest FID of all: " + "; ".join(said) + "."]
@@ -219,13 +231,10 @@ def report(records: list[dict], brief: bool = False) -> str:
                   + ", ".join(picked) + "."]
         stepped = {a: v for a, v in picked.items() if None not in v["by_n"]}  # AR takes no step count
         for n in counts:
-            best = best_by_family(stepped, n)
-            if "catdm" not in best:
+            pair = versus(stepped, n)
+            if pair is None:
                 continue
-            others = {f: v for f, v in best.items() if f != "catdm"}
-            if not others:
-                continue
-            (c_arm, c_fid), (o_arm, o_fid) = best["catdm"], min(others.values(), key=lambda v: v[1])
+            (c_arm, c_fid), (o_arm, o_fid) = pair
             if c_fid < o_fid:
                 wins.append(n)
             compared.append(f"| {n} | {c_arm} | {c_fid:.3g} | {o_arm} | {o_fid:.3g} | {c_fid / o_fid:.2f} |")
@@ -254,8 +263,7 @@ def report(records: list[dict], brief: bool = False) -> str:
                     lines.append(f"| {lim:.3g} | " + " | ".join(
                         f"{best_within(pts, lim):.3g}" if best_within(pts, lim) < math.inf else "–"
                         for pts in front.values()) + " |")
-            ranges = crossings(front)
-            said = ", ".join(f"[{lo:.3g}, {'∞' if hi is None else f'{hi:.3g}'})" for lo, hi in ranges) or "nowhere"
+            said = intervals(crossings(front)) or "nowhere"
             lines.append(f"\nCATDM is the best method for a limit on {name} in {said}.")
     return "\n".join(lines)
 
