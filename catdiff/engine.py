@@ -28,7 +28,7 @@ from .checks import check_installed, plugin_sources
 from .config import Config
 from .context import RunContext
 from .distributed import ProcessGroup, free_cores, pick_device
-from .errors import UserError, read_text
+from .errors import UserError
 from .feed import BatchFeed
 from .hooks import registry
 from .method import Method, SampleRequest
@@ -101,12 +101,10 @@ class Engine:
         if not path.is_file():
             return
         try:
-            record = json.loads(read_text(path, "config.json"))
+            record = rundir.read_record(path)
         except ValueError as e:
-            raise UserError(f"{path} is not valid JSON ({e}); it is the record of the run, rewritten at every "
-                            f"checkpoint: delete it (last.pt holds the config) or restore it") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path} does not hold a JSON object; delete it (last.pt holds the config)")
+            raise UserError(f"{path} {e}; it is the record of the run, rewritten at every checkpoint: delete it "
+                            f"(last.pt holds the config) or restore it") from None
         changed = [k for k in sorted(set(record) & set(saved)) if record[k] != saved[k]]
         edits = [f"{k} (added)" if k in record else f"{k} (removed)" for k in sorted(set(record) ^ set(saved))]
         edits += [f"{k}: {saved[k]!r} -> {record[k]!r}" for k in changed if not config_mod.may_change(k, self.settings)]
@@ -506,10 +504,8 @@ def _say_if_record_differs(path: Path, saved: dict[str, Any]) -> None:
     if last.name != "last.pt" or not record_path.is_file():
         return
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError):
-        record = None
-    if not isinstance(record, dict):
+        record = rundir.read_record(record_path)
+    except (ValueError, UserError, OSError):
         print(f"catdiff: warning: {record_path} is not a config record; {last}'s config is used", file=sys.stderr)
         return
     keys = sorted(k for k in set(record) | set(saved) if record.get(k) != saved.get(k))

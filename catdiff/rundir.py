@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
+from .errors import read_text
 from .runlock import RunLock
 
 CKPT_NAME = "last.pt"
@@ -130,3 +131,15 @@ class RunDir:
             shutil.copyfile(self.last, numbered)
         for old in sorted(self.path.glob("step-*.pt"))[:-keep_last]:
             old.unlink()
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run directory's config.json (the record of its config): a JSON object, else a
+    ValueError saying what it is not (a file that is not UTF-8: the UserError of read_text)."""
+    try:
+        record = json.loads(read_text(path, "config.json"))
+    except ValueError as e:
+        raise ValueError(f"is not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise ValueError("does not hold a JSON object")
+    return record
