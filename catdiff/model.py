@@ -64,8 +64,8 @@ class Codebook(nn.Module):
 
 class Denoiser(nn.Module):
     """f_theta(z_t; t[, y]) -> logits, plus the codebook phi that defines z_t: the network every
-    method trains unless its ``Method.build`` returns another (CATDM's adds self-conditioning and
-    token evidence, catdiff.methods.catdm.network).
+    method trains unless its ``Method.build`` returns a subclass of its own (e.g.
+    catdiff.methods.catdm.network).
 
     ``forward`` does everything that needs gradients in one call (embedding lookup, noising,
     network), so DistributedDataParallel sees every parameter use inside its forward.
