@@ -86,9 +86,9 @@ from pathlib import Path
 from benchmarks.harness import (ARMS as TABLE1_ARMS, CLOCKS, PROBE_START, CallCounter, evaluate, mean_std as _ms,
                                 quick, quick_argument, train, write_json)
 from catdiff import Engine
-from catdiff.config import RUN_SETTINGS, make, parse_sets
-from catdiff.errors import UserError
-from catdiff.hooks import registry
+from catdiff.api.errors import UserError
+from catdiff.api.hooks import registry
+from catdiff.run.config import RUN_SETTINGS, make, parse_sets
 
 # short name -> (label, training overrides, [(arm label, sampling overrides), ...])
 METHODS = {

@@ -7,7 +7,7 @@
     python -m benchmarks.defaults --quick                                    # a tiny model: a check
 
 For each task, two runs at the same budget: **core**, a task that declares only its data,
-``vocab_size`` and ``seq_len`` (every other key at the ``catdiff.config.Config`` default), and
+``vocab_size`` and ``seq_len`` (every other key at the ``catdiff.run.config.Config`` default), and
 **tuned**, the task's own defaults. Printed per task: the likelihood bound in bits per token
 (on the same test rows for both: ``--eval-batches`` x 128; mean ± std over seeds, or ± the
 standard error over the rows for one seed) of both, the unigram entropy of the training tokens
@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import QUICK_SETS, append_jsonl, quick, quick_argument, read_jsonl, train
-from catdiff.config import for_task
-from catdiff.engine import Engine
-from catdiff.hooks import registry
-from catdiff.task import Task, TokenData
+from catdiff.api.hooks import registry
+from catdiff.api.task import Task, TokenData
+from catdiff.run.config import for_task
+from catdiff.run.engine import Engine
 
 LICENSES = Path("/usr/share/common-licenses")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-batches", type=int, default=8, help="test rows of the bound / 128, the same for both arms")
     ap.add_argument("--arms", nargs="+", default=["core", "tuned"], choices=["core", "tuned"])
     ap.add_argument("--core", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="settings added to the core arm: try a candidate default before changing catdiff.config")
+                    help="settings added to the core arm: try a candidate default before changing catdiff.run.config")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--append", help="append each row to this JSON-lines file as it is measured (for parallel jobs)")
     ap.add_argument("--table", help="print the table of the rows in this JSON-lines file; run nothing")

@@ -26,7 +26,7 @@ import time
 import torch
 
 from catdiff import Engine
-from catdiff.task import Task, TokenData
+from catdiff.api.task import Task, TokenData
 
 from benchmarks.harness import quick, quick_argument
 
@@ -51,7 +51,7 @@ def sync(device: str) -> None:
 def precision_rows(device: str, seconds: float, samples: int, steps: int | None) -> list[tuple]:
     """(precision, steps, ms/step, FID, bits/token) for auto and fp32 on digits."""
     try:
-        from catdiff.hooks import registry
+        from catdiff.api.hooks import registry
 
         registry().get("tasks", "digits").factory().load("train")
     except Exception as e:  # noqa: BLE001 - reported in the table, the rest of the check goes on

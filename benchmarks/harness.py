@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Callable
 
 from catdiff import Engine
-from catdiff.config import RUN_SETTINGS, component_settings, for_task, make, parse_sets
-from catdiff.hooks import registry
+from catdiff.api.hooks import registry
+from catdiff.run.config import RUN_SETTINGS, component_settings, for_task, make, parse_sets
 
 # name -> (training overrides, sampling overrides); arms with equal training overrides share one model
 ARMS = {

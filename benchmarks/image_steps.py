@@ -28,7 +28,7 @@ GUIDANCE = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 
 
 def engine(task_name: str, ckpt: str | None, out: Path, train_steps: int | None, threads: int, sets: dict):
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     if ckpt:
         return Engine.from_checkpoint(ckpt, threads=threads)

@@ -19,7 +19,7 @@ import argparse
 
 from benchmarks.harness import config_set, fid_keys, quick, quick_argument, train
 from catdiff import Engine
-from catdiff.config import parse_sets
+from catdiff.run.config import parse_sets
 
 # (label, temperature, config overrides)
 SETTINGS = [

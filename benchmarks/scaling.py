@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks import compare
 from benchmarks.harness import quick, quick_argument, write_json
-from catdiff.config import parse_sets
+from catdiff.run.config import parse_sets
 
 
 def label(method: str) -> str:

@@ -9,7 +9,7 @@ reported figure is a median over rounds.
 Sections
   1. matmul peak: FLOP/s of a large fp32 ``torch.mm`` and of bf16 matmuls.
   2. backbone training step (forward + backward + AdamW) for the default digits backbone
-     (``catdiff.config.make()``) and the paper-sized image backbone (15 layers, 8 heads,
+     (``catdiff.run.config.make()``) and the paper-sized image backbone (15 layers, 8 heads,
      512 wide, 256 tokens, K=1024, D=256); ours vs stock, fp32 and bf16 autocast.
   3. objective cost (full CATDM step vs plain CSDM step, and CATDM with ``l0_rows=0.25``):
      see ``objective_cost``.
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff.backbones import EncoderTransformer, build_encoder
-from catdiff.config import Config, make
-from catdiff.engine import adamw
+from catdiff.nn.backbones import EncoderTransformer, build_encoder
+from catdiff.run.config import Config, make
+from catdiff.run.engine import adamw
 
 FLOP_FORMULA = (
     "FLOPs per training step = 6 * P_tok * B * M + 12 * L * M^2 * W * B   "
@@ -187,7 +187,7 @@ def objective_cost(args, device, peak) -> None:
     L_CM + backward + AdamW + both EMA updates) over a plain CSDM step (the VLB of eq. 3,
     same student pass, no teacher), same backbone and batch, paired rounds; and the CATDM step
     with L0 estimated on a quarter of the rows (``l0_rows=0.25``: the z_0 pass on B/4 rows)."""
-    from catdiff.model import Codebook, ema_copy, ema_update
+    from catdiff.nn.model import Codebook, ema_copy, ema_update
     from catdiff.methods.catdm import CATDMObjective, ShiftedCosineSchedule
     from catdiff.methods.catdm.network import CATDMDenoiser
 
@@ -225,7 +225,7 @@ def objective_cost(args, device, peak) -> None:
 
 def digits_config() -> Config:
     """The `digits` task's default transformer sizes (from the vision plugin when installed), else
-    catdiff.config.make(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
+    catdiff.run.config.make(); without its ``conv_kernel``, which stock has no counterpart for (section 4 times it)."""
     defaults = _digits_defaults()
     keys = ("layers", "heads", "width", "embed_dim", "batch_size", "mlp_ratio")
     return make(**{k: v for k, v in defaults.items() if k in keys})
@@ -254,7 +254,7 @@ class SyntheticTask:
 
     @staticmethod
     def make(name: str, vocab_size: int, seq_len: int, defaults: dict):
-        from catdiff.task import Task, TokenData
+        from catdiff.api.task import Task, TokenData
 
         class Synthetic(Task):
             def load(self, split):
@@ -301,8 +301,8 @@ def loop_cost(args, device) -> None:
     """``Engine.fit`` per step over the bare method step (``method.loss`` on one fixed batch,
     backward, clip, AdamW, the method's and the sampling EMA updates) for the same engine, paired rounds; then the host
     reads (syncs) per step of a fit over 2 x log_every steps, and peak memory."""
-    from catdiff.engine import Engine
-    from catdiff.model import ema_update
+    from catdiff.run.engine import Engine
+    from catdiff.nn.model import ema_update
 
     digits = {k: v for k, v in _digits_defaults().items()}
     paper = dict(layers=15, heads=8, width=512, embed_dim=256, mlp_ratio=4.0, dropout=0.0, token_grid="16x16")
@@ -353,7 +353,7 @@ def _digits_defaults() -> dict:
 
 def _task_defaults(name: str) -> dict:
     try:
-        from catdiff.hooks import registry
+        from catdiff.api.hooks import registry
 
         return dict(registry().get("tasks", name).factory().defaults)
     except Exception:  # noqa: BLE001 - the plugins are optional for this benchmark

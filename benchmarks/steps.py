@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks import harness
-from catdiff.hooks import registry
+from catdiff.api.hooks import registry
 from benchmarks.harness import Runner, common_arguments, floor_note, quick, share_trainings, table
 
 ARMS = {name: harness.ARMS[name] for name in

@@ -6,7 +6,7 @@ unigram entropy, per method, sampler and step count, beside the real test data's
     python -m benchmarks.text_quality --table text_quality.json        # reprint the table of a results file
     python -m benchmarks.text_quality --quick                          # text-file on GPL-3, tiny: a check
 
-The judge (catdiff.judge) is an autoregressive model of the same task: ``--judge CKPT``, or
+The judge (catdiff.run.judge) is an autoregressive model of the same task: ``--judge CKPT``, or
 trained here for ``--judge-budget`` seconds of ``--clock`` and kept in ``--models`` (a rerun
 loads it). Each method of ``--methods`` (compare's names and variants NAME[K=V,...]) trains for
 ``--budget`` seconds of the same clock (benchmarks.harness.train: the step rate probed in the
@@ -38,9 +38,9 @@ from pathlib import Path
 from benchmarks.compare import method_spec, sampler_arms, sampler_name
 from benchmarks.harness import CLOCKS, likelihood, quick, quick_argument, train, write_json
 from catdiff import Engine
-from catdiff.config import parse_sets
-from catdiff.hooks import registry
-from catdiff.judge import Judge
+from catdiff.api.hooks import registry
+from catdiff.run.config import parse_sets
+from catdiff.run.judge import Judge
 
 METHODS = ["catdm", "mdlm", "udlm", "vqdiffusion"]
 GPL3 = "/usr/share/common-licenses/GPL-3"

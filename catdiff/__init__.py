@@ -1,7 +1,8 @@
 """catdiff: diffusion models for categorical data (CATDM: continuous diffusion in a jointly
 learned embedding space with consistency matching)."""
-from .config import Config
-from .settings import Setting
+from . import _moved  # noqa: F401  (0.1 module paths keep working, with a warning)
+from .api.settings import Setting
+from .run.config import Config
 
 try:  # the one version source is pyproject.toml, via the installed distribution's metadata
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -14,7 +15,8 @@ __all__ = ["Config", "Engine", "Method", "Setting", "Task", "TokenData", "hookim
 # name -> submodule; imported on first access so that `import catdiff` (and `catdiff --help`)
 # does not import torch; Method, Task, Setting and hookimpl import none either (a plugin module
 # that uses only them keeps `catdiff list` fast)
-_LAZY = {"Engine": "engine", "Method": "method", "Task": "task", "TokenData": "task", "hookimpl": "markers"}
+_LAZY = {"Engine": "run.engine", "Method": "api.method", "Task": "api.task", "TokenData": "api.task",
+         "hookimpl": "api.markers"}
 
 
 def __getattr__(name):

@@ -1,11 +1,11 @@
 """Components that ship with catdiff, registered through the same hooks as any plugin; named by
 reference (imported on first use), so that listing them does not import torch."""
-from .markers import Lazy, hookimpl
+from .api.markers import Lazy, hookimpl
 
 
 @hookimpl
 def catdiff_backbones():
-    return {"encoder": Lazy("catdiff.backbones:build_encoder")}
+    return {"encoder": Lazy("catdiff.nn.backbones:build_encoder")}
 
 
 @hookimpl

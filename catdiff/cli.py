@@ -10,9 +10,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import parse_sets
-from .errors import Aborted, Stopped, TrainingInterrupted, UserError, check_writable, naming
-from .interrupts import stop_on_sigterm
+from .api.errors import Aborted, Stopped, TrainingInterrupted, UserError, check_writable, naming
+from .run.config import parse_sets
+from .run.interrupts import stop_on_sigterm
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -22,10 +22,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args) -> int:
-    from .hooks import KINDS, registry
+    from .api.hooks import KINDS, registry
 
     if args.name:
-        from .config import settings_registry
+        from .run.config import settings_registry
 
         return _list_settings(settings_registry(), args.name)
     reg = registry()
@@ -48,8 +48,8 @@ def cmd_list(args) -> int:
 def _list_settings(reg, name: str) -> int:
     """``catdiff list NAME``: the settings of the method, backbone or task NAME (``run``: the
     run-level keys), one line each: key, type, default, allowed values, resume, meaning."""
-    from .config import RUN_SETTINGS
-    from .settings import declared
+    from .run.config import RUN_SETTINGS
+    from .api.settings import declared
 
     found = [("run-level keys", list(RUN_SETTINGS.values()))] if name == "run" else []
     for kind in ("methods", "backbones", "tasks"):
@@ -74,8 +74,8 @@ def _list_settings(reg, name: str) -> int:
 
 
 def cmd_run(args) -> int:
-    from .engine import Engine
-    from .rundir import files, written
+    from .run.engine import Engine
+    from .run.rundir import files, written
 
     overrides = parse_sets(args.sets)
     if args.steps is not None:
@@ -99,8 +99,8 @@ def cmd_run(args) -> int:
 
 def cmd_prepare(args, rest: list[str]) -> int:
     """``catdiff prepare TASK [task flags]``: the task's one-off preparation (its own flags)."""
-    from .config import for_task
-    from .hooks import registry
+    from .run.config import for_task
+    from .api.hooks import registry
 
     task = registry().get("tasks", args.task).factory()
     task.setup(for_task(task, args.config, parse_sets(args.sets)))
@@ -166,9 +166,9 @@ def _check_sample_args(args, eng) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from .checkpoint import write_atomic
-    from .engine import Engine
-    from .rundir import files, written
+    from .run.checkpoint import write_atomic
+    from .run.engine import Engine
+    from .run.rundir import files, written
 
     out = Path(args.out)
     check_writable(out, "samples")
@@ -201,8 +201,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .engine import Engine
-    from .rundir import files, written
+    from .run.engine import Engine
+    from .run.rundir import files, written
 
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
@@ -213,8 +213,8 @@ def cmd_eval(args) -> int:
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
     judging = contextlib.nullcontext()
-    if args.judge:  # checked before any sample is drawn (catdiff.judge)
-        from .judge import Judge
+    if args.judge:  # checked before any sample is drawn (catdiff.run.judge)
+        from .run.judge import Judge
 
         judging = Judge.for_engine(args.judge, eng).judging(eng)
     before = files(out)
@@ -227,7 +227,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .engine import Engine
+    from .run.engine import Engine
 
     eng = Engine.from_checkpoint(args.ckpt)
     for path in eng.export(args.dir, force=args.force):
@@ -332,7 +332,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def _warn_broken_plugins(debug: bool) -> None:
     """One warning line per plugin that failed to load (every command builds the registry);
     the command goes on with the others. ``--debug`` adds each one's traceback."""
-    from .hooks import registry
+    from .api.hooks import registry
 
     reg = registry()
     for name, err in reg.failed.items():

@@ -3,9 +3,9 @@
     python -m catdiff.docgen            # rewrite docs/configuration.md
     python -m catdiff.docgen --check    # exit 1 if docs/configuration.md is stale
 
-The run-level keys come from :data:`catdiff.config.RUN_SETTINGS` (grouped as in
-:class:`catdiff.config.Config`); each registered method, backbone and task of catdiff and its
-first-party plugins adds a section of its own settings (:func:`catdiff.settings.declared`).
+The run-level keys come from :data:`catdiff.run.config.RUN_SETTINGS` (grouped as in
+:class:`catdiff.run.config.Config`); each registered method, backbone and task of catdiff and its
+first-party plugins adds a section of its own settings (:func:`catdiff.api.settings.declared`).
 ``tests/test_docs.py`` fails when the committed file differs.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .settings import Setting
+from .api.settings import Setting
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "configuration.md"
@@ -26,10 +26,10 @@ HEADER = """\
      tests/test_docs.py fails when this file is stale. -->
 
 A run's configuration is one flat table of keys: the **run-level keys** of the core
-([`catdiff.config.Config`](../catdiff/config.py)) and the **settings of the run's method,
+([`catdiff.run.config.Config`](../catdiff/run/config.py)) and the **settings of the run's method,
 backbone and task**, each declared by its component as typed
-[`Setting`s](../catdiff/settings.py). It resolves as **defaults < the task's `defaults` < a
-`--config` file < `--set` overrides** (`catdiff.config.for_task`). Every key can be set with
+[`Setting`s](../catdiff/api/settings.py). It resolves as **defaults < the task's `defaults` < a
+`--config` file < `--set` overrides** (`catdiff.run.config.for_task`). Every key can be set with
 `--set key=value`, in a JSON or TOML file passed with `--config FILE` (a table of
 `key = value`), or as a keyword to `Engine(task=..., key=value)`; a component's keys are
 accepted when the run uses it (`--set method=mdlm --set mdlm_schedule=cosine`). Values are
@@ -73,15 +73,15 @@ def table(settings: list[Setting], no_doc: str = "(undocumented)") -> list[str]:
 
 
 def first_party(source: str) -> bool:
-    from .hooks import FIRST_PARTY
+    from .api.hooks import FIRST_PARTY
 
     return source == "catdiff" or source.split(" ")[0] in FIRST_PARTY
 
 
 def render() -> str:
-    from .config import RUN_GROUPS, RUN_SETTINGS
-    from .config import settings_registry
-    from .settings import declared
+    from .run.config import RUN_GROUPS, RUN_SETTINGS
+    from .run.config import settings_registry
+    from .api.settings import declared
 
     out = [HEADER, "## Run-level keys"]
     groups: dict[str, list[Setting]] = {}
@@ -108,8 +108,8 @@ def render() -> str:
 def undocumented() -> list[str]:
     """Run-level keys, and the settings of catdiff's and the first-party plugins' methods,
     backbones and tasks, without a doc line (``component.key``)."""
-    from .config import RUN_SETTINGS, settings_registry
-    from .settings import declared
+    from .run.config import RUN_SETTINGS, settings_registry
+    from .api.settings import declared
 
     reg = settings_registry()
     missing = [s.name for s in RUN_SETTINGS.values() if not s.doc]

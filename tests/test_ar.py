@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from catdiff import Engine
-from catdiff.backbones.encoder import EncoderTransformer, KVCache
+from catdiff.api.task import TokenData
 from catdiff.cli import main as cli_main
-from catdiff.config import make as Config
 from catdiff.methods.ar import filtered_log_probs, shift_right
-from catdiff.task import TokenData
+from catdiff.nn.backbones.encoder import EncoderTransformer, KVCache
+from catdiff.run.config import make as Config
 from toytask import ToyCondTask, ToyTask, progressions
 
 TINY = dict(layers=2, heads=2, width=32, embed_dim=16, threads=1)

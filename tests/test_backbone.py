@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from catdiff.backbones import EncoderTransformer, build_encoder
-from catdiff.backbones.encoder import _Modulate
-from catdiff.config import make as Config
+from catdiff.nn.backbones import EncoderTransformer, build_encoder
+from catdiff.nn.backbones.encoder import _Modulate
+from catdiff.run.config import make as Config
 
 K, M, NC = 11, 12, 3
 
@@ -162,7 +162,7 @@ def test_eval_is_deterministic_with_dropout():
 
 
 def test_rotary_scores_depend_on_relative_position_only():
-    from catdiff.backbones.encoder import rotary_tables, rotate
+    from catdiff.nn.backbones.encoder import rotary_tables, rotate
 
     rot = rotary_tables(M, 8)
     g = torch.Generator().manual_seed(0)
@@ -202,7 +202,7 @@ def test_pos_scale_multiplies_the_sinusoids():
 def test_local_mixing_reaches_only_grid_neighbours(grid):
     """conv_kernel=3: a change at one token moves, in the same channel only, the tokens within
     one step of it on the token grid (3x4 here) or along the sequence (no grid)."""
-    from catdiff.backbones.encoder import LocalMixing, token_grid
+    from catdiff.nn.backbones.encoder import LocalMixing, token_grid
 
     torch.manual_seed(0)
     shape = token_grid(grid, M)
@@ -239,7 +239,7 @@ def test_conv_kernel_in_the_encoder_and_its_errors():
 
 
 def test_the_data_specs_grid_is_the_layout_unless_token_grid_is_set():
-    from catdiff.task import DataSpec
+    from catdiff.api.task import DataSpec
 
     z, t = inputs()
     spec = DataSpec(K, M, grid=(3, 4))

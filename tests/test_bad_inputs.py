@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from catdiff import cli
-from catdiff.engine import Engine
-from catdiff.errors import read_text
-from catdiff.hooks import Component, registry
-from catdiff.task import TokenData
+from catdiff.api.errors import read_text
+from catdiff.api.hooks import Component, registry
+from catdiff.api.task import TokenData
+from catdiff.run.engine import Engine
 from toytask import ToyCondTask, ToyTask
 
 
@@ -356,7 +356,7 @@ def test_plugin_bug_shows_its_traceback_and_origin(capsys, tmp_path):
 
 
 def test_out_of_device_memory_is_one_line_and_keeps_the_checkpoint(capsys, tmp_path, monkeypatch):
-    from catdiff import training
+    from catdiff.run import training
 
     real = training.train_step
 
@@ -409,7 +409,7 @@ def test_resume_false_moves_the_old_run_aside(capsys, run):
 
 
 def test_divergence_before_the_first_checkpoint_says_none_was_written(capsys, tmp_path, monkeypatch):
-    from catdiff import training
+    from catdiff.run import training
 
     real = training.train_step
     monkeypatch.setattr(training, "train_step", lambda parts, state, *a: real(parts, state, *a) & (state.step < 2))
@@ -538,7 +538,7 @@ def test_an_export_into_a_run_directory_is_refused(capsys, tmp_path, run, force)
 
 
 def test_a_long_reason_is_cut_at_a_word_with_its_first_line_only():
-    from catdiff.checkpoint import _short
+    from catdiff.run.checkpoint import _short
 
     reason = "PytorchStreamReader failed reading zip archive: failed finding central directory " * 5 + "\nsecond"
     short = _short(reason)

@@ -19,7 +19,7 @@ def _run(stmt: str) -> str:
 @pytest.mark.parametrize("stmt", [
     "import catdiff",
     "import catdiff.cli",
-    "import catdiff.hooks",
+    "import catdiff.api.hooks",
     # the first-party plugin modules an entry point loads (their hooks import the components)
     "import catdiff_vision.plugin, catdiff_text.plugin, catdiff_translate.plugin, catdiff_tokens.plugin",
     # what a one-module plugin imports to define a method or a task and register it
@@ -42,8 +42,8 @@ def test_help_does_not_import_torch():
 
 def test_lazy_names_still_resolve():
     import catdiff
-    from catdiff.hooks import GROUP, hookimpl, hookspec
-    from catdiff.markers import hookimpl as marker
+    from catdiff.api.hooks import GROUP, hookimpl, hookspec
+    from catdiff.api.markers import hookimpl as marker
 
     assert hookimpl is marker and GROUP == "catdiff" and hookspec is not None
     assert catdiff.Task.__name__ == "Task" and catdiff.TokenData.__name__ == "TokenData"
@@ -68,7 +68,7 @@ def test_list_does_not_import_torch():
 
 def test_lazy_components_resolve_and_keep_their_descriptions():
     """Every component named by reference imports, and a task's or method's listed description is its class's."""
-    from catdiff.hooks import Lazy, build_registry
+    from catdiff.api.hooks import Lazy, build_registry
     from catdiff.methods import builtin_methods
 
     reg = build_registry()
@@ -88,7 +88,7 @@ def test_lazy_components_resolve_and_keep_their_descriptions():
 def test_lazy_description_is_read_from_the_source_without_importing(tmp_path, monkeypatch):
     """A task's description comes from the string literal in its class body; the module is not
     imported; anything else (built, inherited, missing module) lists as "", a given one wins."""
-    from catdiff.markers import Lazy
+    from catdiff.api.markers import Lazy
 
     (tmp_path / "lazy_desc_mod.py").write_text(
         "raise RuntimeError('imported')\n"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from catdiff import Engine
-from catdiff.config import migrate
+from catdiff.run.config import migrate
 
 pytest.importorskip("catdiff_vision", reason="the fixtures are digits models (catdiff-vision)")
 
@@ -37,7 +37,8 @@ def test_v1_checkpoint_resumes_and_keeps_method_options(tmp_path):
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["config"]
     assert saved["discrete_steps"] == 0 and saved["embed_init_std"] == -1  # format 1's "choose for me"
     flat = {k: v for k, v in migrate(saved).items() if k not in ("task", "task_options", "resume")}
-    assert flat["discrete_steps"] is None and flat["embed_init_std"] is None
+    assert flat["embed_init_std"] is None  # a run-level sentinel
+    assert not {"discrete_steps", "shift", "drop_l0"} & set(flat)  # other methods' keys: format 1 saved every one
     eng = Engine(task="digits", out=tmp_path, config_file=flat, steps=6, temperature=0.9)  # a format-1 config as a source
     assert eng.step == 4  # resumed, not started over
     assert eng.method.option("temperature") == 0.9
@@ -66,3 +67,17 @@ def test_v1_checkpoint_teacher_becomes_the_methods_own(tmp_path):
             assert all(torch.equal(v, old["ema_cm"][k]) for k, v in net.state_dict().items())
         new = torch.load(eng.save(tmp_path / f"{name}.pt"), weights_only=False)
         assert new["version"] == 2 and "ema_cm" not in new and sorted(new["nets"]) == nets
+
+
+@pytest.mark.parametrize("method,expect", [
+    ("d3pm", {"discrete_steps": None, "hybrid_weight": None}),  # the method's own sentinels (D3PM.v1_auto)
+    ("catdm", {"drop_l0": None, "shift": -3.0}),
+    ("mdlm", {})])
+def test_v1_config_keeps_the_runs_own_keys_with_their_sentinels_as_auto(method, expect):
+    saved = {"task": "digits", "method": method, "backbone": "encoder", "lr": 0.0, "warmup": -1, "width": 32,
+             "discrete_steps": 0, "hybrid_weight": -1.0, "drop_l0": -1.0, "shift": -3.0, "task_options": {"guidance": 1.5}}
+    flat = migrate(saved)
+    mine = {"discrete_steps", "hybrid_weight", "drop_l0", "shift"} & set(flat)
+    assert {k: flat[k] for k in mine} == expect
+    assert flat["lr"] is None and flat["warmup"] is None and flat["width"] == 32 and flat["guidance"] == 1.5
+    assert migrate(flat) == flat  # idempotent: the engine migrates a config more than once

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from catdiff import checkpoint
+from catdiff.run import checkpoint
 
 SCRIPT = textwrap.dedent('''
     import json, sys
     import torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from toytask import ToyTask
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     dist.init_process_group("gloo")  # a group of the script's own: the engine trains in it and leaves it open
     eng = Engine(ToyTask(), steps=6, batch_size=8, threads=1)

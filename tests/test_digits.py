@@ -58,7 +58,7 @@ def test_task_attributes():
         task = cls()
         assert (task.vocab_size, task.seq_len, task.num_classes) == (17, 64, classes)
         assert task.name in ("digits", "digits-cond") and task.description
-    from catdiff.config import for_task
+    from catdiff.run.config import for_task
 
     cfg = for_task(DigitsTask())  # every default is a known config key of the right type
     assert cfg.steps > 0 and cfg.embed_dim > 0
@@ -276,7 +276,7 @@ def test_diagnostics_png(tmp_path):
 
 
 def test_plugin_loads_through_registry():
-    from catdiff.hooks import build_registry
+    from catdiff.api.hooks import build_registry
 
     ep = md.EntryPoint(name="vision", value="catdiff_vision.plugin", group="catdiff")
     reg = build_registry(entry_points=[ep])

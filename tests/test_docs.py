@@ -1,4 +1,4 @@
-"""docs/configuration.md is generated from the declared settings (catdiff/config.py, the
+"""docs/configuration.md is generated from the declared settings (catdiff/run/config.py, the
 components of catdiff and its first-party plugins) and must be current; the docs'
 relative links must point at files that exist."""
 import re
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from catdiff import docgen
-from catdiff.config import RUN_SETTINGS
+from catdiff.run.config import RUN_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -16,7 +16,7 @@ DOCS = ROOT / "docs"
 def test_configuration_md_is_current():
     committed = (DOCS / "configuration.md").read_text(encoding="utf-8")
     assert committed == docgen.render(), (
-        "docs/configuration.md is stale (catdiff/config.py changed): run `.venv/bin/python -m catdiff.docgen`")
+        "docs/configuration.md is stale (catdiff/run/config.py changed): run `.venv/bin/python -m catdiff.docgen`")
 
 
 def test_every_key_is_documented_in_its_components_section():

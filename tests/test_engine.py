@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from catdiff import checkpoint
-from catdiff.config import for_task, validate
-from catdiff.errors import UserError
-from catdiff.model import Denoiser
-from catdiff.engine import Engine
-from catdiff.task import LazyTokenData, TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.task import LazyTokenData, TokenData
+from catdiff.nn.model import Denoiser
+from catdiff.run import checkpoint
+from catdiff.run.config import for_task, validate
+from catdiff.run.engine import Engine
 from helpers import fit_until_killed
 from toytask import ToyClassTask, ToyCondTask, ToyTask, progressions
 
@@ -130,8 +130,8 @@ def test_evaluate_writes_flat_metrics(tmp_path, toy):
 
 
 def test_core_imports_no_modality_library():
-    code = ("import sys, catdiff, catdiff.engine, catdiff.cli, catdiff.hooks;"
-            "catdiff.hooks.build_registry(entry_points=[]);"
+    code = ("import sys, catdiff, catdiff.run.engine, catdiff.cli, catdiff.api.hooks;"
+            "catdiff.api.hooks.build_registry(entry_points=[]);"
             "bad = [m for m in ('torchvision', 'sentencepiece', 'sklearn', 'torch_fidelity', 'sacrebleu', 'PIL')"
             " if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -156,7 +156,7 @@ def test_bf16_autocast_training_on_cpu(toy, precision, dtype):
 
 def test_cli_sample_and_eval_from_checkpoint(tmp_path, toy, monkeypatch, capsys):
     from catdiff import cli
-    from catdiff.hooks import Component, registry
+    from catdiff.api.hooks import Component, registry
 
     Engine(toy, out=tmp_path / "run", steps=2).fit()
     monkeypatch.setitem(registry().components["tasks"], "toy", Component("tasks", "toy", ToyTask, "tests"))
@@ -181,7 +181,7 @@ class TextSamplesTask(ToyTask):
 
 def test_cli_lists_the_files_it_wrote(tmp_path, monkeypatch, capsys):
     from catdiff import cli
-    from catdiff.hooks import Component, registry
+    from catdiff.api.hooks import Component, registry
 
     monkeypatch.setitem(registry().components["tasks"], "toy-text", Component("tasks", "toy-text", TextSamplesTask, "tests"))
     (tmp_path / "notes.md").write_text("the user's")
@@ -339,8 +339,8 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
         for_task(Bare(), overrides=dict(warmup=-1))  # no sentinel numbers in what a user sets
     with pytest.raises(UserError, match=r"config width: expected int, got 'auto'"):
         for_task(Bare(), overrides=dict(width="auto"))  # only the keys that may be chosen accept it
-    from catdiff.config import FALLBACK_LR
-    from catdiff.hooks import registry
+    from catdiff.run.config import FALLBACK_LR
+    from catdiff.api.hooks import registry
 
     encoder = registry().get("backbones", "encoder").factory
     rule = encoder.default_lr
@@ -356,7 +356,7 @@ def test_lr_and_warmup_are_derived_from_the_run_size_unless_set(tmp_path):
 
 
 def test_a_long_cpu_run_says_so_after_a_few_steps(toy, monkeypatch, capsys):
-    import catdiff.training as training
+    import catdiff.run.training as training
 
     monkeypatch.setattr(training, "SLOW_RUN_S", 0.0)  # any run is "long": no dependence on the machine's speed
     Engine(toy, steps=2 + training.TIMED_STEPS, threads=1).fit()
@@ -369,7 +369,7 @@ def test_a_long_cpu_run_says_so_after_a_few_steps(toy, monkeypatch, capsys):
 
 
 def test_a_bound_worse_than_uniform_after_training_is_warned(tmp_path, toy, capsys):
-    from catdiff import evaluation
+    from catdiff.run import evaluation
 
     eng = Engine(toy, out=tmp_path, steps=2, warmup=1)
     eng.fit()
@@ -419,7 +419,7 @@ def test_a_record_differing_in_a_setting_that_may_change_is_named_and_resumes(tm
 def test_collapse_report_of_a_single_test_sequence_warns_nothing(toy):
     import warnings
 
-    from catdiff.diagnostics import collapse_report
+    from catdiff.nn.diagnostics import collapse_report
 
     eng = Engine(toy, steps=0)
     x = eng.rows(eng.data("test"), slice(0, 1), "test")[0]

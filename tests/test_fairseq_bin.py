@@ -145,7 +145,7 @@ def test_read_data_bin_and_the_task_use_the_native_reader(tmp_path, monkeypatch)
     en = FairseqDictionary.load(root / "dict.en.txt")
     assert [en.decode(t) for t in tgt] == sents["en"] and tgt[0][-1] == en.eos_id and len(src) == 2
 
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     eng = Engine(task="mt-iwslt14", data_bin=str(root), layers=1, width=16, heads=2, embed_dim=8, threads=1)
     test = eng.data("test")

@@ -22,7 +22,7 @@ def test_data_shapes():
 
 
 def test_missing_data_error(tmp_path):
-    from catdiff.config import for_task
+    from catdiff.run.config import for_task
     from catdiff_vision.fashion import FashionTask
 
     with pytest.raises(FileNotFoundError, match=r"dataset-fashion-mnist \(make data\).*CATDIFF_FASHION_MNIST"):
@@ -68,7 +68,7 @@ def test_feature_extractor_name():
 def test_prepare_train_evaluate(tmp_path):
     """prepare (tiny tokenizer budget) -> classifier -> 30 training steps -> metrics, grids, sweep."""
     pytest.importorskip("torch_fidelity")
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     from catdiff_vision import fashion_classifier
     from catdiff_vision.fashion import FashionCondTask

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from catdiff import checkpoint, cli
-from catdiff.engine import Engine
-from catdiff.errors import Aborted, TrainingInterrupted, UserError
-from catdiff.hooks import Component, registry
-from catdiff.runlock import RunLock
-from catdiff.trainlog import CSVLog
+from catdiff.run import checkpoint
+
+from catdiff import cli
+from catdiff.api.errors import Aborted, TrainingInterrupted, UserError
+from catdiff.api.hooks import Component, registry
+from catdiff.run.engine import Engine
+from catdiff.run.runlock import RunLock
+from catdiff.run.trainlog import CSVLog
 from test_bad_inputs import mount_tmpfs
 from test_engine import same_weights
 from toytask import ToyTask
@@ -298,8 +300,8 @@ STALL = '''
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from toytask import ToyTask
-from catdiff.engine import Engine
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
+from catdiff.run.engine import Engine
 eng = Engine(ToyTask(), steps=10_000, batch_size=8, threads=1, dist_timeout={timeout})
 real = eng.method.loss
 def loss(*a):
@@ -397,7 +399,7 @@ BUSY = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from toytask import ToyTask
-from catdiff.engine import Engine
+from catdiff.run.engine import Engine
 eng = Engine(ToyTask(), steps=4, batch_size=8, threads=1, eval_every=2, eval_samples=2, dist_timeout=2)
 real = eng.task.evaluate
 def evaluate(*a):

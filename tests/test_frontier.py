@@ -140,7 +140,7 @@ def test_a_bad_variant_is_refused_before_any_training(variant, says, capsys, tmp
 
 
 def test_a_plugin_method_is_a_compare_method_by_its_name(monkeypatch):
-    from catdiff.hooks import Component, registry
+    from catdiff.api.hooks import Component, registry
     from catdiff.methods.udlm import UDLM
 
     class Plugged(UDLM):

@@ -5,8 +5,8 @@ import errno
 import pytest
 import torch
 
-from catdiff import checkpoint
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
+from catdiff.run import checkpoint
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from catdiff import Engine, checkpoint
+from catdiff import Engine
+
+from catdiff.api.errors import UserError
 from catdiff.cli import main as cli_main
-from catdiff.config import for_task
-from catdiff.errors import UserError
+from catdiff.run import checkpoint
+from catdiff.run.config import for_task
 from catdiff_vision import fashion_data, image_folder
 from catdiff_vision.image_folder import ImageFolderTask
 from taming import write_vqgan
@@ -312,7 +314,7 @@ def test_fid_with_the_users_inception_weights(rgb_folder, tmp_path, monkeypatch,
 
 
 def test_plugin_registers_image_folder():
-    from catdiff.hooks import registry
+    from catdiff.api.hooks import registry
 
     assert registry().get("tasks", "image-folder").factory is ImageFolderTask
     assert {s.name: s.default for s in ImageFolderTask.settings}["color"] == "auto" and image_folder.SMALL_VQ_SIZE == 32

@@ -5,6 +5,8 @@ the modules together; it only hides the circle until run time)."""
 import ast
 from pathlib import Path
 
+import pytest
+
 import catdiff
 
 ROOT = Path(catdiff.__file__).parent
@@ -85,11 +87,52 @@ def test_method_math_does_not_read_the_run_config_module():
     edges = graph()
     for name, targets in edges.items():
         if name.startswith("catdiff.methods"):
-            assert "catdiff.config" not in targets, f"{name} imports catdiff.config"
+            assert "catdiff.run.config" not in targets, f"{name} imports catdiff.run.config"
 
 
 def test_run_level_finals_match_the_samplers():
-    from catdiff.config import RUN_SETTINGS
+    from catdiff.run.config import RUN_SETTINGS
     from catdiff.methods.shared import FINALS
 
     assert RUN_SETTINGS["final"].choices == FINALS
+
+
+# the layers, from the interface plugins use down to the run machinery: a module imports its own
+# layer and those before it, never a later one (docs/architecture.md)
+LAYERS = ["api", "nn", "methods", "run"]
+# the two deliberate exceptions, both deferred to the moment of use
+UPWARD = {("catdiff.api.method", "catdiff.nn.model"): "the default network, imported when a method builds it",
+          ("catdiff.api.hooks", "catdiff.builtins"): "the built-in components, registered by reference"}
+
+
+def layer(name: str) -> int:
+    part = name.split(".")[1] if name.count(".") else ""
+    return LAYERS.index(part) if part in LAYERS else len(LAYERS)  # cli, builtins, docgen: the top
+
+
+def test_each_layer_imports_only_itself_and_the_layers_before_it():
+    upward = {(a, b) for a, targets in graph().items() for b in targets if layer(b) > layer(a)}
+    assert upward == set(UPWARD), "imports a later layer: " + ", ".join(f"{a} -> {b}" for a, b in sorted(upward - set(UPWARD)))
+
+
+def test_a_module_path_of_catdiff_0_1_still_imports_the_same_module_with_a_warning():
+    import importlib
+    import sys
+    import warnings
+
+    import catdiff.api.task
+    import catdiff.nn.backbones.encoder
+
+    for old in ("catdiff.task", "catdiff.backbones", "catdiff.backbones.encoder"):
+        sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert importlib.import_module("catdiff.task") is catdiff.api.task
+        from catdiff.backbones.encoder import KVCache
+    assert KVCache is catdiff.nn.backbones.encoder.KVCache  # one class, not a second copy of the module
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        "catdiff.task moved to catdiff.api.task in catdiff 0.2", "catdiff.backbones moved to catdiff.nn.backbones in catdiff 0.2",
+        "catdiff.backbones.encoder moved to catdiff.nn.backbones.encoder in catdiff 0.2"]
+    assert all(w.category is DeprecationWarning for w in caught)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("catdiff.no_such_module")

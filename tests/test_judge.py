@@ -1,4 +1,4 @@
-"""catdiff.judge: unigram entropy, generative perplexity under an AR judge (the AR's own exact
+"""catdiff.run.judge: unigram entropy, generative perplexity under an AR judge (the AR's own exact
 likelihood), ``catdiff eval --judge`` and its one-line errors, benchmarks.text_quality --quick."""
 import json
 import math
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from catdiff import Engine, cli
-from catdiff.errors import UserError
-from catdiff.judge import Judge, unigram_entropies, unigram_entropy
+from catdiff.api.errors import UserError
 from catdiff.methods.ar import Stream
+from catdiff.run.judge import Judge, unigram_entropies, unigram_entropy
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 TINY = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=16, warmup=5, lr=3e-3, n_samples=4,

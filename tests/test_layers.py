@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from catdiff.hooks import registry
-from catdiff.settings import declared
+from catdiff.api.hooks import registry
+from catdiff.api.settings import declared
 
 CORE = Path(__file__).parents[1] / "catdiff"
 
@@ -21,16 +21,9 @@ def method_setting_names() -> dict[str, str]:
 
 
 def named_settings(path: Path, names) -> list[str]:
-    """Where ``path`` spells a setting in ``names`` as a string or reads it as an attribute. The
-    format-1 migration tables (module-level ``V1_*``) are skipped: they list the keys catdiff 0.1
-    saved, history rather than a reading of the setting."""
-    tree = ast.parse(path.read_text())
-    skip = {id(n) for top in tree.body if isinstance(top, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id.startswith("V1_") for t in top.targets) for n in ast.walk(top)}
+    """Where ``path`` spells a setting in ``names`` as a string or reads it as an attribute."""
     hits = []
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Constant) and node.value in names:
             hits.append(f"{path.name}:{node.lineno} {node.value!r}")
         elif isinstance(node, ast.Attribute) and node.attr in names:
@@ -41,7 +34,8 @@ def named_settings(path: Path, names) -> list[str]:
 def test_the_finder_sees_a_setting_read_by_the_core(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('x = cfg.options.get("embed_norm")\ny = cfg.self_cond\nV1_OLD = ("shift",)\n')
-    assert named_settings(bad, {"embed_norm", "self_cond", "shift"}) == ["bad.py:1 'embed_norm'", "bad.py:2 .self_cond"]
+    assert named_settings(bad, {"embed_norm", "self_cond", "shift"}) == [
+        "bad.py:1 'embed_norm'", "bad.py:2 .self_cond", "bad.py:3 'shift'"]
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CORE.rglob("*.py") if "methods" not in p.relative_to(CORE).parts),

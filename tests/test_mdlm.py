@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from catdiff import Engine
+from catdiff.api.errors import UserError
+from catdiff.api.method import SampleRequest
+from catdiff.api.task import Task, TokenData
 from catdiff.cli import main as cli_main
-from catdiff.errors import UserError
 from catdiff.methods.mdlm import alpha, corrupt, denoise, inverse_cdf, subs, weight
-from catdiff.method import SampleRequest
-from catdiff.model import Codebook, DenoiserOutput
-from catdiff.task import Task, TokenData
+from catdiff.nn.model import Codebook, DenoiserOutput
 from toytask import ToyCondTask, ToyTask
 
 TINY = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, n_samples=4,

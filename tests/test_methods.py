@@ -7,14 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff import Engine, config, hooks
-from catdiff.method import Method
+from catdiff import Engine
+
+from catdiff.run import config
+
+from catdiff.api import hooks
+from catdiff.api.method import Method
 from catdiff.methods import CATDM
-from catdiff.methods.discrete import MaskReplace, time_grid, x0_log_probs
 from catdiff.methods.d3pm import cosine_abar
+from catdiff.methods.discrete import MaskReplace, time_grid, x0_log_probs
 from catdiff.methods.maskgit import mask_inputs
 from catdiff.methods.vqdiffusion import linear_schedule, reveal
-from catdiff.model import Codebook, DenoiserOutput
+from catdiff.nn.model import Codebook, DenoiserOutput
 from toytask import ToyCondTask, ToyTask
 
 
@@ -257,7 +261,7 @@ def test_method_options_follow_the_resolved_method_key(tmp_path, stepped_registr
     assert cfg.method == "stepped" and {k: cfg.options[k] for k in mine} == {"data_dir": "", "my_steps": 5,
                                                                             "my_flag": True, "my_label": "x"}
     # the run's settings: the method's (its own and CATDM's, inherited), the backbone's, the task's
-    from catdiff.backbones import build_encoder
+    from catdiff.nn.backbones import build_encoder
     from catdiff.methods.catdm import SETTINGS
     assert set(cfg.options) == {s.name for s in SETTINGS + build_encoder.settings} | set(mine)
     assert cfg.my_steps == 5 and cfg.shift == SteppedCATDM.settings[4].default

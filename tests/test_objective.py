@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from catdiff.config import make as Config
-from catdiff.model import Codebook, ema_copy
 from catdiff.methods.catdm.network import CATDMDenoiser
 from catdiff.methods.catdm.objective import CATDMObjective, ddim_point, drop_mask, kl_categorical, likelihood_bound
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
-from catdiff.backbones import build_encoder
+from catdiff.nn.backbones import build_encoder
+from catdiff.nn.model import Codebook, ema_copy
+from catdiff.run.config import make as Config
 
 
 def tiny(vocab=7, seq=12, num_classes=0, **kw):

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from catdiff import hooks
-from catdiff.engine import Engine
-from catdiff.hooks import build_registry
+from catdiff.api import hooks
+from catdiff.api.hooks import build_registry
+from catdiff.run.engine import Engine
 from toytask import ToyTask
 
 PLUGIN = textwrap.dedent('''
     import torch
-    from catdiff.hooks import hookimpl
-    from catdiff.task import Task, TokenData
+    from catdiff.api.hooks import hookimpl
+    from catdiff.api.task import Task, TokenData
 
     class Stripes(Task):
         name = "stripes"
@@ -43,7 +43,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 METHOD_PLUGIN = textwrap.dedent('''
-    from catdiff.hooks import hookimpl
+    from catdiff.api.hooks import hookimpl
     from catdiff.methods import CATDM
 
     class HotCATDM(CATDM):
@@ -97,7 +97,7 @@ def test_third_party_plugin_is_listed_and_runs(tmp_path):
 
 
 RAISING_HOOK = textwrap.dedent('''
-    from catdiff.hooks import hookimpl
+    from catdiff.api.hooks import hookimpl
 
     @hookimpl
     def catdiff_tasks():
@@ -142,7 +142,7 @@ def test_a_lazy_component_that_fails_to_import_is_named_when_used(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     make_dist(site, "catdiff-lazy", "catdiff_lazy", textwrap.dedent('''
-        from catdiff.hooks import Lazy, hookimpl
+        from catdiff.api.hooks import Lazy, hookimpl
 
         @hookimpl
         def catdiff_tasks():
@@ -212,7 +212,7 @@ def test_third_party_method_declares_typed_config_keys(tmp_path, monkeypatch):
 
 
 SHADOWING = textwrap.dedent('''
-    from catdiff.hooks import hookimpl
+    from catdiff.api.hooks import hookimpl
     from catdiff.methods import CATDM
     from catdiff_stripes import Stripes
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from catdiff.config import make as Config
-from catdiff.model import Codebook
 from catdiff.methods.catdm.network import CATDMDenoiser
 from catdiff.methods.catdm.sampler import SAMPLERS, sample
-from catdiff.methods.shared import guided_log_probs
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
-from catdiff.backbones import build_encoder
+from catdiff.methods.shared import guided_log_probs
+from catdiff.nn.backbones import build_encoder
+from catdiff.nn.model import Codebook
+from catdiff.run.config import make as Config
 
 
 def perturbed(num_classes=0, self_cond=False):

@@ -1,14 +1,16 @@
-"""Typed settings (catdiff.settings): coercion and checks, the flat config over components,
+"""Typed settings (catdiff.api.settings): coercion and checks, the flat config over components,
 format-1 configs, and refusal of clashing declarations at registration."""
 import json
 import textwrap
 
 import pytest
 
-from catdiff import config, hooks
-from catdiff.config import RUN_SETTINGS, for_task, make, migrate
-from catdiff.errors import UserError
-from catdiff.settings import Setting, declared, legacy, merge
+from catdiff.run import config
+
+from catdiff.api import hooks
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting, declared, legacy, merge
+from catdiff.run.config import RUN_SETTINGS, for_task, make, migrate
 from test_plugins import make_dist
 from toytask import ToyTask
 
@@ -86,9 +88,9 @@ def test_format_1_configs_load_flat_and_drop_keys_this_run_does_not_declare():
 
 
 CLASHING = textwrap.dedent('''
-    from catdiff.hooks import hookimpl
+    from catdiff.api.hooks import hookimpl
     from catdiff.methods.catdm import CATDM
-    from catdiff.settings import Setting
+    from catdiff.api.settings import Setting
 
     class Wide(CATDM):
         name = "wide"
@@ -140,7 +142,7 @@ def test_catdiff_list_name_prints_one_components_settings(capsys):
 
 
 def test_open_upper_bound_and_subclass_defaults():
-    from catdiff.settings import with_defaults
+    from catdiff.api.settings import with_defaults
 
     frac = Setting("f", 0.1, "", low=0, low_open=True, high=1, high_open=True)
     assert frac.allowed() == "in (0, 1)" and Setting("g", 0.1, "", high=1, high_open=True).allowed() == "< 1"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from catdiff.feed import BatchFeed
+from catdiff.run.feed import BatchFeed
 from catdiff_vision import shards
 
 SEQ, VOCAB = 6, 1000
@@ -109,8 +109,8 @@ def test_image_folders_to_shards(tmp_path):
 
 
 def test_engine_streams_a_sharded_image_task(tmp_path, monkeypatch):
-    from catdiff.engine import Engine
-    from catdiff.task import LazyTokenData
+    from catdiff.run.engine import Engine
+    from catdiff.api.task import LazyTokenData
     from catdiff_vision.image_tasks import ImageTask
 
     class TinyShards(ImageTask):

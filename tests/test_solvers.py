@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from catdiff.config import make as Config
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 from catdiff.methods.catdm import CATDM
 from catdiff.methods.catdm.sampler import SAMPLERS, SOLVERS, sample, time_grid
 from catdiff.methods.catdm.schedule import ShiftedCosineSchedule
-from catdiff.model import Codebook
+from catdiff.nn.model import Codebook
+from catdiff.run.config import make as Config
 from test_sampler import ExactPosterior, perturbed
 
 ODE = ("ddim", "dpmpp_2m", "heun")
@@ -157,7 +157,7 @@ def test_exact_posterior_without_the_final_call_still_reproduces_the_data(method
 
 @pytest.mark.parametrize("final_call,nfe", [(True, 4), (False, 3)])
 def test_the_final_call_setting_reaches_the_sampler(final_call, nfe):
-    from catdiff.method import SampleRequest
+    from catdiff.api.method import SampleRequest
     model, calls = perturbed(), []
     logits = model.logits
     model.logits = lambda z, t, cond=None, *a: calls.append(t) or logits(z, t, cond, *a)

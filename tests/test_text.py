@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from catdiff import Engine
+from catdiff.api.hooks import registry
 from catdiff.cli import main as cli_main
-from catdiff.hooks import registry
 from catdiff_text import ALPHABET, CharTokenizer, clean_text
 from catdiff_text import corpus
 from catdiff_text.tasks import DEFAULT_SWORD_DIR, TdavidTask, Text8Task, TextTask

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from catdiff import Engine
+from catdiff.api.errors import UserError
+from catdiff.api.hooks import registry
 from catdiff.cli import main as cli_main
-from catdiff.config import for_task
-from catdiff.errors import UserError
-from catdiff.hooks import registry
+from catdiff.run.config import for_task
 from catdiff_text import ALPHABET, sources
 from catdiff_text.text_file import TextFileTask
 from catdiff_text.vocab import REPLACEMENT, BpeVocab, CharVocab, train_bpe

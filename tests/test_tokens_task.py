@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from catdiff import Engine
+from catdiff.api.errors import UserError
+from catdiff.api.hooks import registry
+from catdiff.api.task import LazyTokenData
 from catdiff.cli import main as cli_main
-from catdiff.config import for_task
-from catdiff.errors import UserError
-from catdiff.hooks import registry
-from catdiff.task import LazyTokenData
+from catdiff.run.config import for_task
 from catdiff_tokens.task import TokensTask
 
 SMALL = dict(layers=1, heads=2, width=32, embed_dim=16, batch_size=8, steps=3, warmup=1, n_samples=4,
@@ -187,7 +187,7 @@ def test_bad_settings_are_refused_before_the_data_is_read():
 
 
 def test_a_training_split_of_one_token_id_is_warned(tmp_path, capsys):
-    from catdiff.splits import check_tokens
+    from catdiff.run.splits import check_tokens
 
     np.save(tmp_path / "same.npy", np.full((N, M), 3, dtype=np.int64))
     task = task_with(path=str(tmp_path / "same.npy"))

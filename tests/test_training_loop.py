@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from catdiff import checkpoint, cli
-from catdiff.engine import Engine
-from catdiff.errors import UserError
-from catdiff.hooks import Component, registry
+from catdiff.run import checkpoint
+
+from catdiff import cli
+from catdiff.api.errors import UserError
+from catdiff.api.hooks import Component, registry
+from catdiff.run.engine import Engine
 from test_engine import same_weights
 from toytask import ToyTask
 
@@ -64,7 +66,7 @@ DDP_ACCUM = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from toytask import ToyTask
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
     eng = Engine(ToyTask(), method="ar", steps=4, threads=1, accum=2)
     eng.fit()
     if eng.rank == 0:
@@ -113,7 +115,7 @@ def test_no_host_sync_between_log_points(toy, monkeypatch, settings):
                 allowed.pop()
         return wrapped
 
-    from catdiff import trainlog, training
+    from catdiff.run import trainlog, training
     monkeypatch.setattr(training, "check_finite", at_log_point(training.check_finite))
     monkeypatch.setattr(trainlog.TrainLog, "write", at_log_point(trainlog.TrainLog.write))
     eng.fit()
@@ -259,7 +261,7 @@ def test_compile_trains_and_samples_on_cpu(toy):
 
 
 def test_plain_progress_prints_no_rate_before_any_time_has_passed(capsys, monkeypatch):
-    from catdiff import trainlog
+    from catdiff.run import trainlog
 
     clock = iter([0.0, 0.00001, 0.05, 0.2, 0.3, 20.0])
     monkeypatch.setattr(trainlog.time, "perf_counter", lambda: next(clock))

@@ -86,7 +86,7 @@ def test_encoder_cache_follows_the_condition_tensor():
 
 
 def test_build_encdec_reads_the_data_spec():
-    from catdiff.task import DataSpec
+    from catdiff.api.task import DataSpec
 
     with pytest.raises(ValueError, match="src_vocab"):
         build_encdec(small_cfg(task_options={}), vocab_size=K, seq_len=M)
@@ -116,9 +116,9 @@ def test_length_beam_infills_padding_and_reranks():
         x = torch.randint(1, K, (n, M))
         return torch.where(known_mask, known, x)
 
-    from catdiff.context import RunContext
-    from catdiff.method import Method
-    from catdiff.task import TokenData
+    from catdiff.api.context import RunContext
+    from catdiff.api.method import Method
+    from catdiff.api.task import TokenData
 
     class Bounded(Method):
         def nll_bound(self, m, x, cond, t):  # prefers shorter candidates
@@ -188,7 +188,7 @@ def test_bleu_hand_checked():
 
 
 def test_missing_corpus_error_names_the_layout(monkeypatch):
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     monkeypatch.delenv("CATDIFF_IWSLT14", raising=False)
     with pytest.raises(FileNotFoundError, match=r"train\.de, train\.en.*prepare-iwslt14\.sh"):
@@ -202,7 +202,7 @@ def test_iwslt_text_dir_with_markers(tmp_path, monkeypatch):
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.de").write_text("\n".join(de) + "\n")
         (tmp_path / f"{split}.en").write_text("\n".join(en) + "\n")
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     eng = Engine(task="mt-iwslt14", data_dir=str(tmp_path), layers=1, width=16, heads=2, embed_dim=8, threads=1)
     assert eng.spec.extras == {"pad_id": 1, "src_vocab": eng.task.vocab_size} and eng.spec.conditional
@@ -221,7 +221,7 @@ def test_every_method_translates(tmp_path, monkeypatch, method):
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.de").write_text("das ist gu@@ t .\nwir gehen .\n")
         (tmp_path / f"{split}.en").write_text("that is go@@ od .\nwe go .\n")
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     eng = Engine(task="mt-iwslt14", data_dir=str(tmp_path), method=method, layers=1, width=16, heads=2,
                  embed_dim=8, threads=1, max_len=8, steps=2, batch_size=2, sample_steps=2, eval_batches=1)
@@ -253,7 +253,7 @@ def test_catdm_memorises_a_small_corpus(tmp_path, monkeypatch):
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.de").write_text("\n".join(de for de, _ in MEMO_PAIRS) + "\n")
         (tmp_path / f"{split}.en").write_text("\n".join(en for _, en in MEMO_PAIRS) + "\n")
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     eng = Engine(task="mt-iwslt14", data_dir=str(tmp_path), bpe="marked", layers=1, width=64, heads=4, embed_dim=16,
                  max_len=8, steps=300, batch_size=16, lr=3e-3, warmup=20, ema_cm=0.9, dropout=0.0, sample_steps=10,
@@ -331,7 +331,7 @@ def test_generic_translation_task_any_pair_in_one_command(tmp_path, monkeypatch,
         (data / f"{split}.en").write_text("\n".join(en for _, en in MEMO_PAIRS) + "\n")
         (data / f"{split}.de").write_text("\n".join(de for de, _ in MEMO_PAIRS) + "\n")
     from catdiff import cli
-    from catdiff.engine import Engine
+    from catdiff.run.engine import Engine
 
     args = dict(data_dir=str(data), src="en", tgt="de", text="raw", bpe_vocab=60, layers=1, width=16, heads=2,
                 embed_dim=8, threads=1, max_len=24, steps=2, batch_size=4, sample_steps=2, eval_batches=1)
@@ -353,9 +353,9 @@ def test_generic_translation_task_any_pair_in_one_command(tmp_path, monkeypatch,
     ("translation", "text", "detok", "tokenized | raw"), ("mt-ding", "test_percent", 60, r"in \[1, 50\]"),
     ("mt-wmt14", "rerank_draws", -1, ">= 0")])
 def test_bad_options_are_refused_by_their_settings(task, key, value, allowed):
-    from catdiff.config import for_task
-    from catdiff.errors import UserError
-    from catdiff.hooks import registry
+    from catdiff.run.config import for_task
+    from catdiff.api.errors import UserError
+    from catdiff.api.hooks import registry
 
     with pytest.raises(UserError, match=rf"config {key}={value!r}: must be {allowed}"):
         for_task(registry().get("tasks", task).factory(), None, {key: value})

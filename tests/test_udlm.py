@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from catdiff import Engine
+from catdiff.api.errors import UserError
+from catdiff.api.method import SampleRequest
 from catdiff.cli import main as cli_main
-from catdiff.errors import UserError
 from catdiff.methods.discrete import MaskReplace, kl
 from catdiff.methods.shared import draw_times
 from catdiff.methods.udlm import UDLM, alpha, alpha_rate, corrupt, integrand, posterior, reconstruction
-from catdiff.method import SampleRequest
-from catdiff.model import DenoiserOutput
+from catdiff.nn.model import DenoiserOutput
 from helpers import fit_until_killed
 from toytask import ToyCondTask, ToyTask
 

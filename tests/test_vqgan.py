@@ -121,7 +121,7 @@ def test_pickled_objects_need_trust(taming_dir, tmp_path):
 
 
 def test_init_codebook(taming_dir):
-    from catdiff.model import Codebook
+    from catdiff.nn.model import Codebook
 
     _, model = taming_dir
     torch.manual_seed(1)
@@ -139,7 +139,7 @@ def test_init_codebook(taming_dir):
 
 
 def test_image_task_errors(tmp_path, monkeypatch):
-    from catdiff.config import for_task
+    from catdiff.run.config import for_task
     from catdiff_vision.image_tasks import FFHQTask, ImageNetTask
 
     monkeypatch.delenv("CATDIFF_VQGAN", raising=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from catdiff import cli  # noqa: E402
-from catdiff.hooks import Component, registry  # noqa: E402
+from catdiff.api.hooks import Component, registry  # noqa: E402
 from toytask import ToyCondTask, ToyTask  # noqa: E402
 
 for task in (ToyTask, ToyCondTask):

@@ -1,7 +1,7 @@
 """A tiny synthetic task for core tests: arithmetic progressions mod K (label = the step)."""
 import torch
 
-from catdiff.task import Task, TokenData
+from catdiff.api.task import Task, TokenData
 
 SMALL = dict(layers=2, heads=2, width=32, embed_dim=16, batch_size=16, steps=30, warmup=5,
              lr=1e-3, log_every=10, ckpt_every=10, sample_steps=8, n_samples=16, eval_batches=1)

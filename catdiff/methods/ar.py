@@ -40,9 +40,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..backbones.encoder import KVCache
-from ..method import Method
-from ..settings import Setting
+from ..api.method import Method
+from ..api.settings import Setting
+from ..nn.backbones.encoder import KVCache
 from .shared import check_sampling, gumbel, unwrap, with_aux
 
 

@@ -23,8 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..method import Method
-from ..settings import Setting
+from ..api.method import Method
+from ..api.settings import Setting
 from .discrete import MaskReplace, integer_times, kl, time_grid, x0_log_probs
 from .shared import check_sampling, draw, unwrap, with_aux
 
@@ -43,6 +43,7 @@ class DiscreteDiffusion(Method):
 
     samplers = ("ancestral",)
     settings = (DISCRETE_STEPS, HYBRID_WEIGHT)
+    v1_auto = {"discrete_steps": lambda v: v == 0, "hybrid_weight": lambda v: v < 0}  # catdiff 0.1's "auto"
     default_T = 1000
     default_hybrid = 0.001
     reweight = False

@@ -20,8 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..method import Method
-from ..settings import Setting
+from ..api.method import Method
+from ..api.settings import Setting
 from .discrete import choose, masked_start, x0_log_probs
 from .shared import draw, gumbel, unwrap, with_aux
 

@@ -68,8 +68,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..method import Method
-from ..settings import Setting
+from ..api.method import Method
+from ..api.settings import Setting
 from .discrete import x0_log_probs
 from .shared import check_sampling, draw, draw_times, read_final, unwrap, with_aux
 

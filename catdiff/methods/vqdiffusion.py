@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import torch
 
+from ..api.settings import Setting
+from .d3pm import DiscreteDiffusion
 from .discrete import MaskReplace, all_masked, choose, time_grid, x0_log_probs
 from .shared import check_sampling, draw, gumbel
-from ..settings import Setting
-from .d3pm import DiscreteDiffusion
 
 
 def linear_schedule(T: int, a1=0.99999, aT=0.000009, g1=0.000009, gT=0.99999):

@@ -10,11 +10,11 @@ The objective's ablations (csdm, csdm_l2, ce, w/o CM/NS/RD) are config switches 
 """
 from __future__ import annotations
 
-from ...diagnostics import collapse_report
-from ...errors import UserError
-from ...method import Method
-from ...model import Codebook, ema_copy, ema_update
-from ...settings import Setting
+from ...api.errors import UserError
+from ...api.method import Method
+from ...api.settings import Setting
+from ...nn.model import Codebook, ema_copy, ema_update
+from ...nn.diagnostics import collapse_report
 from .network import CATDMDenoiser, NormedCodebook
 from .objective import DROPS, OBJECTIVES, CATDMObjective, likelihood_bound
 from .sampler import GRIDS, SAMPLERS, sample, time_grid
@@ -66,6 +66,7 @@ class CATDM(Method):
     description = "CATDM (paper 003): continuous diffusion over a jointly learned codebook"
     samplers = SAMPLERS
     settings = SETTINGS
+    v1_auto = {"drop_l0": lambda v: v < 0}  # catdiff 0.1's "auto"
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...model import Codebook, Denoiser, predicted_embedding
+from ...nn.model import Codebook, Denoiser, predicted_embedding
 
 
 class NormedCodebook(Codebook):

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...model import predicted_embedding
+from ...nn.model import predicted_embedding
 from ..shared import unwrap, with_aux
 from .schedule import ShiftedCosineSchedule, TimeWarp, draw_times
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from catdiff.checkpoint import CACHE_HINT, write_atomic
-from catdiff.errors import UserError
-from catdiff.trainlog import progress
+from catdiff.api.errors import UserError
+from catdiff.run.checkpoint import CACHE_HINT, write_atomic
+from catdiff.run.trainlog import progress
 
 from .tokenizer import clean_text
 

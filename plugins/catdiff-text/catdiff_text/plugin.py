@@ -3,7 +3,7 @@
 Components are named by reference (``Lazy``), imported on first use, so that loading or listing
 the plugin imports no torch; ``catdiff list`` reads a task's description from its class's source.
 """
-from catdiff.hooks import Lazy, hookimpl
+from catdiff.api.hooks import Lazy, hookimpl
 
 
 @hookimpl

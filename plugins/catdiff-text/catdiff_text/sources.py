@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from catdiff.errors import UserError, read_text
+from catdiff.api.errors import UserError, read_text
 
 from . import corpus
 

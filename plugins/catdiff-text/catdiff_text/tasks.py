@@ -25,10 +25,10 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import write_atomic
-from catdiff.errors import UserError
-from catdiff.settings import Setting, with_defaults
-from catdiff.task import Task, TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting, with_defaults
+from catdiff.api.task import Task, TokenData
+from catdiff.run.checkpoint import write_atomic
 
 from . import corpus
 from .tokenizer import ALPHABET, CharTokenizer

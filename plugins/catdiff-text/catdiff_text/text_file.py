@@ -39,10 +39,10 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import CACHE_HINT, write_atomic
-from catdiff.errors import UserError
-from catdiff.settings import Setting, with_defaults
-from catdiff.task import TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting, with_defaults
+from catdiff.api.task import TokenData
+from catdiff.run.checkpoint import CACHE_HINT, write_atomic
 
 from . import corpus, sources
 from .tasks import BPC_SETTINGS, FILL, FREE, TextTask

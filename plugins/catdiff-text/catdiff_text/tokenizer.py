@@ -14,7 +14,7 @@ import unicodedata
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}

@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 REPLACEMENT = "\ufffd"
 TRAIN_LINE_CHARS = 2000  # sentencepiece skips training sentences over 4192 bytes: long lines are cut

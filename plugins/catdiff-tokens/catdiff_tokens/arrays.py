@@ -1,6 +1,6 @@
 """Reading and checking the user's token and label arrays (``.npy`` or ``.pt``).
 
-Every problem is a :class:`catdiff.errors.UserError` that names the file and says what to
+Every problem is a :class:`catdiff.api.errors.UserError` that names the file and says what to
 provide: a missing or unreadable file, another extension, a tensor of the wrong rank, a
 non-integer dtype (floats are refused even when integral: a float array is usually not
 token ids), an empty array, negative ids or labels.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 SUFFIXES = (".npy", ".pt")
 

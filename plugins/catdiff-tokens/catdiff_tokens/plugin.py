@@ -3,7 +3,7 @@
 The task is named by reference (``Lazy``), imported on first use, so that listing imports no
 torch; ``catdiff list`` reads its description from the class's source.
 """
-from catdiff.hooks import Lazy, hookimpl
+from catdiff.api.hooks import Lazy, hookimpl
 
 
 @hookimpl

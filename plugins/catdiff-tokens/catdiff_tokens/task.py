@@ -33,9 +33,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
-from catdiff.settings import Setting
-from catdiff.task import LazyTokenData, Task, TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting
+from catdiff.api.task import LazyTokenData, Task, TokenData
 
 from .arrays import check_labels, check_tokens, read_array
 

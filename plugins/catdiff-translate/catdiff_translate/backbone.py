@@ -8,10 +8,10 @@ the target length predicted from the encoder output. Here:
   pre-norm blocks with a key-padding mask, final LayerNorm. It does not see t.
 - Decoder: reads the noisy target embeddings z_t [B, M, D] (``Linear(D, width)`` +
   sinusoidal positions, or rotary ones in its self-attention with ``positions=rotary``, as
-  :mod:`catdiff.backbones.encoder`); each block is self-attention, cross-attention to the encoder
+  :mod:`catdiff.nn.backbones.encoder`); each block is self-attention, cross-attention to the encoder
   output (source padding masked) and an MLP, each behind AdaLN time conditioning
   ``(1 + a(c)) LayerNorm(h) + b(c)`` (appendix B.1; building blocks reused from
-  :mod:`catdiff.backbones.encoder`, same zero-initialised modulation and no residual gates).
+  :mod:`catdiff.nn.backbones.encoder`, same zero-initialised modulation and no residual gates).
 - Length head: a Linear over the mean of the non-pad encoder outputs gives logits over
   target lengths 1..M, trained by maximum likelihood (``aux_loss``; appendix B.3 "we
   explicitly model the target length using maximum log-likelihood").
@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from catdiff.backbones import TRANSFORMER, check_transformer, transformer_lr
-from catdiff.backbones.encoder import (AdaLN, KVCache, attention, modulation, register_positions, rotate,
+from catdiff.nn.backbones import TRANSFORMER, check_transformer, transformer_lr
+from catdiff.nn.backbones.encoder import (AdaLN, KVCache, attention, modulation, register_positions, rotate,
                                       sinusoidal, zero_linear)
 
 # fairseq architecture sizes: encoder and decoder each have ``layers`` blocks

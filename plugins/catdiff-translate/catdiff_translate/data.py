@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catdiff.errors import UserError, read_text
+from catdiff.api.errors import UserError, read_text
 
 from .fairseq_bin import IndexedDataset
 

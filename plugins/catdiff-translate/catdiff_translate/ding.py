@@ -16,8 +16,8 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from catdiff.errors import UserError
-from catdiff.settings import Setting, with_defaults
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting, with_defaults
 
 from .data import DING_FILE, ding_pairs, hash_split
 from .task import COMMON_SETTINGS, TranslationTask, cache_root

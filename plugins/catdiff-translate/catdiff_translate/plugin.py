@@ -4,7 +4,7 @@ Components are named by reference (``Lazy``), imported on first use: loading or 
 plugin imports neither torch nor sentencepiece, sacrebleu, sacremoses; ``catdiff list`` reads a
 task's description from its class's source.
 """
-from catdiff.hooks import Lazy, hookimpl
+from catdiff.api.hooks import Lazy, hookimpl
 
 T = "catdiff_translate."
 

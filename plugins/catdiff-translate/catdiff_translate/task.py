@@ -41,10 +41,10 @@ from typing import NamedTuple
 
 import torch
 
-from catdiff.checkpoint import write_atomic
-from catdiff.errors import UserError
-from catdiff.settings import Setting, with_defaults
-from catdiff.task import Task, TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting, with_defaults
+from catdiff.api.task import Task, TokenData
+from catdiff.run.checkpoint import write_atomic
 
 from .backbone import PRESETS
 from .bleu import bleu_metric

@@ -13,8 +13,8 @@ import collections
 from pathlib import Path
 from typing import Iterable
 
-from catdiff.checkpoint import CACHE_HINT, write_atomic
-from catdiff.errors import UserError, read_text
+from catdiff.api.errors import UserError, read_text
+from catdiff.run.checkpoint import CACHE_HINT, write_atomic
 
 # fairseq.data.Dictionary's fixed specials, in this order
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")

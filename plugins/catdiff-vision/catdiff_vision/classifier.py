@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from catdiff.checkpoint import load_file, save_torch
+from catdiff.run.checkpoint import load_file, save_torch
 
 from . import data
 from .grey_levels import GreyLevelTokenizer

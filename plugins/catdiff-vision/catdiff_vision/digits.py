@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.task import Task, TokenData
+from catdiff.api.task import Task, TokenData
 
 from . import data
 from .grey_levels import GreyLevelTokenizer
@@ -31,7 +31,7 @@ class DigitsTask(Task):
     # - drop_l0 0.5: L0's z_0 pass drops half its inputs (z_t keeps drop_ratio 0.2);
     # - sinusoidal positions at pos_scale 3 (the projected embeddings grow ~3x during training,
     #   so the default amplitude fades); rotary positions did worse here;
-    # - conv_kernel 3 over the 8x8 grid (a depthwise conv before each block, catdiff.backbones.encoder);
+    # - conv_kernel 3 over the 8x8 grid (a depthwise conv before each block, catdiff.nn.backbones.encoder);
     # - evidence off: the core default did not help samples here.
     defaults: Mapping[str, Any] = dict(
         layers=4, heads=4, width=96, embed_dim=32, batch_size=32, lr=2e-3, warmup=50, steps=1300,

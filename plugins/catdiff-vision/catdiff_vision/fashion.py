@@ -28,9 +28,9 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import load_file, save_torch
-from catdiff.settings import Setting
-from catdiff.task import Task, TokenData
+from catdiff.api.settings import Setting
+from catdiff.api.task import Task, TokenData
+from catdiff.run.checkpoint import load_file, save_torch
 
 from . import fashion_data
 

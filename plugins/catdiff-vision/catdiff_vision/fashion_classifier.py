@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff.checkpoint import load_file, save_torch
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
+from catdiff.run.checkpoint import load_file, save_torch
 
 from .classifier import single_thread
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")

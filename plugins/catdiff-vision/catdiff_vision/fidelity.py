@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 from . import classifier, data
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 from .image_data import center_crop, default_workers, list_images
 

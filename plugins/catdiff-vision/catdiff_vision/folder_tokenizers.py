@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 SMALL_VQ_FACTOR = 4
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

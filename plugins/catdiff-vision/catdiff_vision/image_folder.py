@@ -56,10 +56,10 @@ from typing import Any, Mapping
 
 import torch
 
-from catdiff.checkpoint import load_file, save_torch
-from catdiff.errors import UserError
-from catdiff.settings import Setting
-from catdiff.task import LazyTokenData, Task
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting
+from catdiff.api.task import LazyTokenData, Task
+from catdiff.run.checkpoint import load_file, save_torch
 
 from . import folder_images as fi
 from .folder_tokenizers import SMALL_VQ_FACTOR, SmallVQ, TamingTokenizer, load_taming, vqgan_spec

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
 
 ENV = {"inception": "CATDIFF_INCEPTION_WEIGHTS", "vgg16": "CATDIFF_VGG16_WEIGHTS"}
 OPTION = {"inception": "inception_weights", "vgg16": "vgg16_weights"}

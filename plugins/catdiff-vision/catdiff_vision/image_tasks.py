@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from catdiff.errors import UserError
-from catdiff.settings import Setting
-from catdiff.task import LazyTokenData, Task, TokenData
+from catdiff.api.errors import UserError
+from catdiff.api.settings import Setting
+from catdiff.api.task import LazyTokenData, Task, TokenData
 
 TEST_FALLBACK_ROWS = 1024
 SETTINGS = (

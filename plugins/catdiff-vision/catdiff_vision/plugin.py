@@ -4,7 +4,7 @@ Components are named by reference (``Lazy``): nothing heavy (torch, scikit-learn
 torch-fidelity, matplotlib, PyYAML) is imported when the plugin is loaded or listed, only when
 a component is used; ``catdiff list`` reads a task's description from its class's source.
 """
-from catdiff.hooks import Lazy, hookimpl
+from catdiff.api.hooks import Lazy, hookimpl
 
 V = "catdiff_vision."
 

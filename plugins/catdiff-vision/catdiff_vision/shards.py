@@ -15,8 +15,8 @@ one. The ``fingerprint`` (source list + settings) guards against resuming with o
 
 Reading (:class:`ShardedTokens`) maps each shard with ``numpy.memmap``; ``rows(idx)``
 gathers rows without loading the rest. ``lazy()`` wraps it as the engine's
-:class:`catdiff.task.LazyTokenData`, so training reads only each batch's rows;
-``token_data()`` materialises rows as an in-memory :class:`catdiff.task.TokenData` (int64,
+:class:`catdiff.api.task.LazyTokenData`, so training reads only each batch's rows;
+``token_data()`` materialises rows as an in-memory :class:`catdiff.api.task.TokenData` (int64,
 8 bytes per token: 0.5 GB for FFHQ x2 flips, ~5 GB for ImageNet x2 flips), for small subsets.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from catdiff.checkpoint import CACHE_HINT, write_atomic
-from catdiff.errors import UserError
+from catdiff.api.errors import UserError
+from catdiff.run.checkpoint import CACHE_HINT, write_atomic
 
 FORMAT = 1
 INDEX = "index.json"
@@ -122,7 +122,7 @@ def _shard_ok(out: Path, shard: dict, seq_len: int) -> bool:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from catdiff.trainlog import progress  # tqdm on a terminal, plain lines in logs
+    from catdiff.run.trainlog import progress  # tqdm on a terminal, plain lines in logs
 
     return progress(total, f"extract {desc}", initial=min(initial, total), disable=not enabled)
 
@@ -209,14 +209,14 @@ class ShardedTokens:
         return tokens, labels
 
     def lazy(self):
-        """The rows as a :class:`catdiff.task.LazyTokenData` (read from the memory maps batch by batch)."""
-        from catdiff.task import LazyTokenData
+        """The rows as a :class:`catdiff.api.task.LazyTokenData` (read from the memory maps batch by batch)."""
+        from catdiff.api.task import LazyTokenData
 
         return LazyTokenData(self, seq_len=self.seq_len, vocab_size=self.vocab_size)
 
     def token_data(self, limit: int | None = None):
         """All rows (or the first ``limit``) as an in-memory TokenData (int64)."""
-        from catdiff.task import TokenData
+        from catdiff.api.task import TokenData
 
         tokens, labels = self.rows(np.arange(min(len(self), limit or len(self))))
         return TokenData(tokens, labels)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdiff.errors import UserError, read_text
+from catdiff.api.errors import UserError, read_text
 
 # The FFHQ / LSUN / ImageNet f16-1024 configuration (taming configs/*_vqgan.yaml).
 F16_1024 = {
@@ -433,7 +433,7 @@ def load_vqgan(ckpt: str | Path, config: str | Path | Mapping[str, Any] | None =
 
 
 def init_codebook(codebook, vqgan: VQGAN) -> None:
-    """Copy the VQGAN code vectors into a diffusion :class:`catdiff.model.Codebook` (rows 0..K-1)
+    """Copy the VQGAN code vectors into a diffusion :class:`catdiff.nn.model.Codebook` (rows 0..K-1)
     for the CSDM-fixed baseline (paper 003 sec. 6.1, "CSDM dagger": embeddings initialised from
     the pretrained VQGAN codebook). One global scale maps them to the engine's initial mean
     squared norm (the mean over its freshly initialised rows), so the noise schedule sees the usual signal level

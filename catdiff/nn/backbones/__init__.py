@@ -1,13 +1,13 @@
 """Built-in backbones: networks mapping ``(z [B, M, D], t [B], cond [B] | None) -> logits [B, M, K]``.
 
-A backbone factory declares its config keys as ``factory.settings`` (catdiff.settings);
+A backbone factory declares its config keys as ``factory.settings`` (catdiff.api.settings);
 :data:`TRANSFORMER` are the keys every transformer backbone shares (one declaration, so
 ``encoder`` and catdiff-translate's ``encdec`` read the same ``layers``, ``width``, ...).
 """
 from __future__ import annotations
 
-from ..errors import UserError
-from ..settings import Setting
+from ...api.errors import UserError
+from ...api.settings import Setting
 from .encoder import EncoderTransformer
 
 TRANSFORMER = (

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api.errors import UserError
+from ..api.hooks import registry
 from . import config as config_mod
-from .errors import UserError
-from .hooks import registry
 
 
 def plugin_sources(task: str, method: str, backbone: str) -> dict[str, str]:

@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from .errors import UserError
-from .task import LazyTokenData, Task, TokenData
+from ..api.errors import UserError
+from ..api.task import LazyTokenData, Task, TokenData
 
 SPOT_CHECK_ROWS = 64  # rows of a lazy split read by check_tokens (each gathered batch is checked too)
 

@@ -2,7 +2,7 @@
 
 The engine owns data, optimisation, the sampling EMA, checkpoints and metrics; a method owns
 what is specific to one kind of diffusion: the network it trains (:meth:`Method.build`, by
-default the plain :class:`catdiff.model.Denoiser` of codebook + backbone; continuous methods
+default the plain :class:`catdiff.nn.model.Denoiser` of codebook + backbone; continuous methods
 diffuse the codebook embeddings, discrete-state methods use the codebook as the input
 embedding table of masked / corrupted token ids), any copy of it the method keeps (CATDM's CM
 teacher), its loss, sampler and likelihood bound. Methods arrive through the
@@ -13,7 +13,7 @@ the config key ``method`` picks one (default ``catdm``). This module is the inte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .settings import declared
 
@@ -58,20 +58,24 @@ class Method:
       description     one line for ``catdiff list`` (a string literal in the class body: it is read
                       from the source, without importing the method)
       samplers        names accepted by config key ``sampler`` (the first is the default)
-      settings        the method's own config keys, a tuple of :class:`catdiff.settings.Setting`
+      settings        the method's own config keys, a tuple of :class:`catdiff.api.settings.Setting`
                       (type, default, doc, allowed values, whether a resume may change it);
                       accepted when the run uses this method (``--set method=NAME --set key=...``)
                       and read as ``self.cfg.key``. catdiff 0.1's ``options`` (name -> default)
-                      and ``mutable_options`` are still read, deprecated (catdiff.settings.declared)
+                      and ``mutable_options`` are still read, deprecated (catdiff.api.settings.declared)
       backbone_options keyword arguments the engine passes to the backbone factory, e.g.
                       ``{"causal": True}`` (the ``ar`` method); a backbone that cannot honour
                       one fails with a TypeError naming it
+      v1_auto         setting name -> predicate: the sentinel numbers by which a catdiff 0.1
+                      (format 1) config spelled "choose for me" for that setting; they load as
+                      None (catdiff.run.config.migrate). Only methods that 0.1 shipped need it
     """
 
     name: str = ""
     description: str = ""
     samplers: tuple[str, ...] = ()
     settings: tuple = ()
+    v1_auto: Mapping[str, Callable[[Any], bool]] = {}
     backbone_options: Mapping[str, Any] = {}
     cfg: Any = None
 
@@ -86,10 +90,10 @@ class Method:
 
     def build(self, backbone: nn.Module, spec) -> nn.Module:
         """The network this method trains, around the backbone the engine built for the task's
-        :class:`catdiff.task.DataSpec` ``spec``: by default the plain Denoiser of a codebook of the
+        :class:`catdiff.api.task.DataSpec` ``spec``: by default the plain Denoiser of a codebook of the
         run's config. It must have the Denoiser's ``codebook``, ``net``, ``forward`` and ``logits``
         (the task initialises ``codebook``, e.g. from a VQGAN; the engine compiles ``net``)."""
-        from .model import Codebook, Denoiser
+        from ..nn.model import Codebook, Denoiser
 
         return Denoiser(Codebook.of(self.cfg, spec.vocab_size), backbone)
 
@@ -108,7 +112,7 @@ class Method:
         a teacher EMA."""
 
     def collapse_report(self, model: nn.Module, x: torch.Tensor, cond) -> dict[str, Any] | None:
-        """Embedding-collapse diagnostics (catdiff.diagnostics.collapse_report) of ``model`` on
+        """Embedding-collapse diagnostics (catdiff.nn.diagnostics.collapse_report) of ``model`` on
         test rows ``x``, for a method that diffuses embeddings; None (the default): none."""
         return None
 

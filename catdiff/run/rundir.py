@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..api.errors import read_text
 from . import checkpoint
-from .errors import read_text
 from .runlock import RunLock
 
 CKPT_NAME = "last.pt"

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..api.errors import UserError
 from . import checkpoint
-from .errors import UserError
 
 FORMAT = "catdiff-export"
 VERSION = 1

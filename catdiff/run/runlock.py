@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..api.errors import UserError
 
 LOCK_NAME = ".catdiff.lock"
 

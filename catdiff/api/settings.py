@@ -3,7 +3,7 @@
 A :class:`Setting` is one key: its name, type, default, a one-line doc, the allowed values or
 range, whether "choose for me" (``None``, spelled ``auto`` on the command line) is allowed, and
 whether it may change when a run resumes. The core declares the run-level keys
-(:class:`catdiff.config.Config`); a method, a backbone and a task declare theirs as a class
+(:class:`catdiff.run.config.Config`); a method, a backbone and a task declare theirs as a class
 (or factory) attribute ``settings``, a tuple of :class:`Setting`. Names are flat and unique
 across components, so ``--set key=value`` needs no prefix; two components may share a key only
 by declaring the same setting (e.g. the two transformer backbones' ``layers``).

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import builtins
+from .. import builtins
 from .errors import UnknownName, UserError
 from .markers import GROUP, Lazy, hookimpl, hookspec
 
@@ -29,13 +29,13 @@ __all__ = ["GROUP", "KINDS", "Component", "Lazy", "Registry", "build_registry", 
 class Hookspecs:
     @hookspec
     def catdiff_tasks(self) -> dict[str, Callable[[], Any]]:
-        """Return ``{name: factory}``; ``factory()`` builds a :class:`catdiff.task.Task`."""
+        """Return ``{name: factory}``; ``factory()`` builds a :class:`catdiff.api.task.Task`."""
 
     @hookspec
     def catdiff_methods(self) -> dict[str, Callable[..., Any]]:
-        """Return ``{name: factory}``; ``factory(cfg)`` builds a :class:`catdiff.method.Method`
+        """Return ``{name: factory}``; ``factory(cfg)`` builds a :class:`catdiff.api.method.Method`
         (its network, objective, sampler and likelihood bound), chosen by config key ``method``.
-        The method's ``settings`` (:class:`catdiff.settings.Setting`) become config keys of runs
+        The method's ``settings`` (:class:`catdiff.api.settings.Setting`) become config keys of runs
         using it."""
 
     @hookspec
@@ -86,7 +86,7 @@ class Registry:
     # (kind, name) -> the sources that also provide it and were shadowed by the winner
     shadowed: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # plugins loaded under another name, ...
-    settings_checked: bool = False  # catdiff.config.settings_registry() has refused clashing settings
+    settings_checked: bool = False  # catdiff.run.config.settings_registry() has refused clashing settings
     _warned: set = field(default_factory=set)
 
     def get(self, kind: str, name: str) -> Component:

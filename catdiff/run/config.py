@@ -2,7 +2,7 @@
 
 The core declares the run-level keys below (task, method, backbone, seed, the model around any
 backbone, optimisation, the machine, bookkeeping, sampling and evaluation); the run's method,
-backbone and task declare theirs (:mod:`catdiff.settings`). All keys are flat and unique, so
+backbone and task declare theirs (:mod:`catdiff.api.settings`). All keys are flat and unique, so
 ``--set key=value``, ``--config FILE`` and ``Engine(key=value)`` reach every one, and
 ``config.json`` is one flat table of them. A run's config resolves as
 **defaults < the task's defaults < a config file < overrides** (:func:`for_task`).
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UserError, read_text
-from .settings import Setting, merge
+from ..api.errors import UserError, read_text
+from ..api.settings import Setting, merge
 
 
 def _section(title: str):
@@ -74,7 +74,7 @@ class Config:
                              choices=("auto", "fp32", "bf16", "fp16"), mutable=True)
     compile: bool = machine(False, "torch.compile the training network and the one used for sampling", mutable=True)
     threads: int = machine(0, "torch threads on CPU; 0 = the cores free at start (cores - load average, per "
-                                  "local rank; catdiff.distributed.free_cores)", low=0, mutable=True)
+                                  "local rank; catdiff.run.distributed.free_cores)", low=0, mutable=True)
     dist_timeout: float = machine(120.0, "seconds a DDP rank waits for a peer that does not answer (stopped, dead, "
                                   "hung) before ending the run with an error naming it", low=0, low_open=True,
                                   mutable=True)
@@ -155,31 +155,58 @@ for _f in fields(Config):
         RUN_SETTINGS[_f.name], RUN_GROUPS[_f.name] = _run_setting(_f)
 RUN_NAMES = frozenset(RUN_SETTINGS) | {"options"}
 
-# format 1 (catdiff 0.1) had one flat Config: these of its keys are settings of a component now
-# (a saved format-1 config records them for every run, whatever its method or backbone)
-V1_MOVED = frozenset((
-    "layers", "heads", "width", "mlp_ratio", "dropout", "positions", "pos_scale", "conv_kernel", "token_grid",
-    "objective", "beta_dm", "beta_cm", "l2_weight", "shift", "logsnr_min", "logsnr_max", "drop", "drop_ratio",
-    "drop_l0", "t_draw", "l0_rows", "ema_cm", "self_cond", "evidence", "discrete_steps", "hybrid_weight",
-    "purity_scale", "mask_temperature"))
-# format 1 spelled "choose for me" with sentinel numbers; they load as None
-V1_SENTINELS = {"embed_init_std": lambda v: v < 0, "drop_l0": lambda v: v < 0, "discrete_steps": lambda v: v == 0,
-                "hybrid_weight": lambda v: v < 0, "warmup": lambda v: v < 0, "lr": lambda v: v == 0}
+# format 1 (catdiff 0.1) saved one flat config for every run, whatever its method or backbone:
+# migrate drops a key of it that another method or backbone declares. It spelled
+# "choose for me" with sentinel numbers, which load as None: the run-level keys' are here, a
+# component's are its ``v1_auto`` (setting name -> predicate, catdiff.api.method.Method).
+V1_RUN_SENTINELS = {"embed_init_std": lambda v: v < 0, "warmup": lambda v: v < 0, "lr": lambda v: v == 0}
 # entries of a format-1 ``task_options`` that were messages between components (``ar`` set
 # ``causal`` for the backbone); dropped on load
 V1_MESSAGES = ("causal",)
 
 
+def is_v1(saved: Mapping[str, Any]) -> bool:
+    """Whether a saved config is format 1's (the only one with ``task_options``)."""
+    return "task_options" in saved
+
+
 def migrate(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config (config.json, a checkpoint's or an export's) in today's flat form: the
-    nested ``task_options`` of format 1 lifted to the top, its sentinels None, its messages gone."""
+    """A saved config (config.json, a checkpoint's or an export's) in today's flat form. Of format
+    1: the nested ``task_options`` lifted to the top, the keys of methods and backbones the run did
+    not use gone, the sentinels None, the messages gone. Idempotent."""
     out = {k: v for k, v in saved.items() if k not in ("task_options", "options")}
     for nested in ("task_options", "options"):
         out.update({k: v for k, v in dict(saved.get(nested) or {}).items() if k not in V1_MESSAGES})
-    for key, is_sentinel in V1_SENTINELS.items():
+    if not is_v1(saved):
+        return out
+    others, sentinels = _v1_components(pick("method", out), pick("backbone", out))
+    out = {k: v for k, v in out.items() if k not in others}
+    for key, is_sentinel in sentinels.items():
         if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool) and is_sentinel(out[key]):
             out[key] = None
     return out
+
+
+def _v1_components(method: str, backbone: str) -> tuple[set[str], dict[str, Any]]:
+    """(the settings of every registered method and backbone but ``method`` and ``backbone``,
+    setting name -> the predicate of format 1's "choose for me" number: the run-level keys' and
+    the ``v1_auto`` of the run's method and backbone)."""
+    from ..api.settings import declared
+
+    reg = settings_registry()
+    others, mine, sentinels = set(), set(), dict(V1_RUN_SENTINELS)
+    for kind, used in (("methods", method), ("backbones", backbone)):
+        for name, comp in reg.components[kind].items():
+            try:
+                names = {s.name for s in declared(comp.factory)}
+                if name == used:
+                    mine |= names
+                    sentinels.update(getattr(comp.factory, "v1_auto", None) or {})
+                else:
+                    others |= names
+            except UserError:  # a component that fails to import declares nothing we can see
+                continue
+    return others - mine, sentinels
 
 
 # ----------------------------------------------------------------------------- the run's settings
@@ -192,8 +219,8 @@ def settings_registry():
     then the rest) is refused: recorded in ``registry.failed`` naming both, and left out. The
     check runs once, when settings are first read (a run's config, ``catdiff list NAME``, the
     docs): it imports every method, backbone and task, which a plain ``catdiff list`` does not."""
-    from .hooks import _rank, registry
-    from .settings import declared
+    from ..api.hooks import _rank, registry
+    from ..api.settings import declared
 
     reg = registry()
     if reg.settings_checked:
@@ -223,7 +250,7 @@ def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
     """name -> Setting of every key the run's method, backbone and task (None: no task) declare;
     a key declared by two of them differently, or shadowing a run-level key, raises ValueError
     naming both (a plugin's bug). Unknown method or backbone names raise the registry's UnknownName."""
-    from .settings import declared
+    from ..api.settings import declared
 
     reg = settings_registry()
     owners = [(f"method {method!r}", declared(reg.get("methods", method).factory)),
@@ -235,7 +262,7 @@ def component_settings(task, method: str, backbone: str) -> dict[str, Setting]:
 
 def owner_of(key: str) -> str | None:
     """``"method 'catdm'"``: a registered component that declares ``key`` (for error messages)."""
-    from .settings import declared
+    from ..api.settings import declared
 
     reg = settings_registry()
     for kind in ("methods", "backbones", "tasks"):
@@ -297,11 +324,11 @@ FALLBACK_LR = 0.2 / 128  # lr=auto for a backbone without a rule: the encoder's 
 def derive(cfg: Config) -> Config:
     """``cfg`` with its "choose for me" run-level keys filled in from the run's size:
     ``lr=None`` -> the backbone factory's ``default_lr(cfg)`` (the transformers':
-    catdiff.backbones.transformer_lr), else :data:`FALLBACK_LR`; ``warmup=None`` ->
+    catdiff.nn.backbones.transformer_lr), else :data:`FALLBACK_LR`; ``warmup=None`` ->
     ``min(2000, steps // 40)`` (~30 of the tuned small tasks' 1300 steps; a fixed 100 was too
     slow for short runs, benchmarks/defaults.py). The saved config holds the values, so a
     resume compares what was trained."""
-    from .hooks import registry
+    from ..api.hooks import registry
 
     changes: dict[str, Any] = {}
     if cfg.lr is None:
@@ -319,8 +346,8 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
     run's method, backbone and task.
 
     A task's defaults may pin settings of several methods (``shift`` for catdm, ...): those the
-    run's components do not declare are skipped. So are format-1 core keys in a saved config
-    or file (:data:`V1_MOVED`). Any other unknown key is an error naming its owner if it has one."""
+    run's components do not declare are skipped. Any other unknown key is an error naming its
+    owner if it has one."""
     saved = migrate(config) if isinstance(config, Mapping) else migrate(load_file(config)) if config else {}
     overrides = dict(overrides or {})
     method = pick("method", task.defaults, saved, overrides)
@@ -332,7 +359,6 @@ def for_task(task, config: str | Path | Mapping[str, Any] | None = None,
         raise ValueError(f"task {task.name!r} has defaults for {', '.join(typos)}, which no method, backbone or "
                          f"task declares")
     task_defaults = {k: v for k, v in task.defaults.items() if known(k)}
-    saved = {k: v for k, v in saved.items() if known(k) or k not in V1_MOVED}
     for given in (saved, overrides or {}):
         if given.get("task", task.name) != task.name:
             raise UserError(f"config task={given['task']!r} does not match the task being run ({task.name!r}); the "

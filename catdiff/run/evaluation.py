@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, streams
-from .context import RunContext
-from .method import Method
-from .errors import UserError, naming
+from ..api import streams
+from ..api.context import RunContext
+from ..api.errors import UserError, naming
+from ..api.method import Method
+from . import checkpoint
 from .trainlog import progress
 
 

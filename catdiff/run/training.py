@@ -10,7 +10,7 @@ the batches, the log, the checkpoint and evaluation calls) and moves a :class:`T
       evaluation (best.pt), a checkpoint (last.pt and keep_last step-numbered copies)
 
 Each step's batch and noise come from named streams of (seed, step, rank, micro-batch)
-(catdiff.streams), so a resumed run repeats an uninterrupted one exactly (same device and
+(catdiff.api.streams), so a resumed run repeats an uninterrupted one exactly (same device and
 thread count). Under ``torchrun`` each rank trains its share of the global batch in
 DistributedDataParallel; rank 0 writes checkpoints and logs, and evaluates alone while its
 peers wait.
@@ -27,11 +27,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from . import streams
-from .errors import TrainingInterrupted, UserError
+from ..api import streams
+from ..api.errors import TrainingInterrupted, UserError
+from ..nn.model import ema_update
 from .feed import BatchFeed
 from .interrupts import DeferredSignals
-from .model import ema_update
 from .trainlog import TrainLog
 
 SLOW_RUN_S = 1800  # on the CPU, a run whose remaining steps would take longer than this says so
@@ -67,11 +67,11 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: Callable[[], Any]       # the precision's autocast context
-    group: Any                        # catdiff.distributed.ProcessGroup: device, rank, world, marks
+    group: Any                        # catdiff.run.distributed.ProcessGroup: device, rank, world, marks
     null_class: int                   # > 0: labels are classes and this is the null one (guidance)
     feed: Callable[[int, int], BatchFeed]   # (first step, stop) -> this rank's batches (data checked)
     log: Callable[[int, int], TrainLog]     # (first step, stop) -> the log
-    run: Any                          # catdiff.rundir.RunDir, or None (nothing written)
+    run: Any                          # catdiff.run.rundir.RunDir, or None (nothing written)
     save: Callable[[], Any]           # the checkpoint of the state now, to last.pt
     save_best: Callable[[], Any]      # ... to best.pt
     evaluate: Callable[[], dict]      # rank 0's metrics of the model now (eval_every)
@@ -102,7 +102,7 @@ def _loop(parts: Parts, state: TrainState, until: int | None, signals: DeferredS
         raise
     # broadcast_buffers=False: the backbones' buffers are constants (positions, masks) and rank 0's
     # are the ones saved, so forward needs no collective; the gradient exchange in backward is a
-    # step's first, and a peer hung before it is named by where it hangs (catdiff.heartbeat)
+    # step's first, and a peer hung before it is named by where it hangs (catdiff.run.heartbeat)
     ddp = (torch.nn.parallel.DistributedDataParallel(parts.model, broadcast_buffers=False)
            if group.active else None)
     finite = torch.ones((), dtype=torch.bool, device=group.device)  # every step since `checked` was finite

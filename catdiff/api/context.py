@@ -11,7 +11,7 @@ attributes (optimizer, EMA copies, process group) are not part of the interface.
     ctx.likelihood(split, ...)     the bound per token on a split (Engine.likelihood)
     ctx.nll_bound(x, cond, t, seed=)  the bound of each row at times t (needs ctx.has_bound)
     ctx.network, ctx.autocast      the sampling network (slow EMA), for a task's own heads
-    ctx.seed_of(name, step=), ctx.generator(name, step=)   named random streams (catdiff.streams)
+    ctx.seed_of(name, step=), ctx.generator(name, step=)   named random streams (catdiff.api.streams)
     ctx.world, ctx.rank, ctx.all_gather(tensor)   the ranks sharing this evaluation
     ctx.out                        the directory for the task's own files (None: write none)
     ctx.seed, ctx.device, ctx.has_bound
@@ -89,7 +89,7 @@ class RunContext:
 
     # ------------------------------------------------------------- randomness and ranks
     def seed_of(self, name: str, step: int = 0, micro: int = 0) -> int:
-        """The seed of stream ``name`` for this rank (catdiff.streams)."""
+        """The seed of stream ``name`` for this rank (catdiff.api.streams)."""
         return streams.seed(self.seed, name, step, self.rank, micro)
 
     def generator(self, name: str, step: int = 0, micro: int = 0) -> torch.Generator:

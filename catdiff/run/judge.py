@@ -1,7 +1,7 @@
 """Sample quality of token sequences beside the bound: generative perplexity under a judge
 model, and the unigram entropy of the samples.
 
-    from catdiff.judge import Judge, unigram_entropy
+    from catdiff.run.judge import Judge, unigram_entropy
     judge = Judge.for_engine("runs/ar/last.pt", eng)   # or Judge.load(path, expect_task=..., vocab_size=..., seq_len=...)
     judge.score(tokens)                 # {"judge_gen_ppl": ..., "judge_bits_per_token": ..., ...}
     unigram_entropy(tokens, eng.task.vocab_size)
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..api.errors import UserError
 
 HINT = ("train one with `catdiff run TASK --set method=ar --out DIR` (the model's task, data and vocabulary "
         "settings) and pass DIR/last.pt")

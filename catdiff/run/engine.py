@@ -7,9 +7,9 @@
     print(eng.evaluate())
 
 The engine builds the task, config, method, the method's network and its sampling EMA, and
-holds the state a checkpoint saves. The training loop is catdiff.training, the run directory
-catdiff.rundir, the process group of a ``torchrun`` job catdiff.distributed, what tasks may
-call catdiff.context.RunContext and the random streams catdiff.streams.
+holds the state a checkpoint saves. The training loop is catdiff.run.training, the run directory
+catdiff.run.rundir, the process group of a ``torchrun`` job catdiff.run.distributed, what tasks may
+call catdiff.api.context.RunContext and the random streams catdiff.api.streams.
 """
 from __future__ import annotations
 
@@ -23,20 +23,21 @@ from typing import Any, Mapping
 
 import torch
 
-from . import checkpoint, config as config_mod, evaluation, export as export_mod, rundir, streams, training
+from ..api import streams
+from ..api.context import RunContext
+from ..api.errors import UserError
+from ..api.hooks import registry
+from ..api.method import Method, SampleRequest
+from ..api.task import DataSpec, LazyTokenData, Task, TokenData
+from ..nn.model import ema_copy
+from . import checkpoint, config as config_mod, evaluation, export as export_mod, rundir, training
 from .checks import check_installed, plugin_sources
 from .config import Config
-from .context import RunContext
 from .distributed import ProcessGroup, free_cores, pick_device
-from .errors import UserError
 from .feed import BatchFeed
-from .hooks import registry
-from .method import Method, SampleRequest
-from .model import ema_copy
 from .splits import Splits
-from .task import DataSpec, LazyTokenData, Task, TokenData
-from .trainlog import TrainLog, progress
 from .training import adamw
+from .trainlog import TrainLog, progress
 
 
 class Engine:
@@ -193,11 +194,11 @@ class Engine:
     # ----------------------------------------------------------------- training
     def fit(self, until: int | None = None) -> "Engine":
         """Train to ``cfg.steps`` (or stop early at step ``until``), checkpointing to ``out``
-        (catdiff.training). Under ``torchrun`` the ranks join a process group for the training
+        (catdiff.run.training). Under ``torchrun`` the ranks join a process group for the training
         and leave it when it ends.
 
         SIGINT / SIGTERM end the current step, write a checkpoint and raise
-        :class:`catdiff.errors.TrainingInterrupted`; a second one aborts at once."""
+        :class:`catdiff.api.errors.TrainingInterrupted`; a second one aborts at once."""
         cfg, rank0 = self.cfg, self.rank == 0
         if until is None and 0 < cfg.steps <= self.step and rank0:
             past = "past" if self.step > cfg.steps else "at"
@@ -267,11 +268,11 @@ class Engine:
 
     @property
     def plugins(self) -> dict[str, str]:
-        """The distributions that provide the run's task, method and backbone (catdiff.checks)."""
+        """The distributions that provide the run's task, method and backbone (catdiff.run.checks)."""
         return plugin_sources(self.task.name, self.cfg.method, self.cfg.backbone)
 
     def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (catdiff.checkpoint)."""
+        """Everything a checkpoint holds (catdiff.run.checkpoint)."""
         return {"config": self.cfg.to_dict(), "task": self.task_meta, "plugins": self.plugins, "step": self.step,
                 "model": self.model.state_dict(), "ema_eval": self.ema_eval.state_dict(),
                 "nets": {k: m.state_dict() for k, m in self.method.networks().items()},
@@ -397,7 +398,7 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, /, task: Task | None = None, **overrides: Any) -> "Engine":
-        """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.export):
+        """An Engine for sampling and evaluation from ``catdiff export`` output (catdiff.run.export):
         its config, its EMA weights in the network and every copy of it, no optimizer state."""
         meta, weights = export_mod.read(directory)
         check_installed(f"export {directory}", meta["config"], meta.get("plugins"), task is not None)
@@ -419,7 +420,7 @@ class Engine:
         return cls.from_checkpoint(path, **overrides)
 
     def export(self, directory: str | Path, force: bool = False) -> list[Path]:
-        """``directory``/model.safetensors (the sampling EMA weights) + config.json (catdiff.export)."""
+        """``directory``/model.safetensors (the sampling EMA weights) + config.json (catdiff.run.export)."""
         return export_mod.export(self, directory, force=force)
 
     # ----------------------------------------------------------------- sampling and evaluation
@@ -471,7 +472,7 @@ class Engine:
                    draws: int = 1, seed: int | None = None) -> dict[str, float]:
         """Mean of the eq. 3 bound per token (nats and bits) on ``split``, with its standard error
         (the first ``batches`` x ``batch_size`` rows; ``draws`` stratified draws per row; see
-        catdiff.evaluation.likelihood)."""
+        catdiff.run.evaluation.likelihood)."""
         return evaluation.likelihood(self, split, batches, batch_size, draws, seed)
 
     def evaluate(self, n_samples: int | None = None, out: str | Path | None = None,
@@ -480,7 +481,7 @@ class Engine:
 
         With an output directory (``out`` or the engine's), rank 0 also writes metrics.json and
         then the task's own files (``save_samples``, ``diagnostics`` and whatever its ``generate``
-        writes into ``ctx.out``), recorded in the directory's file list (catdiff.rundir);
+        writes into ``ctx.out``), recorded in the directory's file list (catdiff.run.rundir);
         ``on_metrics(metrics)`` is called in between, so a failing image write loses no metrics."""
         out = Path(out) if out is not None else self.out
         n = self.cfg.n_samples if n_samples is None else n_samples

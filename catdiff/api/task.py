@@ -120,7 +120,7 @@ class Task:
                    (e.g. source sentences); implied by ``num_classes > 0``
       defaults     config overrides applied before the user's (model size, budget, ...)
       settings     the task's own config keys (data paths, ...), a tuple of
-                   :class:`catdiff.settings.Setting`; set them like any key (``--set
+                   :class:`catdiff.api.settings.Setting`; set them like any key (``--set
                    data_dir=...``), read them as ``self.option("data_dir")`` (or ``cfg.data_dir``).
                    catdiff 0.1's ``options`` (name -> default) with ``mutable_options`` (those a
                    resume may change) are still read, with a DeprecationWarning
@@ -152,7 +152,7 @@ class Task:
     cfg: Any = None
 
     def setup(self, cfg) -> None:
-        """Receive the resolved :class:`catdiff.config.Config` (override to react to it; call super)."""
+        """Receive the resolved :class:`catdiff.run.config.Config` (override to react to it; call super)."""
         self.cfg = cfg
 
     def restore(self, spec: DataSpec) -> None:
@@ -180,7 +180,7 @@ class Task:
     def generate(self, ctx, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The ``n`` samples that ``Engine.evaluate`` scores, with their conditions.
 
-        ``ctx`` is a :class:`catdiff.context.RunContext`, all a task may call: sampling,
+        ``ctx`` is a :class:`catdiff.api.context.RunContext`, all a task may call: sampling,
         likelihoods, named random streams, the ranks evaluating together, and ``ctx.out``, the
         directory for files of the task's own (None during training). Default: ``ctx.sample``
         with balanced class labels. Override to condition on test inputs (e.g. translate the
@@ -224,5 +224,5 @@ class Task:
         raise UserError(f"task {self.name!r} needs no preparation")
 
     def diagnostics(self, report: Mapping[str, Any], out_dir: Path) -> list[Path]:
-        """Optional: render the engine's collapse diagnostics (see ``catdiff.diagnostics``)."""
+        """Optional: render the engine's collapse diagnostics (see ``catdiff.nn.diagnostics``)."""
         return []

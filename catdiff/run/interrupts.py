@@ -1,6 +1,6 @@
 """Graceful stops: the first SIGINT / SIGTERM during training is recorded, so the loop can
-finish its step, write a checkpoint and raise :class:`catdiff.errors.TrainingInterrupted`;
-a second one raises :class:`catdiff.errors.Aborted` at once (the atomic checkpoint writer
+finish its step, write a checkpoint and raise :class:`catdiff.api.errors.TrainingInterrupted`;
+a second one raises :class:`catdiff.api.errors.Aborted` at once (the atomic checkpoint writer
 keeps the previous file).
 
 A signal that was ignored when training started (SIGINT under ``nohup`` or in a background
@@ -12,7 +12,7 @@ import contextlib
 import signal
 import threading
 
-from .errors import Aborted, Stopped
+from ..api.errors import Aborted, Stopped
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,7 +48,7 @@ class DeferredSignals:
 
 @contextlib.contextmanager
 def stop_on_sigterm(what: str):
-    """While inside (main thread), SIGTERM raises :class:`catdiff.errors.Stopped` as SIGINT raises
+    """While inside (main thread), SIGTERM raises :class:`catdiff.api.errors.Stopped` as SIGINT raises
     KeyboardInterrupt, so the caller's cleanup runs (the default action would end the process at
     once, leaving the run lock behind). An ignored SIGTERM stays ignored; the old handler is put back."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:

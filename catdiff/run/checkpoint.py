@@ -1,8 +1,8 @@
 """Checkpoints: one file holding config, step, the network, its sampling EMA, the networks the
 method keeps (``nets``, e.g. CATDM's CM teacher), optimizer and RNG state.
 
-Version 2; version 1 (catdiff 0.1) held every method's teacher as ``ema_cm`` beside ``model``,
-loaded as ``nets`` (a method that keeps no teacher ignores it).
+Version 2; version 1 (catdiff 0.1) held a teacher copy for every method beside ``model``, under
+a key of its own; it loads into ``nets`` (a method that keeps no teacher ignores it).
 
 Written atomically (temp file in the same directory, fsync, rename), so an interrupted
 write never leaves a half-written checkpoint behind the final name. They hold only tensors
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..api.errors import UserError
 
 FORMAT = "catdiff-checkpoint"
 VERSION = 2

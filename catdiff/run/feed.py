@@ -1,6 +1,6 @@
 """The training batches of a run, in (seed, step) order, gathered ahead of the step that uses them.
 
-Step s always trains on the rows drawn from stream ``batch`` of (seed, s) (catdiff.streams), whatever the
+Step s always trains on the rows drawn from stream ``batch`` of (seed, s) (catdiff.api.streams), whatever the
 split is stored in, so a resumed run sees exactly the batches an uninterrupted one would. An
 in-memory split lives on the device and is indexed there. A lazy (memory-mapped) split is
 read by a background thread ``depth`` steps ahead: rows gathered and range-checked on the
@@ -13,8 +13,8 @@ import threading
 
 import torch
 
-from . import streams
-from .task import LazyTokenData
+from ..api import streams
+from ..api.task import LazyTokenData
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor:
@@ -25,7 +25,7 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> torch.Tensor
 class BatchFeed:
     """``get(step)`` -> (tokens, labels or None) of this rank's share of the global batch
     (rows ``rank::world`` of ``batch_size`` drawn with ``seed``) of split ``data``, on the
-    splits' device (catdiff.splits.Splits: where rows are gathered and checked)."""
+    splits' device (catdiff.run.splits.Splits: where rows are gathered and checked)."""
 
     def __init__(self, splits, data, seed: int, batch_size: int, rank: int, world: int, start: int, stop: int,
                  depth: int = 2):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..api.errors import UserError, naming
 from .checkpoint import write_atomic
-from .errors import UserError, naming
 
 LOGGERS = ("auto", "csv", "tensorboard", "wandb")
 

@@ -1,7 +1,7 @@
 """The pluggy markers of the ``catdiff`` hooks, in a module that imports nothing of catdiff.
 
 Plugins (and :mod:`catdiff.builtins`) mark their hook implementations with :data:`hookimpl`;
-:mod:`catdiff.hooks` re-exports both markers, so ``from catdiff.hooks import hookimpl`` keeps
+:mod:`catdiff.api.hooks` re-exports both markers, so ``from catdiff.api.hooks import hookimpl`` keeps
 working for third-party plugins.
 """
 import ast

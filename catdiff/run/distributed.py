@@ -16,7 +16,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from ..api.errors import UserError
 from .heartbeat import Heartbeat
 
 
@@ -138,7 +138,7 @@ class ProcessGroup:
             time.sleep(0.2)
 
     def mark(self, step: int, phase: str) -> None:
-        """Where this rank's training is (catdiff.heartbeat.PHASES), for naming a hung peer."""
+        """Where this rank's training is (catdiff.run.heartbeat.PHASES), for naming a hung peer."""
         if self.beat is not None:
             self.beat.mark(step, phase)
 
