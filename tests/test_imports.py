@@ -136,3 +136,10 @@ def test_a_module_path_of_catdiff_0_1_still_imports_the_same_module_with_a_warni
     assert all(w.category is DeprecationWarning for w in caught)
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("catdiff.no_such_module")
+
+
+def test_every_folder_of_modules_is_a_regular_package():
+    """A folder without __init__.py imports (as a namespace package) from a source tree, but
+    setuptools' find_packages leaves it out of a wheel."""
+    folders = {p.parent for p in ROOT.rglob("*.py")}
+    assert sorted(str(d.relative_to(ROOT)) for d in folders if not (d / "__init__.py").exists()) == []
