@@ -88,7 +88,9 @@ def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]
     metrics["sample_seconds"] = time.perf_counter() - t0
     metrics.update(eng.task.evaluate(tokens, labels, out))
     if out is not None:
-        checkpoint.write_atomic((json.dumps(metrics, indent=2) + "\n").encode(), out / "metrics.json", "metrics")
+        # the settings it was measured with beside the numbers: `catdiff eval --set ...` rewrites this file
+        record = {**metrics, "config": eng.cfg.to_dict(), "n_samples": n}
+        checkpoint.write_atomic((json.dumps(record, indent=2) + "\n").encode(), out / "metrics.json", "metrics")
     if on_metrics is not None:
         on_metrics(metrics)
     if out is not None:
