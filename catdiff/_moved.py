@@ -38,10 +38,14 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = new_home(spec.name)
         warnings.warn(f"{spec.name} moved to {new} in catdiff 0.2; the old path goes in 0.3",
                       DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)  # the module itself: one object under both names
+        module = importlib.import_module(new)  # the module itself: one object under both names
+        self._specs = {**getattr(self, "_specs", {}), spec.name: module.__spec__}
+        return module
 
     def exec_module(self, module):
-        pass  # already executed under its new name
+        # already executed under its new name; importlib has just set __spec__ to the old name's
+        # (a spec without origin), which would break reload and importlib.resources: put it back
+        module.__spec__ = self._specs.pop(module.__spec__.name)
 
 
 if not any(isinstance(f, _OldPaths) for f in sys.meta_path):

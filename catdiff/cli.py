@@ -78,11 +78,8 @@ def cmd_run(args) -> int:
     from .run.rundir import files, written
 
     overrides = parse_sets(args.sets)
-    if args.steps is not None:
-        if "steps" in overrides and str(overrides["steps"]) != str(args.steps):
-            raise UserError(f"--steps {args.steps} and --set steps={overrides['steps']} disagree; give one")
-        overrides["steps"] = args.steps
-    out = Path(args.out or f"runs/{args.task}")
+    _one_value(overrides, "steps", "--steps", args.steps)
+    out = Path(args.out if args.out is not None else f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
     before = files(out)
     with eng.writing():  # the run lock through training and evaluation
@@ -135,6 +132,8 @@ def _parse_infill(spec: str, seq_len: int, vocab_size: int):
             raise UserError(f"--infill position {pos} outside [0, {seq_len - 1}] (seq_len={seq_len})")
         if not 0 <= tok < vocab_size:
             raise UserError(f"--infill token {tok} at position {pos} outside the data vocabulary [0, {vocab_size - 1}]")
+        if mask[0, pos] and known[0, pos] != tok:
+            raise UserError(f"--infill position {pos} is given twice ({int(known[0, pos])}, then {tok}); give it once")
         known[0, pos], mask[0, pos] = tok, True
     return known, mask
 
@@ -147,6 +146,54 @@ def _check_known(known, mask, vocab_size: int, seq_len: int, source: str) -> Non
     if bad.any():
         i = int(bad.nonzero()[0])
         raise UserError(f"--prompt: position {i} holds id {int(known[i])}, outside the data vocabulary [0, {vocab_size - 1}]")
+
+
+def _one_value(sets: dict, key: str, flag: str, value) -> None:
+    """A flag and the --set key it stands for name one setting: two different values are refused;
+    the flag's value, when given, goes into ``sets``."""
+    if value is None:
+        return
+    if key in sets:
+        try:
+            same = float(sets[key]) == float(value)
+        except ValueError:
+            same = str(sets[key]) == str(value)
+        if not same:
+            raise UserError(f"{flag} {value} and --set {key}={sets[key]} disagree; give one")
+    sets[key] = value
+
+
+# run-level keys that only training reads: at sample or eval time they would change nothing
+TRAINING_GROUPS = ("Optimisation", "Bookkeeping")
+
+
+def _sample_time_sets(items: list[str], command: str) -> dict:
+    """The --set values of ``catdiff sample`` / ``eval``: a key that cannot apply to trained
+    weights (their method or backbone, a training setting) is refused rather than ignored."""
+    from .run.config import RUN_GROUPS
+
+    sets = parse_sets(items)
+    for key in sets:
+        if key in ("method", "backbone"):
+            raise UserError(f"--set {key}: the checkpoint's {key} is the one its weights were trained with; "
+                            f"`catdiff {command}` cannot change it (train a run with it instead)")
+        if RUN_GROUPS.get(key) in TRAINING_GROUPS:
+            raise UserError(f"--set {key}: a training setting; `catdiff {command}` trains nothing, so it would "
+                            f"have no effect: drop it")
+    return sets
+
+
+def _not_another_run(out: Path, ckpt: str, what: str) -> None:
+    """Refuse an --out that holds another run or export: ``what`` would replace its files."""
+    from .run.export import WEIGHTS
+    from .run.rundir import CKPT_NAME
+
+    ckpt = Path(ckpt)
+    own = ckpt if ckpt.is_dir() else ckpt.parent
+    held = next((n for n in (CKPT_NAME, WEIGHTS) if (out / n).is_file()), None)
+    if held and out.resolve() != own.resolve():
+        raise UserError(f"--out {out} holds another run ({held}); {what} would replace its files: pass a new "
+                        f"or empty --out")
 
 
 def _check_sample_args(args, eng) -> None:
@@ -172,7 +219,14 @@ def cmd_sample(args) -> int:
 
     out = Path(args.out)
     check_writable(out, "samples")
-    eng = Engine.load(args.ckpt, **parse_sets(args.sets))
+    _not_another_run(out, args.ckpt, "the samples")
+    sets = _sample_time_sets(args.sets, "sample")
+    for key, flag, value in (("sample_steps", "--steps", args.steps), ("seed", "--seed", args.seed),
+                             ("guidance", "--guidance", args.guidance), ("n_samples", "--n", args.n)):
+        _one_value(dict(sets), key, flag, value)  # a check only: the flags go to eng.sample
+    if args.n is None:
+        args.n = int(sets["n_samples"]) if "n_samples" in sets else SAMPLE_N
+    eng = Engine.load(args.ckpt, **sets)
     if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
         return 0
     _check_sample_args(args, eng)
@@ -207,9 +261,12 @@ def cmd_eval(args) -> int:
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else ckpt if ckpt.is_dir() else ckpt.parent
+    out = Path(args.out) if args.out is not None else ckpt if ckpt.is_dir() else ckpt.parent
     check_writable(out, "metrics.json")
-    eng = Engine.load(args.ckpt, **parse_sets(args.sets))
+    _not_another_run(out, args.ckpt, "the evaluation")
+    sets = _sample_time_sets(args.sets, "eval")
+    _one_value(dict(sets), "n_samples", "--n", args.n)  # a check only: --n goes to evaluate
+    eng = Engine.load(args.ckpt, **sets)
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0
     judging = contextlib.nullcontext()
@@ -229,6 +286,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from .run.engine import Engine
 
+    check_writable(args.dir, "the export", flag="DIR")
     eng = Engine.from_checkpoint(args.ckpt)
     for path in eng.export(args.dir, force=args.force):
         print(f"wrote {path}")
@@ -244,6 +302,16 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+SAMPLE_N = 64  # catdiff sample's --n when neither it nor --set n_samples is given
+
+
+def _path(value: str) -> str:
+    """An argparse type: a path, not an empty string (which would silently mean "here")."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="catdiff", description="Diffusion models for categorical data (CATDM).")
     p.add_argument("--debug", action="store_true", help="show the traceback of every error (or CATDIFF_DEBUG=1)")
@@ -256,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="train, sample and evaluate a task")
     s.add_argument("task")
-    s.add_argument("--out", help="run directory (default runs/TASK); an existing checkpoint there is resumed")
+    s.add_argument("--out", type=_path, help="run directory (default runs/TASK); an existing checkpoint there is resumed")
     s.add_argument("--steps", type=int, help="training steps (default: the task's)")
     _engine_args(s)
     s.set_defaults(fn=cmd_run)
@@ -269,27 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt", help="a checkpoint, a run directory (its last.pt) or a `catdiff export` directory")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=int, help=f"number of samples (default: --set n_samples, else {SAMPLE_N})")
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
     s.add_argument("--label", type=int, help="class label (conditional tasks)")
     s.add_argument("--infill", help="keep tokens fixed: 'pos:token,pos:token,...'")
     s.add_argument("--prompt", help="keep tokens fixed, in the task's own notation (e.g. text with gaps)")
     s.add_argument("--seed", type=int)
-    s.add_argument("--out", default="samples")
+    s.add_argument("--out", type=_path, default="samples")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_sample)
 
     s = sub.add_parser("export", help="write a checkpoint's sampling weights as DIR/model.safetensors + config.json")
     s.add_argument("ckpt", help="a checkpoint (or a run directory holding last.pt)")
-    s.add_argument("dir", help="the export directory (catdiff sample/eval DIR, Engine.from_pretrained(DIR))")
+    s.add_argument("dir", type=_path, help="the export directory (catdiff sample/eval DIR, Engine.from_pretrained(DIR))")
     s.add_argument("--force", action="store_true", help="overwrite an existing export in DIR")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint (likelihood bound, sample metrics)")
     s.add_argument("ckpt", help="a checkpoint, a run directory (its last.pt) or a `catdiff export` directory")
     s.add_argument("--n", type=int, help="number of samples for the sample metrics")
-    s.add_argument("--out", help="where to write metrics.json (default: the checkpoint's directory)")
+    s.add_argument("--out", type=_path, help="where to write metrics.json (default: the checkpoint's directory)")
     s.add_argument("--judge", metavar="JUDGE_CKPT",
                    help="an autoregressive (method=ar) checkpoint of the same task: adds the samples' judge_gen_ppl, "
                         "judge_bits_per_token and unigram_entropy_bits, and the real test data's (*_real_test)")

@@ -142,6 +142,7 @@ RUN_CASES = [
     ("task-as-a-setting", ["--set", "task=digits"], "--set task=digits: the task is not a setting; name it as the "
                                                     "command's TASK (`catdiff run digits`)"),
     ("steps-twice", ["--steps", "4", "--set", "steps=5"], "--steps 4 and --set steps=5 disagree; give one"),
+    ("set-twice", ["--set", "lr=1e-3", "--set", "lr=2e-3"], "--set lr is given twice ('1e-3', then '2e-3'); give it once"),
 ]
 
 
@@ -239,6 +240,12 @@ SAMPLE_CASES = [
     ("guidance-unconditional", ["--guidance", "1"], "class-conditional"),
     ("bad-set", ["--set", "sample_steps=0"], "sample_steps=0: must be >= 1"),
     ("another-shape", ["--set", "width=64"], "does not match the configured model (size mismatch for "),
+    ("steps-and-set", ["--steps", "2", "--set", "sample_steps=5"], "--steps 2 and --set sample_steps=5 disagree"),
+    ("seed-and-set", ["--seed", "7", "--set", "seed=5"], "--seed 7 and --set seed=5 disagree"),
+    ("n-and-set", ["--n", "3", "--set", "n_samples=4"], "--n 3 and --set n_samples=4 disagree"),
+    ("training-setting", ["--set", "lr=1"], "--set lr: a training setting; `catdiff sample` trains nothing"),
+    ("another-method", ["--set", "method=mdlm"], "--set method: the checkpoint's method is the one its weights"),
+    ("infill-twice", ["--infill", "0:1,0:2"], "--infill position 0 is given twice (1, then 2); give it once"),
 ]
 
 
@@ -558,3 +565,57 @@ def test_sampling_a_run_whose_config_json_was_edited_says_which_config_is_used(c
     (run / "config.json").write_text(json.dumps(record))
     code, _, err = cli_run(capsys, "sample", run, "--n", "2", "--out", tmp_path / "u")
     assert code == 0 and "warning" not in err
+
+
+def test_sample_takes_its_count_from_set_n_samples_and_a_matching_flag(capsys, tmp_path, run):
+    code, _, err = cli_run(capsys, "sample", run, "--set", "n_samples=3", "--steps", "2", "--set", "sample_steps=2",
+                           "--guidance", "0", "--out", tmp_path / "s")
+    assert code == 0, err
+    assert torch.load(tmp_path / "s" / "samples.pt").shape[0] == 3
+
+
+@pytest.mark.parametrize("cmd", ["sample", "eval"])
+def test_an_output_holding_another_run_is_refused(capsys, tmp_path, run, trained, cmd):
+    other = tmp_path / "other"
+    shutil.copytree(trained / "cond", other)
+    before = digest(other)
+    code, _, err = cli_run(capsys, cmd, run, "--out", other, "--n", "2")
+    assert code == 2 and f"--out {other} holds another run (last.pt)" in err and "Traceback" not in err, err
+    assert digest(other) == before
+
+
+@pytest.mark.parametrize("cmd", [["run", "toy", "--out"], ["sample", "RUN", "--out"], ["eval", "RUN", "--out"],
+                                 ["export", "RUN"]])
+def test_an_empty_output_path_is_an_argument_error(capsys, run, cmd):
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(run) if a == "RUN" else a for a in cmd] + [""])
+    assert e.value.code == 2 and "expected a directory, got an empty string" in capsys.readouterr().err
+
+
+def test_an_export_into_a_file_says_it_is_a_file(capsys, tmp_path, run):
+    target = write(tmp_path / "notes.txt", "the user's")
+    code, _, err = cli_run(capsys, "export", run, target)
+    assert code == 2 and err.strip() == (f"catdiff: error: cannot write the export into {target}: {target} is a file, "
+                                         f"not a directory; pass another DIR"), err
+    assert target.read_text() == "the user's"
+
+
+def test_a_run_into_an_export_is_refused_and_the_export_kept(capsys, tmp_path, run):
+    assert cli_run(capsys, "export", run, tmp_path / "exp")[0] == 0
+    before = digest(tmp_path / "exp")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", tmp_path / "exp", "--steps", "1")
+    assert code == 2 and "holds a catdiff export (model.safetensors)" in err, err
+    assert digest(tmp_path / "exp") == before
+
+
+def test_a_run_moves_aside_the_run_files_of_a_directory_without_a_checkpoint(capsys, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    write(out / "config.json", '{"lr": 0.1}')  # the user's own config file, meant for --config
+    write(out / "notes.md", "kept in place")
+    code, _, err = cli_run(capsys, "run", "toy", "--out", out, "--steps", "1", "--set", "n_samples=2",
+                           "--set", "sample_steps=2", "--set", "threads=1")
+    assert code == 0, err
+    assert "no last.pt here: moved the files a run would overwrite to" in err
+    (aside,) = out.glob("previous-*")
+    assert (aside / "config.json").read_text() == '{"lr": 0.1}' and (out / "notes.md").read_text() == "kept in place"

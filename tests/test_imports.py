@@ -117,6 +117,7 @@ def test_each_layer_imports_only_itself_and_the_layers_before_it():
 
 def test_a_module_path_of_catdiff_0_1_still_imports_the_same_module_with_a_warning():
     import importlib
+    import importlib.util
     import sys
     import warnings
 
@@ -134,6 +135,8 @@ def test_a_module_path_of_catdiff_0_1_still_imports_the_same_module_with_a_warni
         "catdiff.task moved to catdiff.api.task in catdiff 0.2", "catdiff.backbones moved to catdiff.nn.backbones in catdiff 0.2",
         "catdiff.backbones.encoder moved to catdiff.nn.backbones.encoder in catdiff 0.2"]
     assert all(w.category is DeprecationWarning for w in caught)
+    assert catdiff.api.task.__spec__.name == "catdiff.api.task"  # its own spec, not the alias's
+    assert importlib.util.find_spec("catdiff.nn.backbones").submodule_search_locations
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("catdiff.no_such_module")
 

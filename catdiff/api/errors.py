@@ -73,19 +73,20 @@ def read_text(path: str | Path, what: str = "file") -> str:
     return text[1:] if text.startswith(BOM) else text
 
 
-def check_writable(directory: str | Path, what: str) -> None:
+def check_writable(directory: str | Path, what: str, flag: str = "--out") -> None:
     """Fail before the work, not after it, when ``what`` cannot be written into ``directory``
-    (made later if missing): its nearest existing ancestor must be a writable directory."""
+    (made later if missing, given as ``flag``): its nearest existing ancestor must be a writable
+    directory."""
     directory = Path(directory)
     base = directory.absolute()
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
         raise UserError(f"cannot write {what} into {directory}: {base} is a file, not a directory; "
-                        f"pass another --out")
+                        f"pass another {flag}")
     if not os.access(base, os.W_OK | os.X_OK):  # also false on a read-only file system, even for root
         raise UserError(f"cannot write {what} into {directory}: {base} is not writable; "
-                        f"pass a writable --out directory")
+                        f"pass a writable {flag} directory")
 
 
 @contextlib.contextmanager

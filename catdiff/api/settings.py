@@ -10,7 +10,7 @@ by declaring the same setting (e.g. the two transformer backbones' ``layers``).
 
 Plugins written from catdiff 0.1's first docs declare ``options`` (name -> default; the type
 follows the default) and ``mutable_options`` instead. :func:`declared` still reads that form, with
-a DeprecationWarning naming the component, so those plugins keep working until 0.2 removes it.
+a DeprecationWarning naming the component, so those plugins keep working until 0.3 removes it.
 This module imports no torch (``catdiff --help`` stays fast).
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _deprecated(component: Any) -> None:
     if name not in _WARNED:  # once per class, not at every config resolve
         _WARNED.add(name)
         warnings.warn(f"{name} declares catdiff 0.1's `options`; declare `settings = (catdiff.Setting(...), ...)` "
-                      f"instead (docs/plugins.md). `options` will not be read from catdiff 0.2", DeprecationWarning,
+                      f"instead (docs/plugins.md). `options` will not be read from catdiff 0.3", DeprecationWarning,
                       stacklevel=3)
 
 

@@ -115,7 +115,7 @@ def _short(reason: str, limit: int = 200) -> str:
 
 def _corrupt(path: Path, reason: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({_short(reason)}). It was left "
-                           f"untouched; delete it (or the --out directory) to start fresh, or pass another checkpoint")
+                           f"untouched; pass another checkpoint (a run over it: --set resume=false moves it aside)")
 
 
 def load_file(path: str | Path, what: str, fix: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:

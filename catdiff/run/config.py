@@ -383,7 +383,10 @@ def parse_sets(items: list[str]) -> dict[str, str]:
         if key.strip() == "task":
             raise UserError(f"--set {item}: the task is not a setting; name it as the command's TASK (`catdiff run "
                             f"{value.strip() or 'TASK'}`); a checkpoint keeps its own")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in out and out[key] != value:
+            raise UserError(f"--set {key} is given twice ({out[key]!r}, then {value!r}); give it once")
+        out[key] = value
     return out
 
 

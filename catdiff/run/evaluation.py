@@ -89,7 +89,8 @@ def evaluate(eng, n: int, out: Path | None, on_metrics=None) -> dict[str, float]
     metrics.update(eng.task.evaluate(tokens, labels, out))
     if out is not None:
         # the settings it was measured with beside the numbers: `catdiff eval --set ...` rewrites this file
-        record = {**metrics, "config": eng.cfg.to_dict(), "n_samples": n}
+        config = {k: v for k, v in eng.cfg.to_dict().items() if k != "resume"}  # resume: how the engine was opened
+        record = {**metrics, "config": {**config, "n_samples": n}}
         checkpoint.write_atomic((json.dumps(record, indent=2) + "\n").encode(), out / "metrics.json", "metrics")
     if on_metrics is not None:
         on_metrics(metrics)

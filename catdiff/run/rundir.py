@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..api.errors import read_text
+from ..api.errors import UserError, read_text
 from . import checkpoint
+from .export import WEIGHTS as EXPORT_WEIGHTS  # what marks a `catdiff export` directory
 from .runlock import RunLock
 
 CKPT_NAME = "last.pt"
@@ -91,14 +92,25 @@ class RunDir:
             return
         with self.lock:
             checkpoint.remove_stale_temps(self.path)
+            if not self.last.exists() and (self.path / EXPORT_WEIGHTS).exists():
+                raise UserError(f"--out {self.path} holds a catdiff export ({EXPORT_WEIGHTS}); a run there would "
+                                f"replace its config.json: pass another --out")
             if self.start_over:
-                self._move_aside()
+                self._move_aside("resume=false: moved the previous run's files")
+            elif not self.last.exists() and self._run_files():  # files of no run: a crashed start, or the user's
+                self._move_aside(f"no {CKPT_NAME} here: moved the files a run would overwrite")
             yield
 
-    def _move_aside(self) -> None:
+    def _run_files(self) -> set[Path]:
         listed = self.path / MANIFEST
         names = listed.read_text().split() if listed.is_file() else []
-        old = {p for pattern in (*RUN_FILES, *names) for p in self.path.glob(pattern)}
+        return {p for pattern in (*RUN_FILES, *names) for p in self.path.glob(pattern)}
+
+    def _move_aside(self, why: str) -> None:
+        old = self._run_files()
+        if not old:
+            self.start_over = False
+            return
         dest = self.path / time.strftime("previous-%Y%m%d-%H%M%S")
         while dest.exists():
             dest = dest.with_name(dest.name + "x")
@@ -106,7 +118,7 @@ class RunDir:
         for p in sorted(old):
             shutil.move(str(p), str(dest / p.name))
         self.start_over = False
-        print(f"catdiff: resume=false: moved the previous run's files to {dest}", file=sys.stderr)
+        print(f"catdiff: {why} to {dest}", file=sys.stderr)
 
     def save(self, state: dict[str, Any]) -> Path:
         """last.pt, then config.json (its record): a checkpoint that cannot be written (a full disk)
