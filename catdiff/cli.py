@@ -225,7 +225,9 @@ def cmd_sample(args) -> int:
                              ("guidance", "--guidance", args.guidance), ("n_samples", "--n", args.n)):
         _one_value(dict(sets), key, flag, value)  # a check only: the flags go to eng.sample
     if args.n is None:
-        args.n = int(sets["n_samples"]) if "n_samples" in sets else SAMPLE_N
+        from .run.config import RUN_SETTINGS
+
+        args.n = RUN_SETTINGS["n_samples"].coerce(sets["n_samples"]) if "n_samples" in sets else SAMPLE_N
     eng = Engine.load(args.ckpt, **sets)
     if eng.rank != 0:  # under torchrun: sampling runs once, on rank 0
         return 0

@@ -243,6 +243,7 @@ SAMPLE_CASES = [
     ("steps-and-set", ["--steps", "2", "--set", "sample_steps=5"], "--steps 2 and --set sample_steps=5 disagree"),
     ("seed-and-set", ["--seed", "7", "--set", "seed=5"], "--seed 7 and --set seed=5 disagree"),
     ("n-and-set", ["--n", "3", "--set", "n_samples=4"], "--n 3 and --set n_samples=4 disagree"),
+    ("n-set-not-a-number", ["--set", "n_samples=abc"], "config n_samples: expected int, got 'abc'"),
     ("training-setting", ["--set", "lr=1"], "--set lr: a training setting; `catdiff sample` trains nothing"),
     ("another-method", ["--set", "method=mdlm"], "--set method: the checkpoint's method is the one its weights"),
     ("infill-twice", ["--infill", "0:1,0:2"], "--infill position 0 is given twice (1, then 2); give it once"),
