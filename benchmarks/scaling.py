@@ -150,6 +150,11 @@ def extrapolated_crossing(mine: dict, other: dict, draws: int = 4000, seed: int 
     return float(x), float(lo), float(hi), float(ok.mean())
 
 
+def budget(x: float) -> str:
+    """A CPU-s figure: whole seconds up to a million, beyond that its order (1.1e+12)."""
+    return f"{x:.0f}" if x < 1e6 else f"{x:.2g}"
+
+
 def report(data: dict, metric: int = 1, name: str = "FID", flagship: str = "catdm") -> str:
     """The fitted slopes and CATDM's crossing with every other method (see the module docstring);
     ``metric`` 1 reads FID, 2 the bound (bits)."""
@@ -184,9 +189,9 @@ def report(data: dict, metric: int = 1, name: str = "FID", flagship: str = "catd
                 text += f"; slopes {mine['b']:.2f} vs {other['b']:.2f}: the lines part, no crossing ahead"
             else:
                 x, x5, x95, share = ext
-                where = "inside" if lo <= x <= hi else f"{x / hi:.1f}x beyond" if x > hi else "below"
-                text += (f"; fitted lines meet at {x:.0f} CPU-s ({where} the range {lo:g}-{hi:g}; 90% interval "
-                         f"{x5:.0f}-{x95:.0f}, lines meet ahead in {share:.0%} of draws)")
+                where = "inside" if lo <= x <= hi else f"{x / hi:.3g}x beyond" if x > hi else "below"
+                text += (f"; fitted lines meet at {budget(x)} CPU-s ({where} the range {lo:g}-{hi:g}; 90% interval "
+                         f"{budget(x5)}-{budget(x95)}, lines meet ahead in {share:.0%} of draws)")
         lines.append(text)
     return "\n".join(lines)
 

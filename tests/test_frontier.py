@@ -187,6 +187,7 @@ def test_scaling_fits_power_laws_and_finds_the_crossings():
     assert "CATDM vs MDLM: better at 200, 400 CPU-s; measured crossing at 100 CPU-s" in text
     assert "CATDM vs AR: better at no CPU-s" in text and "-1.00 vs -1.50: the lines part" in text
     assert scaling.power_fit([(25, 1.0), (25, 2.0)]) is None  # too few points to fit
+    assert [scaling.budget(x) for x in (2400.4, 999999, 1.146e12)] == ["2400", "999999", "1.1e+12"]  # no 57-digit bounds
 
 
 @pytest.mark.parametrize("samplers, message", [
