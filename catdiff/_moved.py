@@ -31,6 +31,9 @@ def new_home(fullname: str) -> str | None:
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self):
+        self._specs = {}  # old name -> the module's own spec, between create_module and exec_module
+
     def find_spec(self, fullname, path=None, target=None):
         return importlib.util.spec_from_loader(fullname, self) if new_home(fullname) else None
 
@@ -39,7 +42,7 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         warnings.warn(f"{spec.name} moved to {new} in catdiff 0.2; the old path goes in 0.3",
                       DeprecationWarning, stacklevel=2)
         module = importlib.import_module(new)  # the module itself: one object under both names
-        self._specs = {**getattr(self, "_specs", {}), spec.name: module.__spec__}
+        self._specs[spec.name] = module.__spec__
         return module
 
     def exec_module(self, module):
