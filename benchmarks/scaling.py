@@ -87,8 +87,10 @@ def table(data: dict, text: bool = False) -> str:
     ``text``: steps and bits per character (no samples)."""
     budgets = sorted({b for m in data.values() for b in m})
     what = "steps, bits/char (train)" if text else "steps, FID, bits/token (train)"
+    seeds = max(len(cell[0]) for by in data.values() for cell in by.values())
     lines = ["| method | " + " | ".join(f"{b:g} CPU-s: {what}" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
+    short = set()
     for method, by in data.items():
         cells = []
         for b in budgets:
@@ -96,9 +98,13 @@ def table(data: dict, text: bool = False) -> str:
                 cells.append("–")
                 continue
             train = [v for v in by[b][3] if v == v]
+            n = len(by[b][0])
+            short |= {n} if n < seeds else set()
             cells.append(f"{statistics.mean(by[b][0]):.0f}, " + ("" if text else f"{fmt(by[b][1])}, ") + fmt(by[b][2])
-                         + (f" ({statistics.mean(train):.3g})" if train else ""))
+                         + (f" ({statistics.mean(train):.3g})" if train else "") + (" *" * (n < seeds)))
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+    if short:  # a cell whose other seeds have not finished
+        lines += ["", f"\\* {' or '.join(map(str, sorted(short)))} of {seeds} seeds"]
     return "\n".join(lines)
 
 

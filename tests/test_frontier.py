@@ -188,6 +188,10 @@ def test_scaling_fits_power_laws_and_finds_the_crossings():
     assert "CATDM vs AR: better at no CPU-s" in text and "-1.00 vs -1.50: the lines part" in text
     assert scaling.power_fit([(25, 1.0), (25, 2.0)]) is None  # too few points to fit
     assert [scaling.budget(x) for x in (2400.4, 999999, 1.146e12)] == ["2400", "999999", "1.1e+12"]  # no 57-digit bounds
+    partial = {"catdm": {100: ([400, 410], [80.0, 90.0], [7.0, 7.5], [8.0, 8.0]), 400: ([1600], [60.0], [5.0], [5.1])}}
+    rows = scaling.table(partial).splitlines()
+    assert rows[2].endswith("| 1600, 60, 5 (5.1) * |") and "*" not in rows[2].split("|")[2]  # the unfinished cell
+    assert rows[-1] == "\\* 1 of 2 seeds"
 
 
 @pytest.mark.parametrize("samplers, message", [
