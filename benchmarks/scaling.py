@@ -99,7 +99,8 @@ def table(data: dict, text: bool = False) -> str:
                 continue
             train = [v for v in by[b][3] if v == v]
             n = len(by[b][0])
-            short |= {n} if n < seeds else set()
+            if n < seeds:
+                short.add(n)
             cells.append(f"{statistics.mean(by[b][0]):.0f}, " + ("" if text else f"{fmt(by[b][1])}, ") + fmt(by[b][2])
                          + (f" ({statistics.mean(train):.3g})" if train else "") + (" *" * (n < seeds)))
         lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")

@@ -78,7 +78,9 @@ def cmd_run(args) -> int:
     from .run.rundir import files, written
 
     overrides = parse_sets(args.sets)
-    _one_value(overrides, "steps", "--steps", args.steps)
+    _check_agree(overrides, "steps", "--steps", args.steps)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
     out = Path(args.out if args.out is not None else f"runs/{args.task}")
     eng = Engine(task=args.task, out=out, config_file=args.config, **overrides)
     before = files(out)
@@ -148,19 +150,16 @@ def _check_known(known, mask, vocab_size: int, seq_len: int, source: str) -> Non
         raise UserError(f"--prompt: position {i} holds id {int(known[i])}, outside the data vocabulary [0, {vocab_size - 1}]")
 
 
-def _one_value(sets: dict, key: str, flag: str, value) -> None:
-    """A flag and the --set key it stands for name one setting: two different values are refused;
-    the flag's value, when given, goes into ``sets``."""
-    if value is None:
+def _check_agree(sets: dict, key: str, flag: str, value) -> None:
+    """A flag and the --set key it stands for name one setting: two different values are refused."""
+    if value is None or key not in sets:
         return
-    if key in sets:
-        try:
-            same = float(sets[key]) == float(value)
-        except ValueError:
-            same = str(sets[key]) == str(value)
-        if not same:
-            raise UserError(f"{flag} {value} and --set {key}={sets[key]} disagree; give one")
-    sets[key] = value
+    try:
+        same = float(sets[key]) == float(value)
+    except ValueError:
+        same = str(sets[key]) == str(value)
+    if not same:
+        raise UserError(f"{flag} {value} and --set {key}={sets[key]} disagree; give one")
 
 
 # run-level keys that only training reads: at sample or eval time they would change nothing
@@ -223,7 +222,7 @@ def cmd_sample(args) -> int:
     sets = _sample_time_sets(args.sets, "sample")
     for key, flag, value in (("sample_steps", "--steps", args.steps), ("seed", "--seed", args.seed),
                              ("guidance", "--guidance", args.guidance), ("n_samples", "--n", args.n)):
-        _one_value(dict(sets), key, flag, value)  # a check only: the flags go to eng.sample
+        _check_agree(sets, key, flag, value)  # the flags go to eng.sample
     if args.n is None:
         from .run.config import RUN_SETTINGS
 
@@ -267,7 +266,7 @@ def cmd_eval(args) -> int:
     check_writable(out, "metrics.json")
     _not_another_run(out, args.ckpt, "the evaluation")
     sets = _sample_time_sets(args.sets, "eval")
-    _one_value(dict(sets), "n_samples", "--n", args.n)  # a check only: --n goes to evaluate
+    _check_agree(sets, "n_samples", "--n", args.n)  # --n goes to evaluate
     eng = Engine.load(args.ckpt, **sets)
     if eng.rank != 0:  # under torchrun: evaluation runs once, on rank 0
         return 0

@@ -86,7 +86,8 @@ class RunDir:
     @contextlib.contextmanager
     def writing(self):
         """Hold the run lock (rank 0; re-entrant) and tidy the directory: remove temp files of
-        killed writes and, after ``resume=false``, move the old run's files aside."""
+        killed writes, refuse an export's directory and, after ``resume=false`` or where no
+        checkpoint is, move the run files there aside."""
         if not self.writer:
             yield
             return
@@ -95,10 +96,12 @@ class RunDir:
             if not self.last.exists() and (self.path / EXPORT_WEIGHTS).exists():
                 raise UserError(f"--out {self.path} holds a catdiff export ({EXPORT_WEIGHTS}); a run there would "
                                 f"replace its config.json: pass another --out")
-            if self.start_over:
-                self._move_aside("resume=false: moved the previous run's files")
-            elif not self.last.exists() and self._run_files():  # files of no run: a crashed start, or the user's
-                self._move_aside(f"no {CKPT_NAME} here: moved the files a run would overwrite")
+            # after resume=false, or without a checkpoint (a crashed start, the user's own files)
+            old = self._run_files() if self.start_over or not self.last.exists() else set()
+            if old:
+                self._move_aside(old, "resume=false: moved the previous run's files" if self.start_over
+                                 else f"no {CKPT_NAME} here: moved the files a run would overwrite")
+            self.start_over = False
             yield
 
     def _run_files(self) -> set[Path]:
@@ -106,18 +109,13 @@ class RunDir:
         names = listed.read_text().split() if listed.is_file() else []
         return {p for pattern in (*RUN_FILES, *names) for p in self.path.glob(pattern)}
 
-    def _move_aside(self, why: str) -> None:
-        old = self._run_files()
-        if not old:
-            self.start_over = False
-            return
+    def _move_aside(self, old: set[Path], why: str) -> None:
         dest = self.path / time.strftime("previous-%Y%m%d-%H%M%S")
         while dest.exists():
             dest = dest.with_name(dest.name + "x")
         dest.mkdir()
         for p in sorted(old):
             shutil.move(str(p), str(dest / p.name))
-        self.start_over = False
         print(f"catdiff: {why} to {dest}", file=sys.stderr)
 
     def save(self, state: dict[str, Any]) -> Path:
